@@ -1,0 +1,105 @@
+locals {
+  namespace = var.service_discovery_namespace
+
+  # ECR repository (= binary name) per deployable service. The gateway is not deployed: the ALB replaces it.
+  repositories = {
+    product                = "product-service"
+    cart                   = "cart-service"
+    credit-card-authorizer = "credit-card-authorizer"
+    warehouse              = "warehouse"
+  }
+
+  common_environment = {
+    RUST_LOG   = var.log_level
+    LOG_FORMAT = "json"
+    QUEUE_TYPE = var.queue_type
+  }
+
+  # The AMQP URL (with credentials) only ever reaches a task through the SSM parameter.
+  amqp_secret = { AMQP_URL = aws_ssm_parameter.amqp_url.arn }
+
+  # One entry per ECS service. product and product-bad run the same image and register in the
+  # same target group: ATW on that group should shift weight away from the bad task.
+  workloads = {
+    product = {
+      repository     = local.repositories.product
+      size           = var.task_sizes.product
+      port           = 8081
+      desired_count  = var.product_desired_count
+      security_group = "product"
+      target_group   = "product"
+      discovery      = "product" # the cart calls product.<namespace>: only the healthy tasks
+      environment = {
+        INSTANCE_ID   = "product-good"
+        SEED_PRODUCTS = tostring(var.seed_products)
+        FAILURE_RATE  = "0"
+      }
+      secrets = {}
+    }
+    product-bad = {
+      repository     = local.repositories.product
+      size           = var.task_sizes.product
+      port           = 8081
+      desired_count  = var.product_bad_desired_count
+      security_group = "product"
+      target_group   = "product"
+      discovery      = null
+      environment = {
+        INSTANCE_ID   = "product-bad"
+        SEED_PRODUCTS = tostring(var.seed_products)
+        FAILURE_RATE  = var.product_bad_failure_rate
+      }
+      secrets = {}
+    }
+    cart = {
+      repository     = local.repositories.cart
+      size           = var.task_sizes.cart
+      port           = 8082
+      desired_count  = var.cart_desired_count
+      security_group = "cart"
+      target_group   = "cart"
+      discovery      = null
+      environment = {
+        INSTANCE_ID       = "cart"
+        PRODUCT_URL       = "http://product.${local.namespace}:8081"
+        CCA_URL           = "http://credit-card-authorizer.${local.namespace}:8083"
+        CHANNEL_POOL_SIZE = tostring(var.cart_channel_pool_size)
+      }
+      secrets = local.amqp_secret
+    }
+    credit-card-authorizer = {
+      repository     = local.repositories["credit-card-authorizer"]
+      size           = var.task_sizes["credit-card-authorizer"]
+      port           = 8083
+      desired_count  = 1
+      security_group = "credit-card-authorizer"
+      target_group   = null # internal only: no ALB route
+      discovery      = "credit-card-authorizer"
+      environment = {
+        INSTANCE_ID  = "credit-card-authorizer"
+        DECLINE_RATE = var.decline_rate
+      }
+      secrets = {}
+    }
+    warehouse = {
+      repository     = local.repositories.warehouse
+      size           = var.task_sizes.warehouse
+      port           = 8084
+      desired_count  = 1
+      security_group = "warehouse"
+      target_group   = null
+      discovery      = null
+      environment = {
+        INSTANCE_ID        = "warehouse"
+        WAREHOUSE_CHANNELS = tostring(var.warehouse_channels)
+        WAREHOUSE_PREFETCH = tostring(var.warehouse_prefetch)
+      }
+      secrets = local.amqp_secret
+    }
+  }
+
+  autoscaled = {
+    product = { min = var.product_desired_count, max = var.product_max_count }
+    cart    = { min = var.cart_desired_count, max = var.cart_max_count }
+  }
+}

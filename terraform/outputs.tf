@@ -1,0 +1,52 @@
+locals {
+  alb_url = "http://${aws_lb.this.dns_name}"
+}
+
+output "alb_url" {
+  description = "Public URL of the system (the ALB)."
+  value       = local.alb_url
+}
+
+output "test_api_command" {
+  description = "Run the curl suite against the ALB (from the repository root)."
+  value       = "scripts/test-api.sh ${local.alb_url}"
+}
+
+output "loadtest_commands" {
+  description = "Run the load tester against the ALB (from the repository root, after cargo build --release)."
+  value = {
+    product  = "./target/release/loadtest product --base-url ${local.alb_url}"
+    flow     = "./target/release/loadtest flow --base-url ${local.alb_url}"
+    checkout = "./target/release/loadtest checkout --base-url ${local.alb_url}"
+  }
+}
+
+output "ecr_repository_urls" {
+  description = "ECR repository URL per binary: push <url>:<git commit>."
+  value       = { for k, r in aws_ecr_repository.this : k => r.repository_url }
+}
+
+output "ecs_cluster_name" {
+  description = "ECS cluster name."
+  value       = aws_ecs_cluster.this.name
+}
+
+output "ecs_service_names" {
+  description = "ECS services to wait for (aws ecs wait services-stable)."
+  value       = concat([for s in aws_ecs_service.service : s.name], aws_ecs_service.rabbitmq[*].name)
+}
+
+output "product_target_group_arn" {
+  description = "Product target group (ATW): watch its targets and the anomaly state in the console."
+  value       = aws_lb_target_group.this["product"].arn
+}
+
+output "rabbitmq_endpoint" {
+  description = "Where the services reach RabbitMQ (no credentials)."
+  value       = "${local.amqp_scheme}://${local.amqp_host}"
+}
+
+output "amqp_url_parameter" {
+  description = "SSM SecureString parameter holding AMQP_URL."
+  value       = aws_ssm_parameter.amqp_url.name
+}

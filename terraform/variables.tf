@@ -1,0 +1,336 @@
+############################################################################
+# General
+############################################################################
+
+variable "aws_region" {
+  description = "AWS region to deploy into."
+  type        = string
+  default     = "eu-west-1"
+}
+
+variable "name" {
+  description = "Name prefix for every resource (also the Project tag). Lower case, short: it ends up in ALB and target group names (32 characters max)."
+  type        = string
+  default     = "shop"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,15}$", var.name))
+    error_message = "name must be 2-16 characters of lower case letters, digits and '-', starting with a letter."
+  }
+}
+
+variable "tags" {
+  description = "Extra tags for every resource."
+  type        = map(string)
+  default     = {}
+}
+
+variable "image_tag" {
+  description = "Image tag to deploy for every service, normally the git commit (scripts/deploy-aws.sh sets it). ECR tags are immutable, so 'latest' is refused."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", var.image_tag)) && var.image_tag != "latest"
+    error_message = "image_tag must be a valid Docker tag other than 'latest' (use the git commit)."
+  }
+}
+
+variable "cpu_architecture" {
+  description = "CPU architecture of the images and the Fargate tasks: X86_64 or ARM64 (build the images for the same one)."
+  type        = string
+  default     = "X86_64"
+
+  validation {
+    condition     = contains(["X86_64", "ARM64"], var.cpu_architecture)
+    error_message = "cpu_architecture must be X86_64 or ARM64."
+  }
+}
+
+############################################################################
+# Network
+############################################################################
+
+variable "vpc_cidr" {
+  description = "CIDR of the VPC; split into two public and two private /20 subnets."
+  type        = string
+  default     = "10.42.0.0/16"
+}
+
+variable "availability_zones" {
+  description = "Exactly two availability zones to use. Empty: the first two available in the region."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = length(var.availability_zones) == 0 || length(var.availability_zones) == 2
+    error_message = "availability_zones must be empty or list exactly two zones."
+  }
+}
+
+variable "single_nat_gateway" {
+  description = "One NAT gateway for both private subnets (cheaper, one AZ is a single point of failure for egress) instead of one per AZ."
+  type        = bool
+  default     = true
+}
+
+variable "allowed_ingress_cidrs" {
+  description = "CIDR blocks allowed to reach the ALB on port 80. Narrow it to your own address for a private demo."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+}
+
+############################################################################
+# ECS services
+############################################################################
+
+variable "task_sizes" {
+  description = "Fargate cpu (units) and memory (MiB) per task. Keys: product (also used by product-bad), cart, credit-card-authorizer, warehouse, rabbitmq."
+  type = map(object({
+    cpu    = number
+    memory = number
+  }))
+  default = {
+    product                = { cpu = 256, memory = 512 }
+    cart                   = { cpu = 256, memory = 512 }
+    credit-card-authorizer = { cpu = 256, memory = 512 }
+    warehouse              = { cpu = 256, memory = 512 }
+    rabbitmq               = { cpu = 512, memory = 1024 }
+  }
+
+  validation {
+    condition = alltrue([
+      for k in ["product", "cart", "credit-card-authorizer", "warehouse", "rabbitmq"] : contains(keys(var.task_sizes), k)
+    ])
+    error_message = "task_sizes needs entries for product, cart, credit-card-authorizer, warehouse and rabbitmq."
+  }
+}
+
+variable "product_desired_count" {
+  description = "Healthy product tasks (FAILURE_RATE=0). Also the autoscaling minimum."
+  type        = number
+  default     = 2
+}
+
+variable "product_max_count" {
+  description = "Autoscaling maximum for the healthy product service."
+  type        = number
+  default     = 6
+}
+
+variable "product_bad_desired_count" {
+  description = "Deliberately bad product tasks registered in the same target group (green /health, FAILURE_RATE share of 503s). 0 removes them."
+  type        = number
+  default     = 1
+}
+
+variable "product_bad_failure_rate" {
+  description = "FAILURE_RATE of the bad product tasks."
+  type        = string
+  default     = "0.5"
+
+  validation {
+    condition     = can(tonumber(var.product_bad_failure_rate)) && tonumber(var.product_bad_failure_rate) >= 0 && tonumber(var.product_bad_failure_rate) <= 1
+    error_message = "product_bad_failure_rate must be a number between 0 and 1."
+  }
+}
+
+variable "seed_products" {
+  description = "SEED_PRODUCTS for every product task: ids 1..N exist on every instance (product state is in memory per task)."
+  type        = number
+  default     = 1000
+}
+
+variable "cart_desired_count" {
+  description = "Cart tasks. Carts live in memory in one task, so keep 1 unless you accept carts split across tasks (the ALB uses sticky cookies, curl does not keep them)."
+  type        = number
+  default     = 1
+}
+
+variable "cart_max_count" {
+  description = "Autoscaling maximum for the cart service (see cart_desired_count about in-memory carts)."
+  type        = number
+  default     = 1
+}
+
+variable "autoscaling_cpu_target" {
+  description = "Target average CPU utilisation (%) of the target-tracking policies for product and cart."
+  type        = number
+  default     = 60
+}
+
+variable "decline_rate" {
+  description = "DECLINE_RATE of the credit card authorizer."
+  type        = string
+  default     = "0.10"
+}
+
+variable "cart_channel_pool_size" {
+  description = "CHANNEL_POOL_SIZE of the cart (AMQP channels)."
+  type        = number
+  default     = 20
+}
+
+variable "warehouse_channels" {
+  description = "WAREHOUSE_CHANNELS (consumer channels)."
+  type        = number
+  default     = 10
+}
+
+variable "warehouse_prefetch" {
+  description = "WAREHOUSE_PREFETCH per channel."
+  type        = number
+  default     = 10
+}
+
+variable "queue_type" {
+  description = "QUEUE_TYPE for order_queue: classic or quorum."
+  type        = string
+  default     = "classic"
+
+  validation {
+    condition     = contains(["classic", "quorum"], var.queue_type)
+    error_message = "queue_type must be classic or quorum."
+  }
+}
+
+variable "log_level" {
+  description = "RUST_LOG for every service."
+  type        = string
+  default     = "info"
+}
+
+variable "extra_environment" {
+  description = "Extra environment variables per workload (keys: product, product-bad, cart, credit-card-authorizer, warehouse). Not for secrets."
+  type        = map(map(string))
+  default     = {}
+}
+
+variable "log_retention_days" {
+  description = "CloudWatch Logs retention of the task logs."
+  type        = number
+  default     = 14
+}
+
+variable "health_check_grace_period_seconds" {
+  description = "Grace period before ALB health checks count for a new task of a load-balanced service."
+  type        = number
+  default     = 30
+}
+
+############################################################################
+# Load balancer
+############################################################################
+
+variable "deregistration_delay_seconds" {
+  description = "Target group deregistration delay (connection draining)."
+  type        = number
+  default     = 10
+}
+
+variable "alb_deletion_protection" {
+  description = "Deletion protection of the ALB. Off by default so that `terraform destroy` removes everything."
+  type        = bool
+  default     = false
+}
+
+variable "product_lb_algorithm" {
+  description = "load_balancing_algorithm_type of the product target group. weighted_random enables automatic target weights (ATW)."
+  type        = string
+  default     = "weighted_random"
+
+  validation {
+    condition     = contains(["round_robin", "least_outstanding_requests", "weighted_random"], var.product_lb_algorithm)
+    error_message = "product_lb_algorithm must be round_robin, least_outstanding_requests or weighted_random."
+  }
+}
+
+variable "product_anomaly_mitigation" {
+  description = "load_balancing_anomaly_mitigation of the product target group: on or off (on needs weighted_random)."
+  type        = string
+  default     = "on"
+
+  validation {
+    condition     = contains(["on", "off"], var.product_anomaly_mitigation)
+    error_message = "product_anomaly_mitigation must be on or off."
+  }
+}
+
+variable "product_slow_start_seconds" {
+  description = "slow_start of the product target group (0 = off). AWS refuses slow start with weighted_random."
+  type        = number
+  default     = 0
+}
+
+variable "product_stickiness_enabled" {
+  description = "lb_cookie stickiness on the product target group. AWS refuses stickiness with weighted_random."
+  type        = bool
+  default     = false
+}
+
+variable "cart_stickiness_enabled" {
+  description = "lb_cookie stickiness on the cart target group, so that a client keeping cookies stays on the task that holds its cart."
+  type        = bool
+  default     = true
+}
+
+############################################################################
+# RabbitMQ
+############################################################################
+
+variable "rabbitmq_mode" {
+  description = "fargate: RabbitMQ as a Fargate task with its data on EFS, reached as rabbitmq.<namespace>:5672. amazon_mq: Amazon MQ for RabbitMQ (single instance), reached over TLS (amqps://, port 5671)."
+  type        = string
+  default     = "fargate"
+
+  validation {
+    condition     = contains(["fargate", "amazon_mq"], var.rabbitmq_mode)
+    error_message = "rabbitmq_mode must be fargate or amazon_mq."
+  }
+}
+
+variable "rabbitmq_username" {
+  description = "RabbitMQ user the services connect with."
+  type        = string
+  default     = "shop"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_-]{2,100}$", var.rabbitmq_username)) && var.rabbitmq_username != "guest"
+    error_message = "rabbitmq_username must be 2-100 letters, digits, '_' or '-', and not 'guest' (Amazon MQ refuses it)."
+  }
+}
+
+variable "rabbitmq_password" {
+  description = "RabbitMQ password (supply it, e.g. TF_VAR_rabbitmq_password=$(openssl rand -hex 16)). Stored in an SSM SecureString parameter; it is also in the Terraform state, so keep the state private."
+  type        = string
+  sensitive   = true
+
+  validation {
+    # URL-safe so that it can be embedded in AMQP_URL without escaping; Amazon MQ wants 12+ characters.
+    condition     = can(regex("^[A-Za-z0-9._~-]{12,128}$", var.rabbitmq_password))
+    error_message = "rabbitmq_password must be 12-128 characters from A-Z a-z 0-9 . _ ~ -."
+  }
+}
+
+variable "rabbitmq_image" {
+  description = "RabbitMQ image for rabbitmq_mode = fargate (ECR Public mirror of the Docker official image: no Docker Hub rate limits)."
+  type        = string
+  default     = "public.ecr.aws/docker/library/rabbitmq:3.13-management"
+}
+
+variable "amazon_mq_instance_type" {
+  description = "Broker instance type for rabbitmq_mode = amazon_mq."
+  type        = string
+  default     = "mq.t3.micro"
+}
+
+variable "amazon_mq_engine_version" {
+  description = "RabbitMQ engine version for rabbitmq_mode = amazon_mq."
+  type        = string
+  default     = "3.13"
+}
+
+variable "service_discovery_namespace" {
+  description = "Private DNS namespace (Cloud Map) for the internal names: rabbitmq, credit-card-authorizer, product."
+  type        = string
+  default     = "shop.local"
+}
