@@ -7,6 +7,7 @@ resource "aws_lb" "this" {
   # checkov:skip=CKV_AWS_91: no access-log bucket in the demo (it would have to be emptied before destroy); enable for production
   # checkov:skip=CKV2_AWS_28: no WAF in front of a short-lived demo ALB
   # checkov:skip=CKV2_AWS_76: no WAF in front of a short-lived demo ALB (Log4j rule set)
+  # checkov:skip=CKV2_AWS_20: no HTTPS listener to redirect to: the demo has no domain or ACM certificate
   # checkov:skip=CKV_AWS_150: deletion protection is a variable (alb_deletion_protection), off so that destroy leaves nothing
   name                       = var.name
   load_balancer_type         = "application"
@@ -87,7 +88,6 @@ resource "aws_lb_target_group" "this" {
 resource "aws_lb_listener" "http" {
   # checkov:skip=CKV_AWS_2: the demo has no domain or ACM certificate, so the ALB listens on HTTP only
   # checkov:skip=CKV_AWS_103: no TLS listener (see CKV_AWS_2)
-  # checkov:skip=CKV2_AWS_20: no HTTPS listener to redirect to (see CKV_AWS_2)
   load_balancer_arn = aws_lb.this.arn
   port              = 80
   protocol          = "HTTP"

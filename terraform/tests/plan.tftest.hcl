@@ -63,7 +63,7 @@ override_resource {
 
 variables {
   image_tag         = "0123456789ab"
-  rabbitmq_password = "test-password-not-a-secret"
+  rabbitmq_password = "example-example-example"
 }
 
 run "product_target_group_uses_atw" {

