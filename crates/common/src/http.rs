@@ -1,0 +1,162 @@
+//! The HTTP plumbing every service wears, in one place so that no service can forget a piece:
+//! `/health`, `/ready`, `/metrics`, `x-request-id`, `x-served-by`, a body limit, JSON bodies on
+//! every error (including axum's own 404/405), and a per-request span.
+
+use crate::config::ServiceConfig;
+use crate::error::ApiError;
+use crate::metrics::{self, Metrics};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::future::{join_all, BoxFuture};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+pub const REQUEST_ID: &str = "x-request-id";
+pub const SERVED_BY: &str = "x-served-by";
+
+/// How long one readiness check may take before it counts as failed.
+const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+type Check = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// The dependency checks behind `GET /ready`. No checks: ready as soon as it serves.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    checks: Vec<(&'static str, Check)>,
+}
+
+impl Readiness {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a named check; `Err(reason)` makes `/ready` answer 503 naming it.
+    pub fn check<F, Fut>(mut self, name: &'static str, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.checks
+            .push((name, Arc::new(move || Box::pin(check()) as BoxFuture<'static, _>)));
+        self
+    }
+
+    /// Runs every check concurrently; the failures, by name.
+    pub async fn failures(&self) -> Vec<(&'static str, String)> {
+        let runs = self.checks.iter().map(|(name, check)| async move {
+            match tokio::time::timeout(READY_CHECK_TIMEOUT, check()).await {
+                Ok(Ok(())) => None,
+                Ok(Err(reason)) => Some((*name, reason)),
+                Err(_) => Some((*name, "timed out".to_string())),
+            }
+        });
+        join_all(runs).await.into_iter().flatten().collect()
+    }
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn ready(State(readiness): State<Readiness>) -> Response {
+    let failures = readiness.failures().await;
+    if failures.is_empty() {
+        return Json(serde_json::json!({ "status": "ready" })).into_response();
+    }
+    let names: Vec<&str> = failures.iter().map(|(name, _)| *name).collect();
+    let details: Vec<String> = failures
+        .iter()
+        .map(|(name, reason)| format!("{name}: {reason}"))
+        .collect();
+    ApiError::unavailable(
+        "NOT_READY",
+        format!("dependencies unavailable: {}", names.join(", ")),
+    )
+    .with_details(details.join("; "))
+    .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("NOT_FOUND", "no such route")
+}
+
+/// axum answers some errors itself with an empty body (405 for a wrong method, for example);
+/// give them the contract's error body too.
+async fn json_body_for_bare_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_error = status.is_client_error() || status.is_server_error();
+    if !is_error || response.headers().contains_key(header::CONTENT_TYPE) {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let code = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "METHOD_NOT_ALLOWED",
+        StatusCode::PAYLOAD_TOO_LARGE => "PAYLOAD_TOO_LARGE",
+        StatusCode::NOT_FOUND => "NOT_FOUND",
+        s if s.is_client_error() => "BAD_REQUEST",
+        _ => "INTERNAL_ERROR",
+    };
+    let message = status.canonical_reason().unwrap_or("error").to_lowercase();
+    let rendered = ApiError::new(status, code, message).into_response();
+    let (body_parts, body) = rendered.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.extend(body_parts.headers);
+    Response::from_parts(parts, body)
+}
+
+/// Wraps a service's routes with everything every service must have.
+pub fn with_common_layers(
+    app: Router,
+    config: &ServiceConfig,
+    metrics: &Metrics,
+    readiness: Readiness,
+) -> Router {
+    let served_by = HeaderValue::from_str(&config.instance_id)
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid-instance-id"));
+    let request_id = HeaderName::from_static(REQUEST_ID);
+    let ops = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready).with_state(readiness))
+        .route("/metrics", get(metrics::render).with_state(metrics.clone()));
+    app.merge(ops)
+        .fallback(not_found)
+        .layer(middleware::map_response(json_body_for_bare_errors))
+        .layer(DefaultBodyLimit::max(config.body_limit))
+        .layer(middleware::from_fn_with_state(metrics.clone(), metrics::track))
+        // Spans at DEBUG: with the default `info` filter they cost nothing on the hot path, and
+        // `RUST_LOG=debug` shows every request with its id.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let id = req
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::debug_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+                })
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            HeaderName::from_static(SERVED_BY),
+            served_by,
+        ))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Binds all interfaces on `port` (0 picks a free one, for tests).
+pub async fn bind(port: u16) -> std::io::Result<TcpListener> {
+    TcpListener::bind(("0.0.0.0", port)).await
+}

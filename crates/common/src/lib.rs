@@ -1,0 +1,25 @@
+//! What every service of the shop shares, and nothing more.
+//!
+//! - [`config`]: environment variables with defaults and start-up validation.
+//! - [`telemetry`]: tracing as text or JSON lines.
+//! - [`error`] and [`extract`]: the contract's `{error, message, details?}` body for every failure,
+//!   including malformed JSON and bad path ids, which axum would otherwise answer in plain text.
+//! - [`http`]: the layers every service wears (request id, `x-served-by`, metrics, body limit),
+//!   `/health`, `/ready` and `/metrics`, and a server that drains gracefully on SIGTERM.
+//! - [`messaging`] (feature `amqp`): the order message and the queue topology, declared identically
+//!   by the cart and the warehouse.
+
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod healthcheck;
+pub mod http;
+pub mod metrics;
+pub mod shutdown;
+pub mod telemetry;
+
+#[cfg(feature = "amqp")]
+pub mod messaging;
+
+pub use error::{ApiError, ErrorBody};
+pub use extract::{ApiJson, PathId, RequestId};
