@@ -1,1 +1,208 @@
+//! Load tester for the e-commerce reference system.
+//!
+//! Scenarios (`checkout`, `flow`, `product`) run against a base URL (gateway or ALB) with
+//! `--concurrency` workers, either as a closed model (each worker sends, awaits, repeats) or an
+//! open model (`--rate`: fixed arrival rate, latency measured from the intended send time).
+//! The binary `loadtest` is a thin wrapper around [`run`] and [`output::write_all`].
 
+pub mod http;
+pub mod output;
+pub mod report;
+pub mod run;
+pub mod stats;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Parser, ValueEnum};
+
+pub use report::Report;
+pub use run::run;
+
+/// Default number of iterations (the original Java tester: 200k checkouts).
+pub const DEFAULT_REQUESTS: u64 = 200_000;
+
+/// Which workload to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Untimed setup creates one cart with an item per request, then checkouts are timed.
+    Checkout,
+    /// Per iteration: create cart → add item → checkout (timed as a whole and per step).
+    Flow,
+    /// GET /products/{id} flood; tallies responses per `x-served-by` instance over time.
+    Product,
+}
+
+impl std::fmt::Display for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scenario::Checkout => "checkout",
+            Scenario::Flow => "flow",
+            Scenario::Product => "product",
+        })
+    }
+}
+
+/// Command line of the `loadtest` binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadtest",
+    version,
+    about = "Load tester for the e-commerce reference system",
+    long_about = "Load tester for the e-commerce reference system.\n\n\
+        Closed model by default (--concurrency workers, each sends and awaits); --rate R switches \
+        to an open model with a fixed arrival rate where latency is measured from the intended \
+        send time (coordinated-omission safe)."
+)]
+pub struct Cli {
+    /// Scenario to run.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Base URL of the system under test (gateway or ALB), plain http.
+    #[arg(
+        long,
+        env = "LOADTEST_BASE_URL",
+        default_value = "http://localhost:8080"
+    )]
+    pub base_url: String,
+    /// Iterations to run (checkout: carts prepared in setup and checked out). Default 200000;
+    /// with --duration and no --requests, flow/product run until the time is up.
+    #[arg(long, short = 'n')]
+    pub requests: Option<u64>,
+    /// Concurrent workers = open connections = cap on outstanding requests.
+    #[arg(long, short = 'c', default_value_t = 100)]
+    pub concurrency: usize,
+    /// Stop after this long (e.g. 30s, 2m, 500ms); combines with --requests (first one wins).
+    #[arg(long, short = 'd', value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Open model: start this many iterations per second at fixed intervals.
+    #[arg(long, short = 'r')]
+    pub rate: Option<f64>,
+    /// Per-request timeout.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub timeout: Duration,
+    /// Product ids 1..=N exist (seeded demo catalog); used for GETs and cart items.
+    #[arg(long, default_value_t = 100)]
+    pub products: u64,
+    /// Credit card number sent on checkout.
+    #[arg(long, default_value = "1234-5678-9012-3456")]
+    pub card: String,
+    /// Write summary.json, timeseries.csv and chart.png into this directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// No progress bar (it is also hidden when stdout is not a terminal).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Print the summary as JSON on stdout instead of the text report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parse `500ms`, `10s`, `2m`, `1h` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (examples: 500ms, 10s, 2m)"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        u => {
+            return Err(format!(
+                "invalid duration unit {u:?} in {s:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 * 7.0 {
+        return Err(format!("duration {s:?} out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Everything a run needs (library entry point; the CLI converts into this).
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub scenario: Scenario,
+    pub base_url: String,
+    pub requests: Option<u64>,
+    pub concurrency: usize,
+    pub duration: Option<Duration>,
+    pub rate: Option<f64>,
+    pub timeout: Duration,
+    pub products: u64,
+    pub card: String,
+    pub quiet: bool,
+}
+
+impl RunConfig {
+    /// Defaults as on the command line, for `scenario` against `base_url`.
+    pub fn new(scenario: Scenario, base_url: impl Into<String>) -> RunConfig {
+        RunConfig {
+            scenario,
+            base_url: base_url.into(),
+            requests: None,
+            concurrency: 100,
+            duration: None,
+            rate: None,
+            timeout: Duration::from_secs(30),
+            products: 100,
+            card: "1234-5678-9012-3456".into(),
+            quiet: true,
+        }
+    }
+
+    /// Number of iterations the run is bounded by (`u64::MAX` = only the duration bounds it).
+    pub fn effective_requests(&self) -> u64 {
+        match (self.requests, self.duration, self.scenario) {
+            (Some(n), _, _) => n,
+            (None, Some(_), Scenario::Flow | Scenario::Product) => u64::MAX,
+            (None, _, _) => DEFAULT_REQUESTS,
+        }
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.concurrency == 0 {
+            bail!("--concurrency must be at least 1");
+        }
+        if self.concurrency > 100_000 {
+            bail!("--concurrency {} is unreasonably high", self.concurrency);
+        }
+        if let Some(r) = self.rate {
+            if !r.is_finite() || r <= 0.0 {
+                bail!("--rate must be a positive number of iterations per second");
+            }
+        }
+        if self.requests == Some(0) {
+            bail!("--requests must be at least 1");
+        }
+        if self.products == 0 {
+            bail!("--products must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl From<&Cli> for RunConfig {
+    fn from(c: &Cli) -> RunConfig {
+        RunConfig {
+            scenario: c.scenario,
+            base_url: c.base_url.clone(),
+            requests: c.requests,
+            concurrency: c.concurrency,
+            duration: c.duration,
+            rate: c.rate,
+            timeout: c.timeout,
+            products: c.products,
+            card: c.card.clone(),
+            quiet: c.quiet || c.json,
+        }
+    }
+}

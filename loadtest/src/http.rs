@@ -1,0 +1,283 @@
+//! Minimal HTTP/1.1 keep-alive client built directly on `hyper`'s connection API.
+//!
+//! Every worker owns exactly one [`Conn`] (so the "pool" is `--concurrency` connections, one per
+//! worker, with no shared lock or channel on the hot path). The connection future is driven in
+//! the worker's own task (no extra spawned task per connection), which keeps the per-request cost
+//! close to that of `wrk`/`oha`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Where requests go: resolved once at start-up.
+#[derive(Debug)]
+pub struct Target {
+    /// `host:port` as given, used for the `Host` header.
+    host_header: HeaderValue,
+    /// Path prefix of the base URL without trailing slash (usually empty).
+    prefix: String,
+    addrs: Vec<SocketAddr>,
+    /// Original base URL (for reports).
+    pub base_url: String,
+}
+
+impl Target {
+    /// Parse and resolve a base URL such as `http://localhost:8080`.
+    pub async fn resolve(base_url: &str) -> anyhow::Result<Arc<Target>> {
+        let uri: Uri = base_url
+            .trim()
+            .parse()
+            .with_context(|| format!("invalid --base-url {base_url:?}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => bail!(
+                "--base-url {base_url:?}: https is not supported by this load tester \
+                 (put it behind a plain-HTTP listener, e.g. the ALB's port 80 listener)"
+            ),
+            _ => bail!("--base-url {base_url:?} must start with http://"),
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| anyhow!("--base-url {base_url:?} has no host"))?;
+        let port = uri.port_u16().unwrap_or(80);
+        let host_header = match uri.port_u16() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        let host_header = HeaderValue::from_str(&host_header)
+            .with_context(|| format!("invalid host in --base-url {base_url:?}"))?;
+        let lookup_host = host.trim_start_matches('[').trim_end_matches(']');
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((lookup_host, port))
+            .await
+            .with_context(|| format!("cannot resolve host {host:?} of --base-url {base_url:?}"))?
+            .collect();
+        if addrs.is_empty() {
+            bail!("host {host:?} of --base-url {base_url:?} resolved to no address");
+        }
+        let prefix = uri.path().trim_end_matches('/').to_string();
+        Ok(Arc::new(Target {
+            host_header,
+            prefix,
+            addrs,
+            base_url: base_url.trim().to_string(),
+        }))
+    }
+
+    /// Build the origin-form request URI for `path` (which starts with `/`).
+    fn uri(&self, path: &str) -> anyhow::Result<Uri> {
+        if self.prefix.is_empty() {
+            Ok(Uri::try_from(path)?)
+        } else {
+            Ok(Uri::try_from(format!("{}{}", self.prefix, path))?)
+        }
+    }
+
+    /// Connect a TCP stream to the first address that accepts it.
+    async fn connect(&self) -> anyhow::Result<TcpStream> {
+        let mut last_err = None;
+        for addr in &self.addrs {
+            match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok(s);
+                }
+                Err(e) => last_err = Some(anyhow!("connect to {addr}: {e}")),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow!("no address to connect to")))
+    }
+}
+
+/// What came back from one request.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    /// Value of the `x-served-by` response header, if any.
+    pub served_by: Option<HeaderValue>,
+    pub body: Bytes,
+}
+
+/// Why a request produced no HTTP response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Connection refused/reset, protocol error, …
+    Transport,
+    /// No response within `--timeout`.
+    Timeout,
+    /// The run's stop time arrived while the request was in flight (not an error of the server).
+    Stopped,
+}
+
+type ConnFuture = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+
+struct Live {
+    sender: http1::SendRequest<Full<Bytes>>,
+    conn: Pin<Box<ConnFuture>>,
+}
+
+/// One keep-alive connection, re-established transparently when the server closes it.
+pub struct Conn {
+    target: Arc<Target>,
+    live: Option<Live>,
+    timeout: Duration,
+    /// Number of (re)connects made, for diagnostics.
+    pub connects: u64,
+}
+
+impl Conn {
+    pub fn new(target: Arc<Target>, timeout: Duration) -> Conn {
+        Conn {
+            target,
+            live: None,
+            timeout,
+            connects: 0,
+        }
+    }
+
+    /// Open the TCP connection now (used to warm up before the timed phase).
+    pub async fn connect(&mut self) -> anyhow::Result<()> {
+        let stream = self.target.connect().await?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .context("HTTP/1 handshake")?;
+        self.live = Some(Live {
+            sender,
+            conn: Box::pin(conn),
+        });
+        self.connects += 1;
+        Ok(())
+    }
+
+    /// Send one request and read the whole response body.
+    ///
+    /// `stop_at` cuts a request that is still in flight when the run ends ([`Failure::Stopped`]).
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        stop_at: Option<Instant>,
+    ) -> Result<Resp, Failure> {
+        let started = Instant::now();
+        let timeout_at = started + self.timeout;
+        let (deadline, deadline_is_stop) = match stop_at {
+            Some(s) if s < timeout_at => (s, true),
+            _ => (timeout_at, false),
+        };
+        let on_deadline = if deadline_is_stop {
+            Failure::Stopped
+        } else {
+            Failure::Timeout
+        };
+        let sleep = tokio::time::sleep_until(deadline);
+        tokio::pin!(sleep);
+
+        let uri = self.target.uri(path).map_err(|_| Failure::Transport)?;
+        let has_body = body.is_some();
+        let mut req = Request::new(Full::new(body.unwrap_or_default()));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        req.headers_mut()
+            .insert(HOST, self.target.host_header.clone());
+        if has_body {
+            req.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+
+        // At most one retry, and only when the request provably was not sent (stale keep-alive
+        // connection closed by the server between two requests).
+        let mut req = Some(req);
+        for _attempt in 0..2 {
+            let Some(r) = req.take() else { break };
+            if !self.is_usable() {
+                self.live = None;
+                tokio::select! {
+                    biased;
+                    res = self.connect() => if res.is_err() { return Err(Failure::Transport) },
+                    _ = &mut sleep => { self.live = None; return Err(on_deadline) }
+                }
+            }
+            let Some(live) = self.live.as_mut() else {
+                return Err(Failure::Transport);
+            };
+            let Live { sender, conn } = live;
+            let exchange = async {
+                if sender.ready().await.is_err() {
+                    return Err(Some(r));
+                }
+                let resp = sender
+                    .try_send_request(r)
+                    .await
+                    .map_err(|mut e| e.take_message())?;
+                let status = resp.status().as_u16();
+                let served_by = resp.headers().get("x-served-by").cloned();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|_| None)?
+                    .to_bytes();
+                Ok::<_, Option<Request<Full<Bytes>>>>(Resp {
+                    status,
+                    served_by,
+                    body,
+                })
+            };
+            let outcome = tokio::select! {
+                biased;
+                res = exchange => res,
+                // The connection future only finishes when the connection is gone.
+                _ = conn.as_mut() => Err(None),
+                _ = &mut sleep => { self.live = None; return Err(on_deadline) }
+            };
+            match outcome {
+                Ok(resp) => return Ok(resp),
+                Err(Some(unsent)) => {
+                    // Not written to the wire: safe to retry on a fresh connection.
+                    self.live = None;
+                    req = Some(unsent);
+                }
+                Err(None) => {
+                    self.live = None;
+                    return Err(Failure::Transport);
+                }
+            }
+        }
+        Err(Failure::Transport)
+    }
+
+    /// Whether the current connection (if any) is still open. Polls the connection future once
+    /// so that a close by the server is noticed before we try to reuse it.
+    fn is_usable(&mut self) -> bool {
+        let Some(live) = self.live.as_mut() else {
+            return false;
+        };
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        if live.conn.as_mut().poll(&mut cx).is_ready() {
+            return false;
+        }
+        !live.sender.is_closed()
+    }
+}
+
+/// Check that the target accepts TCP connections (clear error before any work starts).
+pub async fn preflight(target: &Target) -> anyhow::Result<()> {
+    target
+        .connect()
+        .await
+        .with_context(|| format!("base URL {} is not reachable", target.base_url))?;
+    Ok(())
+}

@@ -1,0 +1,459 @@
+//! Scenario execution: setup phase, timed phase (closed or open model), merging of results.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use hyper::Method;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::http::{preflight, Conn, Failure, Target};
+use crate::report::{build_report, Report};
+use crate::stats::{collect_seconds, Live, Outcome, WorkerRec};
+use crate::{RunConfig, Scenario};
+
+/// Requests sent more than this after their intended time count as "late" (open model).
+const LATE_AFTER: Duration = Duration::from_millis(10);
+/// Attempts per setup request (setup retries 5xx / transport errors; it is not measured).
+const SETUP_ATTEMPTS: u32 = 5;
+
+/// Names of the steps of each scenario (one histogram + tally per step).
+pub fn step_names(s: Scenario) -> &'static [&'static str] {
+    match s {
+        Scenario::Checkout => &["checkout"],
+        Scenario::Flow => &["create_cart", "add_item", "checkout"],
+        Scenario::Product => &["get_product"],
+    }
+}
+
+/// Shared, read-only context of the timed phase plus the ticket counter.
+struct Ctx {
+    scenario: Scenario,
+    /// Next iteration number to hand out.
+    next: AtomicU64,
+    /// Number of iterations to run at most.
+    limit: u64,
+    start: Instant,
+    /// Stop time (`--duration`).
+    end: Option<Instant>,
+    /// Seconds between intended sends (`--rate`).
+    interval: Option<f64>,
+    products: u64,
+    carts: Vec<u64>,
+    checkout_body: Bytes,
+}
+
+#[derive(Deserialize)]
+struct CartCreated {
+    shopping_cart_id: u64,
+}
+
+/// Run a whole load test as configured. Errors only when the run cannot start.
+pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
+    cfg.validate()?;
+    let target = Target::resolve(&cfg.base_url).await?;
+    preflight(&target).await?;
+    let show_progress = !cfg.quiet && std::io::stdout().is_terminal();
+    let checkout_body = Bytes::from(serde_json::to_vec(&serde_json::json!({
+        "credit_card_number": cfg.card,
+    }))?);
+
+    let limit = cfg.effective_requests();
+
+    // Setup phase (untimed): carts with one item each, for the checkout scenario.
+    let mut setup = None;
+    let mut carts = Vec::new();
+    if cfg.scenario == Scenario::Checkout {
+        let t0 = Instant::now();
+        let (ids, failures) = setup_carts(cfg, &target, limit, show_progress).await?;
+        setup = Some(crate::report::SetupReport {
+            carts_requested: limit,
+            carts_created: ids.len() as u64,
+            failures,
+            elapsed_s: t0.elapsed().as_secs_f64(),
+        });
+        carts = ids;
+    }
+    let limit = if cfg.scenario == Scenario::Checkout {
+        carts.len() as u64
+    } else {
+        limit
+    };
+
+    // Connect every worker before the clock starts, so that workers start together.
+    let conns = connect_all(&target, cfg.concurrency, cfg.timeout).await?;
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let collector = tokio::spawn(collect_seconds(rx));
+    let live = Arc::new(Live::default());
+    let start = Instant::now();
+    let ctx = Arc::new(Ctx {
+        scenario: cfg.scenario,
+        next: AtomicU64::new(0),
+        limit,
+        start,
+        end: cfg.duration.map(|d| start + d),
+        interval: cfg.rate.map(|r| 1.0 / r),
+        products: cfg.products.max(1),
+        carts,
+        checkout_body,
+    });
+
+    let mut workers = JoinSet::new();
+    for conn in conns {
+        let rec = WorkerRec::new(step_names(cfg.scenario), tx.clone(), live.clone(), start);
+        workers.spawn(worker(ctx.clone(), conn, rec));
+    }
+    drop(tx);
+
+    let bar = progress_bar(cfg, limit, show_progress);
+    let progress = bar.clone().map(|bar| {
+        let live = live.clone();
+        let ctx = ctx.clone();
+        tokio::spawn(async move { drive_progress(bar, live, ctx).await })
+    });
+
+    let mut recs = Vec::with_capacity(cfg.concurrency);
+    while let Some(res) = workers.join_next().await {
+        match res {
+            Ok(rec) => recs.push(rec),
+            Err(e) => bail!("a load worker failed: {e}"),
+        }
+    }
+    let finished = Instant::now();
+    if let Some(p) = progress {
+        p.abort();
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let seconds = collector.await.context("time series collector failed")?;
+
+    // Elapsed: the configured duration for duration-bound runs (in-flight requests at the stop
+    // are cut and reported separately), otherwise until the last completion.
+    let elapsed = match ctx.end {
+        Some(end) if finished >= end => end - start,
+        _ => finished - start,
+    };
+    let due = match (cfg.rate, cfg.duration) {
+        (Some(rate), Some(d)) => Some(((d.as_secs_f64() * rate).ceil() as u64).min(limit)),
+        (Some(_), None) => Some(limit),
+        _ => None,
+    };
+    Ok(build_report(
+        cfg, &target, setup, recs, seconds, elapsed, due,
+    ))
+}
+
+async fn connect_all(
+    target: &Arc<Target>,
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Conn>> {
+    let mut set = JoinSet::new();
+    for _ in 0..n {
+        let target = target.clone();
+        set.spawn(async move {
+            let mut c = Conn::new(target, timeout);
+            tokio::time::timeout(timeout, c.connect())
+                .await
+                .context("connect timed out")??;
+            Ok::<_, anyhow::Error>(c)
+        });
+    }
+    let mut conns = Vec::with_capacity(n);
+    while let Some(r) = set.join_next().await {
+        let c = r
+            .context("connect task failed")?
+            .with_context(|| format!("cannot open {n} connections to {}", target.base_url))?;
+        conns.push(c);
+    }
+    Ok(conns)
+}
+
+/// One worker of the timed phase: takes iteration tickets until the run is over.
+async fn worker(ctx: Arc<Ctx>, mut conn: Conn, mut rec: WorkerRec) -> (WorkerRec, u64) {
+    loop {
+        let t = ctx.next.fetch_add(1, Relaxed);
+        if t >= ctx.limit {
+            break;
+        }
+        let now = Instant::now();
+        let intended = match ctx.interval {
+            Some(iv) => ctx.start + Duration::from_secs_f64(t as f64 * iv),
+            None => now,
+        };
+        if let Some(end) = ctx.end {
+            if intended >= end || now >= end {
+                break;
+            }
+        }
+        if intended > now + Duration::from_millis(1) {
+            rec.flush_if_before(intended);
+            tokio::time::sleep_until(intended).await;
+        }
+        let sent = Instant::now();
+        if sent > intended + LATE_AFTER {
+            rec.late += 1;
+        }
+        rec.started += 1;
+        let outcome = iteration(&ctx, &mut conn, t, &mut rec).await;
+        let done = Instant::now();
+        let from = intended.min(sent);
+        rec.iteration(outcome, done - from, done - sent, done);
+    }
+    rec.finish();
+    (rec, conn.connects)
+}
+
+async fn iteration(ctx: &Ctx, conn: &mut Conn, t: u64, rec: &mut WorkerRec) -> Outcome {
+    let stop = ctx.end;
+    match ctx.scenario {
+        Scenario::Product => {
+            let id = t % ctx.products + 1;
+            let path = format!("/products/{id}");
+            timed_step(conn, rec, 0, Method::GET, &path, None, stop)
+                .await
+                .0
+        }
+        Scenario::Checkout => {
+            let Some(&cart) = ctx.carts.get(t as usize) else {
+                return Outcome::Failed(Failure::Stopped);
+            };
+            let path = format!("/shopping-carts/{cart}/checkout");
+            let body = Some(ctx.checkout_body.clone());
+            timed_step(conn, rec, 0, Method::POST, &path, body, stop)
+                .await
+                .0
+        }
+        Scenario::Flow => {
+            let body = Bytes::from(format!("{{\"customer_id\":{}}}", t % 10_000 + 1));
+            let (o, resp) = timed_step(
+                conn,
+                rec,
+                0,
+                Method::POST,
+                "/shopping-cart",
+                Some(body),
+                stop,
+            )
+            .await;
+            if !o.is_ok() {
+                return o;
+            }
+            let cart = match resp.and_then(|b| serde_json::from_slice::<CartCreated>(&b).ok()) {
+                Some(c) => c.shopping_cart_id,
+                None => return Outcome::Invalid(201),
+            };
+            let body = Bytes::from(format!(
+                "{{\"product_id\":{},\"quantity\":1}}",
+                t % ctx.products + 1
+            ));
+            let path = format!("/shopping-carts/{cart}/addItem");
+            let (o, _) = timed_step(conn, rec, 1, Method::POST, &path, Some(body), stop).await;
+            if !o.is_ok() {
+                return o;
+            }
+            let path = format!("/shopping-carts/{cart}/checkout");
+            let body = Some(ctx.checkout_body.clone());
+            timed_step(conn, rec, 2, Method::POST, &path, body, stop)
+                .await
+                .0
+        }
+    }
+}
+
+/// Send one request, record it as step `idx`, return its outcome and body.
+async fn timed_step(
+    conn: &mut Conn,
+    rec: &mut WorkerRec,
+    idx: usize,
+    method: Method,
+    path: &str,
+    body: Option<Bytes>,
+    stop: Option<Instant>,
+) -> (Outcome, Option<Bytes>) {
+    let t0 = Instant::now();
+    let res = conn.request(method, path, body, stop).await;
+    let done = Instant::now();
+    let (o, body) = match res {
+        Ok(r) => {
+            if let Some(v) = &r.served_by {
+                rec.served_by(v, done);
+            }
+            (Outcome::Status(r.status), Some(r.body))
+        }
+        Err(f) => (Outcome::Failed(f), None),
+    };
+    rec.step(idx, o, done - t0);
+    (o, body)
+}
+
+/// Setup phase of `checkout`: create `n` carts with one item each. Returns cart ids and the
+/// number of carts that could not be prepared.
+async fn setup_carts(
+    cfg: &RunConfig,
+    target: &Arc<Target>,
+    n: u64,
+    show_progress: bool,
+) -> anyhow::Result<(Vec<u64>, u64)> {
+    let conns = connect_all(target, cfg.concurrency, cfg.timeout).await?;
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let products = cfg.products.max(1);
+    let bar = show_progress.then(|| {
+        let bar = ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "setup  [{elapsed_precise}] {wide_bar} {pos}/{len} carts ({per_sec})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut set = JoinSet::new();
+    for mut conn in conns {
+        let next = next.clone();
+        let done = done.clone();
+        let bar = bar.clone();
+        set.spawn(async move {
+            let mut ids = Vec::new();
+            let mut failures = 0u64;
+            let mut last_error = None;
+            loop {
+                let i = next.fetch_add(1, Relaxed);
+                if i >= n {
+                    break;
+                }
+                match prepare_cart(&mut conn, i, products).await {
+                    Ok(id) => ids.push(id),
+                    Err(e) => {
+                        failures += 1;
+                        last_error = Some(e);
+                    }
+                }
+                done.fetch_add(1, Relaxed);
+                if let Some(bar) = &bar {
+                    bar.inc(1);
+                }
+            }
+            (ids, failures, last_error)
+        });
+    }
+    let mut ids = Vec::with_capacity(n as usize);
+    let mut failures = 0;
+    let mut last_error = None;
+    while let Some(r) = set.join_next().await {
+        let (i, f, e) = r.context("setup task failed")?;
+        ids.extend(i);
+        failures += f;
+        if e.is_some() {
+            last_error = e;
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if ids.is_empty() && n > 0 {
+        bail!(
+            "setup failed: could not create any cart with an item via {} ({})",
+            cfg.base_url,
+            last_error.unwrap_or_else(|| "no detail".into())
+        );
+    }
+    ids.sort_unstable();
+    Ok((ids, failures))
+}
+
+async fn prepare_cart(conn: &mut Conn, i: u64, products: u64) -> Result<u64, String> {
+    let body = Bytes::from(format!("{{\"customer_id\":{}}}", i % 10_000 + 1));
+    let resp = setup_request(conn, "/shopping-cart", body).await?;
+    let cart = serde_json::from_slice::<CartCreated>(&resp)
+        .map_err(|e| format!("create cart: unexpected body: {e}"))?
+        .shopping_cart_id;
+    let body = Bytes::from(format!(
+        "{{\"product_id\":{},\"quantity\":1}}",
+        i % products + 1
+    ));
+    setup_request(conn, &format!("/shopping-carts/{cart}/addItem"), body).await?;
+    Ok(cart)
+}
+
+/// POST with retries on 5xx / transport errors.
+async fn setup_request(conn: &mut Conn, path: &str, body: Bytes) -> Result<Bytes, String> {
+    let mut last = String::new();
+    for attempt in 0..SETUP_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(20 << attempt.min(5))).await;
+        }
+        match conn
+            .request(Method::POST, path, Some(body.clone()), None)
+            .await
+        {
+            Ok(r) if (200..300).contains(&r.status) => return Ok(r.body),
+            Ok(r) if r.status >= 500 => last = format!("POST {path}: HTTP {}", r.status),
+            Ok(r) => {
+                return Err(format!(
+                    "POST {path}: HTTP {}: {}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body)
+                ))
+            }
+            Err(f) => last = format!("POST {path}: {f:?}"),
+        }
+    }
+    Err(last)
+}
+
+fn progress_bar(cfg: &RunConfig, limit: u64, show: bool) -> Option<ProgressBar> {
+    if !show {
+        return None;
+    }
+    let (len, template) = match cfg.duration {
+        Some(d) => (
+            d.as_secs().max(1),
+            "[{elapsed_precise}] {wide_bar} {pos}/{len}s {msg}",
+        ),
+        None => (limit, "[{elapsed_precise}] {wide_bar} {pos}/{len} {msg}"),
+    };
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    Some(bar)
+}
+
+async fn drive_progress(bar: ProgressBar, live: Arc<Live>, ctx: Arc<Ctx>) {
+    let mut last_done = 0u64;
+    let mut last_t = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let done = live.done.load(Relaxed);
+        let dt = (now - last_t).as_secs_f64();
+        let rate = if dt > 0.0 {
+            (done - last_done) as f64 / dt
+        } else {
+            0.0
+        };
+        last_done = done;
+        last_t = now;
+        match ctx.end {
+            Some(_) => bar.set_position((now - ctx.start).as_secs()),
+            None => bar.set_position(done),
+        }
+        bar.set_message(format!(
+            "{done} done, {rate:.0}/s, non-2xx {}, errors {}",
+            live.non_2xx.load(Relaxed),
+            live.failed.load(Relaxed)
+        ));
+    }
+}
