@@ -25,11 +25,13 @@ COPY . .
 RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
-ARG SERVICE=product-service
 COPY --from=planner /src/recipe.json recipe.json
 # Dependency layer: only invalidated when Cargo.toml/Cargo.lock change, not on source edits.
-RUN cargo chef cook --release --locked --recipe-path recipe.json --bin "${SERVICE}"
+# It cooks the whole workspace's dependencies and comes before ARG SERVICE, so the images of all
+# binaries share this one layer.
+RUN cargo chef cook --release --locked --recipe-path recipe.json
 COPY . .
+ARG SERVICE=product-service
 RUN cargo build --release --locked --bin "${SERVICE}" \
     && install -D -m 0755 "target/release/${SERVICE}" /out/service
 

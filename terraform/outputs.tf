@@ -50,3 +50,8 @@ output "amqp_url_parameter" {
   description = "SSM SecureString parameter holding AMQP_URL."
   value       = aws_ssm_parameter.amqp_url.name
 }
+
+output "amazon_mq_broker_id" {
+  description = "Amazon MQ broker id (rabbitmq_mode = amazon_mq), empty otherwise; its log groups are created by AWS outside Terraform."
+  value       = try(aws_mq_broker.this[0].id, "")
+}
