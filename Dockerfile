@@ -10,11 +10,13 @@
 # Stages: chef (toolchain + cargo-chef) -> planner (dependency recipe) -> builder (dependencies
 # cooked in their own cached layer, then the workspace) -> runtime (distroless, non-root).
 
-ARG RUST_VERSION=1.88
+# Must be >= every rust-version in Cargo.lock (uuid 1.29 needs 1.89); 1.95 is the toolchain the
+# workspace is built and tested with. scripts/check-infra.sh checks this.
+ARG RUST_VERSION=1.95
 ARG DEBIAN_SUITE=bookworm
 
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_SUITE} AS chef
-ARG CARGO_CHEF_VERSION=0.1.71
+ARG CARGO_CHEF_VERSION=0.1.78
 # The workspace uses rustls only (no OpenSSL), so no -dev packages are needed.
 RUN cargo install cargo-chef --locked --version "${CARGO_CHEF_VERSION}" \
     && rm -rf "${CARGO_HOME}/registry"

@@ -243,6 +243,51 @@ PY
 fi
 
 ############################################################################
+# Dockerfile toolchain: the builder's Rust must be new enough for every locked crate
+############################################################################
+log "== Dockerfile toolchain"
+run "Dockerfile RUST_VERSION >= rust-version of the workspace and of Cargo.lock's crates" 60 python3 - "$ROOT" <<'PY'
+import glob, os, pathlib, re, sys, tomllib
+
+root = pathlib.Path(sys.argv[1])
+m = re.search(r"^ARG RUST_VERSION=(\d+)\.(\d+)", (root / "Dockerfile").read_text(), re.M)
+if not m:
+    sys.exit("Dockerfile: no ARG RUST_VERSION=<major>.<minor>")
+have = (int(m.group(1)), int(m.group(2)))
+
+def ver(s):
+    parts = [int(x) for x in re.findall(r"\d+", str(s))[:2]]
+    return tuple(parts + [0] * (2 - len(parts)))
+
+need = []
+ws = tomllib.loads((root / "Cargo.toml").read_text())
+rv = ws.get("workspace", {}).get("package", {}).get("rust-version")
+if rv:
+    need.append((ver(rv), "workspace rust-version"))
+lock = root / "Cargo.lock"
+checked = 0
+if lock.exists():
+    cargo_home = os.environ.get("CARGO_HOME", os.path.expanduser("~/.cargo"))
+    dirs = {os.path.basename(d): d for d in glob.glob(os.path.join(cargo_home, "registry/src/*/*"))}
+    for pkg in tomllib.loads(lock.read_text()).get("package", []):
+        d = dirs.get(f"{pkg['name']}-{pkg['version']}")
+        if "source" not in pkg or not d:
+            continue
+        try:
+            rv = tomllib.loads(pathlib.Path(d, "Cargo.toml").read_text()).get("package", {}).get("rust-version")
+        except (OSError, tomllib.TOMLDecodeError):
+            continue
+        if isinstance(rv, str):
+            checked += 1
+            need.append((ver(rv), f"{pkg['name']} {pkg['version']}"))
+too_new = [(v, what) for v, what in need if v > have]
+for v, what in sorted(too_new):
+    print(f"Dockerfile RUST_VERSION {have[0]}.{have[1]} < {v[0]}.{v[1]} needed by {what}")
+print(f"checked the workspace and {checked} locked crates with sources in the cargo registry")
+sys.exit(1 if too_new else 0)
+PY
+
+############################################################################
 # hadolint
 ############################################################################
 log "== hadolint"
