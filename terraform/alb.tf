@@ -71,8 +71,8 @@ resource "aws_lb_target_group" "this" {
       error_message = "Stickiness cannot be enabled on the product target group with load_balancing_algorithm_type = weighted_random."
     }
     precondition {
-      condition     = !(each.key == "product" && local.product_weighted_random && var.product_slow_start_seconds > 0)
-      error_message = "Slow start cannot be used on the product target group with load_balancing_algorithm_type = weighted_random."
+      condition     = !(each.key == "product" && var.product_lb_algorithm != "round_robin" && var.product_slow_start_seconds > 0)
+      error_message = "Slow start needs load_balancing_algorithm_type = round_robin (AWS refuses it with weighted_random and least_outstanding_requests)."
     }
     precondition {
       condition     = !(each.key == "product" && !local.product_weighted_random && var.product_anomaly_mitigation == "on")

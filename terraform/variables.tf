@@ -256,7 +256,7 @@ variable "product_anomaly_mitigation" {
 }
 
 variable "product_slow_start_seconds" {
-  description = "slow_start of the product target group (0 = off). AWS refuses slow start with weighted_random."
+  description = "slow_start of the product target group (0 = off). AWS accepts slow start with round_robin only (not weighted_random, not least_outstanding_requests)."
   type        = number
   default     = 0
 }

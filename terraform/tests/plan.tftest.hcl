@@ -332,6 +332,18 @@ run "rejects_slow_start_with_weighted_random" {
   expect_failures = [aws_lb_target_group.this["product"]]
 }
 
+run "rejects_slow_start_with_least_outstanding_requests" {
+  command = plan
+
+  variables {
+    product_lb_algorithm       = "least_outstanding_requests"
+    product_anomaly_mitigation = "off"
+    product_slow_start_seconds = 60
+  }
+
+  expect_failures = [aws_lb_target_group.this["product"]]
+}
+
 run "rejects_anomaly_mitigation_without_weighted_random" {
   command = plan
 
