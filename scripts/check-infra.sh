@@ -101,14 +101,10 @@ if ! command -v terraform >/dev/null 2>&1; then
 else
   export CHECKPOINT_DISABLE=1 TF_IN_AUTOMATION=1 TF_INPUT=0
   unset TF_PLUGIN_CACHE_DIR
-  run "terraform fmt -check" 60 terraform -chdir=terraform fmt -check -recursive -diff
-
-  if [[ ! -d "$TF_MIRROR/registry.terraform.io/hashicorp/aws" ]]; then
-    skip "terraform init/validate/test" "no hashicorp/aws provider in the offline mirror $TF_MIRROR"
-  else
-    # Own CLI config: providers only from the local mirror, never from the network.
-    export TF_CLI_CONFIG_FILE="$WORK/terraformrc"
-    cat >"$TF_CLI_CONFIG_FILE" <<EOF
+  # Own CLI config: providers only from the local mirror, never from the network (and no
+  # warning about a TF_CLI_CONFIG_FILE from the environment that does not exist).
+  export TF_CLI_CONFIG_FILE="$WORK/terraformrc"
+  cat >"$TF_CLI_CONFIG_FILE" <<EOF
 provider_installation {
   filesystem_mirror {
     path    = "$TF_MIRROR"
@@ -119,6 +115,11 @@ provider_installation {
   }
 }
 EOF
+  run "terraform fmt -check" 60 terraform -chdir=terraform fmt -check -recursive -diff
+
+  if [[ ! -d "$TF_MIRROR/registry.terraform.io/hashicorp/aws" ]]; then
+    skip "terraform init/validate/test" "no hashicorp/aws provider in the offline mirror $TF_MIRROR"
+  else
     # Work on a copy: leaves the checkout (and any real `terraform init` in it) untouched.
     mkdir -p "$WORK/tf"
     tar -C terraform --exclude=.terraform --exclude=.terraform.lock.hcl --exclude='*.tfstate*' -cf - . |
@@ -131,8 +132,9 @@ EOF
     else
       fail "terraform validate/test (init did not install the provider)"
     fi
-    unset TF_DATA_DIR TF_CLI_CONFIG_FILE
+    unset TF_DATA_DIR
   fi
+  unset TF_CLI_CONFIG_FILE
 fi
 
 ############################################################################
