@@ -88,7 +88,12 @@ pub fn parse_base_url(v: &str) -> Result<String, String> {
 }
 
 pub fn base_url(name: &'static str, default: &str) -> Result<String, ConfigError> {
-    parse_with(name, raw(name).as_deref(), default.to_string(), parse_base_url)
+    parse_with(
+        name,
+        raw(name).as_deref(),
+        default.to_string(),
+        parse_base_url,
+    )
 }
 
 /// An `amqp://` or `amqps://` URL.

@@ -66,7 +66,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.body.error, self.body.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.body.error,
+            self.body.message
+        )
     }
 }
 

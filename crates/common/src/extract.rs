@@ -120,7 +120,15 @@ mod tests {
     fn ids_must_be_positive_int32() {
         assert_eq!(parse_id("1").ok(), Some(1));
         assert_eq!(parse_id("2147483647").ok(), Some(i32::MAX));
-        for bad in ["0", "-1", "2147483648", "99999999999999999999", "abc", "1.5", ""] {
+        for bad in [
+            "0",
+            "-1",
+            "2147483648",
+            "99999999999999999999",
+            "abc",
+            "1.5",
+            "",
+        ] {
             let err = parse_id(bad).unwrap_err();
             assert_eq!(err.status.as_u16(), 400, "{bad}");
             assert_eq!(err.body.error, "INVALID_ID");

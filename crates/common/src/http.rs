@@ -46,8 +46,10 @@ impl Readiness {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
-        self.checks
-            .push((name, Arc::new(move || Box::pin(check()) as BoxFuture<'static, _>)));
+        self.checks.push((
+            name,
+            Arc::new(move || Box::pin(check()) as BoxFuture<'static, _>),
+        ));
         self
     }
 

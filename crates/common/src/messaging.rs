@@ -146,7 +146,11 @@ impl Topology {
             )
             .await?;
         channel
-            .queue_declare(self.queue.as_str().into(), durable, self.queue_arguments(true))
+            .queue_declare(
+                self.queue.as_str().into(),
+                durable,
+                self.queue_arguments(true),
+            )
             .await?;
         Ok(())
     }

@@ -146,7 +146,12 @@ impl Metrics {
         for route in self.0.routes.iter() {
             for entry in route.value().iter() {
                 let (method, status) = entry.key().clone();
-                series.push((route.key().clone(), method, status, Arc::clone(entry.value())));
+                series.push((
+                    route.key().clone(),
+                    method,
+                    status,
+                    Arc::clone(entry.value()),
+                ));
             }
         }
         series.sort_by(|a, b| (&a.0, a.1.as_str(), a.2).cmp(&(&b.0, b.1.as_str(), b.2)));
@@ -178,7 +183,10 @@ impl Metrics {
                 "http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
             );
             let _ = writeln!(out, "http_request_duration_seconds_sum{{{labels}}} {sum}");
-            let _ = writeln!(out, "http_request_duration_seconds_count{{{labels}}} {count}");
+            let _ = writeln!(
+                out,
+                "http_request_duration_seconds_count{{{labels}}} {count}"
+            );
         }
         if let Ok(custom) = self.0.custom.lock() {
             for (name, help, metric) in custom.iter() {
@@ -186,7 +194,10 @@ impl Metrics {
                     Custom::Counter(c) => ("counter", c.get().to_string()),
                     Custom::Gauge(g) => ("gauge", g.get().to_string()),
                 };
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+                );
             }
         }
         out
@@ -201,7 +212,12 @@ pub async fn track(State(metrics): State<Metrics>, req: Request, next: Next) -> 
     let route = req.extensions().get::<MatchedPath>().cloned();
     let response = next.run(req).await;
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    metrics.observe(route, &method, response.status().as_u16(), started.elapsed());
+    metrics.observe(
+        route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 
@@ -222,9 +238,24 @@ mod tests {
         let m = Metrics::new();
         let published = m.counter("orders_published_total", "Orders confirmed by the broker.");
         published.add(3);
-        m.observe("/products/{id}", &Method::GET, 200, Duration::from_millis(2));
-        m.observe("/products/{id}", &Method::GET, 200, Duration::from_millis(20));
-        m.observe("/products/{id}", &Method::GET, 404, Duration::from_micros(100));
+        m.observe(
+            "/products/{id}",
+            &Method::GET,
+            200,
+            Duration::from_millis(2),
+        );
+        m.observe(
+            "/products/{id}",
+            &Method::GET,
+            200,
+            Duration::from_millis(20),
+        );
+        m.observe(
+            "/products/{id}",
+            &Method::GET,
+            404,
+            Duration::from_micros(100),
+        );
         let text = m.render();
         assert!(text.contains(
             "http_requests_total{route=\"/products/{id}\",method=\"GET\",status=\"200\"} 2"

@@ -11,7 +11,12 @@ pub fn init(format: LogFormat) {
     let result = match format {
         LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
         LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(true))
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true),
+            )
             .try_init(),
     };
     // Already initialised (a second app in the same test process): keep the first subscriber.
