@@ -1,0 +1,99 @@
+//! The warehouse's settings, all from environment variables with defaults.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `PORT` | 8084 | HTTP port (`/health`, `/ready`, `/stats`, `/metrics`) |
+//! | `AMQP_URL` | `amqp://guest:guest@127.0.0.1:5672/%2f` | the broker |
+//! | `ORDER_QUEUE` | `order_queue` | the queue to consume (DLQ is `<queue>.dlq`) |
+//! | `QUEUE_TYPE` | `classic` | `classic` or `quorum` |
+//! | `WAREHOUSE_CHANNELS` | 10 | consumer channels on the one connection |
+//! | `WAREHOUSE_PREFETCH` | 10 | unacked deliveries per channel |
+//! | `RECONNECT_MIN_MS` / `RECONNECT_MAX_MS` | 200 / 10000 | reconnect backoff bounds |
+//!
+//! plus the common `INSTANCE_ID`, `LOG_FORMAT`, `BODY_LIMIT_BYTES`, `SHUTDOWN_TIMEOUT_MS`.
+
+use common::config::{self, ConfigError, ServiceConfig};
+use common::messaging::{self, QueueType, Topology};
+use std::time::Duration;
+
+pub const DEFAULT_PORT: u16 = 8084;
+pub const DEFAULT_CHANNELS: u16 = 10;
+pub const DEFAULT_PREFETCH: u16 = 10;
+
+/// How the consumer talks to the broker.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    pub amqp_url: String,
+    pub topology: Topology,
+    /// Number of channels, each with its own consumer.
+    pub channels: u16,
+    /// `basic.qos` prefetch count of every channel.
+    pub prefetch: u16,
+    /// The connection name the broker shows (`connection_name` client property).
+    pub connection_name: String,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl ConsumerSettings {
+    /// Defaults for a queue on the local broker (tests and benchmarks).
+    pub fn local(queue: &str) -> Self {
+        Self {
+            amqp_url: messaging::DEFAULT_AMQP_URL.to_string(),
+            topology: Topology::new(queue, QueueType::Classic),
+            channels: DEFAULT_CHANNELS,
+            prefetch: DEFAULT_PREFETCH,
+            connection_name: format!("warehouse-{queue}"),
+            reconnect_min: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub service: ServiceConfig,
+    pub consumer: ConsumerSettings,
+}
+
+fn positive(name: &'static str, default: u16) -> Result<u16, ConfigError> {
+    let value: u16 = config::var(name, default)?;
+    if value == 0 {
+        return Err(ConfigError::new(name, "0", "must be at least 1"));
+    }
+    Ok(value)
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let service = ServiceConfig::from_env("warehouse", DEFAULT_PORT)?;
+        let reconnect_min = config::millis("RECONNECT_MIN_MS", Duration::from_millis(200))?;
+        let reconnect_max = config::millis("RECONNECT_MAX_MS", Duration::from_secs(10))?;
+        if reconnect_max < reconnect_min {
+            return Err(ConfigError::new(
+                "RECONNECT_MAX_MS",
+                reconnect_max.as_millis().to_string(),
+                "must not be below RECONNECT_MIN_MS",
+            ));
+        }
+        let consumer = ConsumerSettings {
+            amqp_url: messaging::amqp_url_from_env()?,
+            topology: Topology::from_env()?,
+            channels: positive("WAREHOUSE_CHANNELS", DEFAULT_CHANNELS)?,
+            prefetch: positive("WAREHOUSE_PREFETCH", DEFAULT_PREFETCH)?,
+            connection_name: service.instance_id.clone(),
+            reconnect_min,
+            reconnect_max,
+        };
+        Ok(Self { service, consumer })
+    }
+
+    /// Ephemeral HTTP port, local broker, the given queue.
+    pub fn for_tests(queue: &str) -> Self {
+        let instance = format!("warehouse-{queue}");
+        Self {
+            service: ServiceConfig::for_tests(&instance),
+            consumer: ConsumerSettings::local(queue),
+        }
+    }
+}

@@ -1,0 +1,40 @@
+use std::process::ExitCode;
+use warehouse::configuration::{Settings, DEFAULT_PORT};
+use warehouse::Application;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    common::healthcheck::exit_if_requested(DEFAULT_PORT);
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("warehouse: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    common::telemetry::init(settings.service.log_format);
+    let app = match Application::build(settings).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::from(1);
+        }
+    };
+    match app.run_until_stopped(common::shutdown::on_signal()).await {
+        Ok(stats) => {
+            tracing::info!(
+                orders_processed = stats.orders_processed,
+                duplicates = stats.duplicates,
+                rejected = stats.rejected,
+                stats = %serde_json::to_string(&stats).unwrap_or_default(),
+                "final report"
+            );
+            print!("{stats}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the HTTP server failed");
+            ExitCode::from(1)
+        }
+    }
+}
