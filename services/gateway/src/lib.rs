@@ -1,1 +1,156 @@
+//! The gateway: the local stand-in for the AWS Application Load Balancer.
+//!
+//! - [`config`]: target groups and tuning from the environment.
+//! - [`targets`]: target groups, active health checks, the per-target sliding window.
+//! - [`balancer`]: weighted random choice and the automatic-target-weights rule (pure).
+//! - [`proxy`]: the streaming reverse proxy.
+//! - [`routes`]: the path rules and `GET /gateway/targets`.
 
+pub mod balancer;
+pub mod config;
+pub mod proxy;
+pub mod routes;
+pub mod targets;
+
+use crate::config::GatewayConfig;
+use crate::proxy::UpstreamClient;
+use crate::targets::TargetGroup;
+use axum::Router;
+use common::http::Readiness;
+use common::metrics::Metrics;
+use common::shutdown::CancellationToken;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// The gateway's shared state.
+#[derive(Debug)]
+pub struct Gateway {
+    pub config: GatewayConfig,
+    pub product: Arc<TargetGroup>,
+    pub cart: Arc<TargetGroup>,
+    /// Present only with `EXPOSE_CCA=true`.
+    pub cca: Option<Arc<TargetGroup>>,
+    pub client: UpstreamClient,
+    pub upstream_timeout: Duration,
+}
+
+impl Gateway {
+    pub fn new(config: GatewayConfig) -> Self {
+        let product = Arc::new(TargetGroup::new(
+            "product",
+            "/product*",
+            &config.product_targets,
+        ));
+        let cart = Arc::new(TargetGroup::new(
+            "cart",
+            "/shopping-cart*",
+            &config.cart_targets,
+        ));
+        let cca = config.expose_cca.then(|| {
+            Arc::new(TargetGroup::new(
+                "credit-card-authorizer",
+                "/credit-card-authorizer*",
+                &config.cca_targets,
+            ))
+        });
+        Self {
+            client: proxy::client(config.connect_timeout),
+            upstream_timeout: config.upstream_timeout,
+            product,
+            cart,
+            cca,
+            config,
+        }
+    }
+
+    pub fn groups(&self) -> Vec<Arc<TargetGroup>> {
+        let mut groups = vec![Arc::clone(&self.product), Arc::clone(&self.cart)];
+        if let Some(cca) = &self.cca {
+            groups.push(Arc::clone(cca));
+        }
+        groups
+    }
+
+    /// Starts the health-check and ATW tasks; they stop when `stop` is cancelled.
+    pub fn spawn_background(&self, stop: &CancellationToken) {
+        for group in self.groups() {
+            for target in &group.targets {
+                tokio::spawn(targets::health_loop(
+                    group.name,
+                    Arc::clone(target),
+                    self.client.clone(),
+                    self.config.health.clone(),
+                    stop.clone(),
+                ));
+            }
+        }
+        tokio::spawn(targets::atw_loop(
+            self.groups(),
+            self.config.atw,
+            stop.clone(),
+        ));
+    }
+}
+
+/// The whole app: the gateway's routes with the common layers.
+pub fn app(gateway: Arc<Gateway>, metrics: &Metrics) -> Router {
+    let for_ready = Arc::clone(&gateway);
+    let readiness = Readiness::new().check("targets", move || {
+        let gw = Arc::clone(&for_ready);
+        async move {
+            let empty: Vec<&str> = gw
+                .groups()
+                .iter()
+                .filter(|g| g.healthy_count() == 0)
+                .map(|g| g.name)
+                .collect();
+            if empty.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("no healthy target in: {}", empty.join(", ")))
+            }
+        }
+    });
+    let config = gateway.config.service.clone();
+    common::http::with_common_layers(routes::router(gateway), &config, metrics, readiness)
+}
+
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    gateway: Arc<Gateway>,
+    router: Router,
+}
+
+impl Application {
+    /// Binds the port (0 in tests), runs the first round of health checks, builds the router.
+    pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
+        let listener = common::http::bind(config.service.port).await?;
+        let port = listener.local_addr()?.port();
+        let gateway = Arc::new(Gateway::new(config));
+        targets::initial_checks(&gateway.groups(), &gateway.client, &gateway.config.health).await;
+        let router = app(Arc::clone(&gateway), &Metrics::new());
+        Ok(Self {
+            listener,
+            port,
+            gateway,
+            router,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn gateway(&self) -> Arc<Gateway> {
+        Arc::clone(&self.gateway)
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains.
+    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        self.gateway.spawn_background(&shutdown);
+        let drain = self.gateway.config.service.shutdown_timeout;
+        common::shutdown::serve(self.listener, self.router, shutdown, drain).await
+    }
+}

@@ -1,0 +1,259 @@
+//! The gateway's settings, all from environment variables (see the README for the table).
+
+use common::config::{self as env, ConfigError, ServiceConfig};
+use http::uri::Authority;
+use std::time::Duration;
+
+/// One upstream target: `http://host:port`, kept both as written (for `/gateway/targets`) and as
+/// the authority the proxy puts into the upstream URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetUrl {
+    pub url: String,
+    pub authority: Authority,
+}
+
+impl TargetUrl {
+    /// Parses `http://host[:port][/]`. No path (the ALB forwards the request's own path), no TLS.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        let rest = raw
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{raw:?}: expected http://host:port (no TLS to targets)"))?;
+        let rest = rest.trim_end_matches('/');
+        if rest.is_empty() || rest.contains('/') {
+            return Err(format!("{raw:?}: expected http://host:port without a path"));
+        }
+        let authority: Authority = rest
+            .parse()
+            .map_err(|e| format!("{raw:?}: not a valid host:port ({e})"))?;
+        Ok(Self {
+            url: format!("http://{authority}"),
+            authority,
+        })
+    }
+}
+
+/// A comma-separated list of target URLs; at least one.
+pub fn parse_targets(v: &str) -> Result<Vec<TargetUrl>, String> {
+    let targets = v
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(TargetUrl::parse)
+        .collect::<Result<Vec<_>, _>>()?;
+    if targets.is_empty() {
+        return Err("expected at least one http://host:port".to_string());
+    }
+    Ok(targets)
+}
+
+fn targets(name: &'static str, default: &str) -> Result<Vec<TargetUrl>, ConfigError> {
+    let raw = env::raw(name);
+    let value = raw.as_deref().unwrap_or(default);
+    parse_targets(value).map_err(|reason| ConfigError::new(name, value, reason))
+}
+
+fn positive_u32(name: &'static str, default: u32) -> Result<u32, ConfigError> {
+    let v: u32 = env::var(name, default)?;
+    if v == 0 {
+        return Err(ConfigError::new(name, "0", "must be at least 1"));
+    }
+    Ok(v)
+}
+
+fn positive_millis(name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+    let d = env::millis(name, default)?;
+    if d.is_zero() {
+        return Err(ConfigError::new(name, "0", "must be at least 1 ms"));
+    }
+    Ok(d)
+}
+
+fn f64_in(name: &'static str, default: f64, min: f64, max: f64) -> Result<f64, ConfigError> {
+    let v: f64 = env::var(name, default)?;
+    if !(min..=max).contains(&v) {
+        return Err(ConfigError::new(
+            name,
+            v.to_string(),
+            format!("must be between {min} and {max}"),
+        ));
+    }
+    Ok(v)
+}
+
+/// Active health checks, as on an ALB target group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    /// `HEALTH_PATH` (default `/health`).
+    pub path: String,
+    /// `HEALTH_INTERVAL_MS` (default 2000).
+    pub interval: Duration,
+    /// `HEALTH_TIMEOUT_MS` (default 1000).
+    pub timeout: Duration,
+    /// `HEALTHY_THRESHOLD`: consecutive passes that bring an unhealthy target back (default 2).
+    pub healthy_threshold: u32,
+    /// `UNHEALTHY_THRESHOLD`: consecutive failures that take a healthy target out (default 2).
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        Self {
+            path: "/health".to_string(),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+        }
+    }
+}
+
+/// Automatic target weights (the ALB's "weighted random with anomaly mitigation").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AtwConfig {
+    /// `ATW_ENABLED` (default true). Off: plain weighted random with all weights 1.0.
+    pub enabled: bool,
+    /// `ATW_TICK_MS`: how often weights are re-evaluated, and the width of one window bucket
+    /// (default 1000).
+    pub tick: Duration,
+    /// `ATW_WINDOW_TICKS`: how many buckets the sliding window holds (default 30, i.e. 30 s).
+    pub window_ticks: usize,
+    /// `ATW_MIN_REQUESTS`: fewer responses than this in a target's window → no verdict (default 20).
+    pub min_requests: u64,
+    /// `ATW_MARGIN`: the error rate must exceed the peers' median by at least this much (default 0.05).
+    pub margin: f64,
+    /// `ATW_RATIO`: … and be at least this many times the peers' median (default 2.0).
+    pub ratio: f64,
+    /// `ATW_STEP_DOWN`: factor applied to an anomalous target's weight each tick (default 0.5).
+    pub step_down: f64,
+    /// `ATW_FLOOR`: the lowest weight (never 0: the target is never deregistered) (default 0.02).
+    pub floor: f64,
+    /// `ATW_RECOVERY`: factor applied to a non-anomalous target's reduced weight each tick, capped
+    /// at 1.0 (default 1.5).
+    pub recovery: f64,
+}
+
+impl Default for AtwConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            tick: Duration::from_secs(1),
+            window_ticks: 30,
+            min_requests: 20,
+            margin: 0.05,
+            ratio: 2.0,
+            step_down: 0.5,
+            floor: 0.02,
+            recovery: 1.5,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub service: ServiceConfig,
+    /// `PRODUCT_TARGETS` (default `http://127.0.0.1:8081`): the `/product*` target group.
+    pub product_targets: Vec<TargetUrl>,
+    /// `CART_TARGETS` (default `http://127.0.0.1:8082`): the `/shopping-cart*` target group.
+    pub cart_targets: Vec<TargetUrl>,
+    /// `CCA_TARGETS` (default `http://127.0.0.1:8083`): `/credit-card-authorizer*`, only routed
+    /// when `EXPOSE_CCA=true`.
+    pub cca_targets: Vec<TargetUrl>,
+    /// `EXPOSE_CCA` (default false): the authorizer is internal, as behind the ALB.
+    pub expose_cca: bool,
+    /// `UPSTREAM_TIMEOUT_MS` (default 10000): time to the upstream's response head, else 504.
+    pub upstream_timeout: Duration,
+    /// `CONNECT_TIMEOUT_MS` (default 1000): TCP connect to a target, else 502.
+    pub connect_timeout: Duration,
+    pub health: HealthCheckConfig,
+    pub atw: AtwConfig,
+}
+
+impl GatewayConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let service = ServiceConfig::from_env("gateway", 8080)?;
+        let defaults = HealthCheckConfig::default();
+        let health = HealthCheckConfig {
+            path: env::string("HEALTH_PATH", &defaults.path),
+            interval: positive_millis("HEALTH_INTERVAL_MS", defaults.interval)?,
+            timeout: positive_millis("HEALTH_TIMEOUT_MS", defaults.timeout)?,
+            healthy_threshold: positive_u32("HEALTHY_THRESHOLD", defaults.healthy_threshold)?,
+            unhealthy_threshold: positive_u32("UNHEALTHY_THRESHOLD", defaults.unhealthy_threshold)?,
+        };
+        if !health.path.starts_with('/') {
+            return Err(ConfigError::new(
+                "HEALTH_PATH",
+                health.path,
+                "must start with /",
+            ));
+        }
+        let d = AtwConfig::default();
+        let atw = AtwConfig {
+            enabled: env::flag("ATW_ENABLED", d.enabled)?,
+            tick: positive_millis("ATW_TICK_MS", d.tick)?,
+            window_ticks: positive_u32("ATW_WINDOW_TICKS", 30)? as usize,
+            min_requests: env::var("ATW_MIN_REQUESTS", d.min_requests)?,
+            margin: f64_in("ATW_MARGIN", d.margin, 0.0, 1.0)?,
+            ratio: f64_in("ATW_RATIO", d.ratio, 1.0, 1000.0)?,
+            step_down: f64_in("ATW_STEP_DOWN", d.step_down, 0.01, 0.99)?,
+            floor: f64_in("ATW_FLOOR", d.floor, 0.001, 1.0)?,
+            recovery: f64_in("ATW_RECOVERY", d.recovery, 1.01, 100.0)?,
+        };
+        Ok(Self {
+            service,
+            product_targets: targets("PRODUCT_TARGETS", "http://127.0.0.1:8081")?,
+            cart_targets: targets("CART_TARGETS", "http://127.0.0.1:8082")?,
+            cca_targets: targets("CCA_TARGETS", "http://127.0.0.1:8083")?,
+            expose_cca: env::flag("EXPOSE_CCA", false)?,
+            upstream_timeout: positive_millis("UPSTREAM_TIMEOUT_MS", Duration::from_secs(10))?,
+            connect_timeout: positive_millis("CONNECT_TIMEOUT_MS", Duration::from_secs(1))?,
+            health,
+            atw,
+        })
+    }
+
+    /// A configuration for tests: ephemeral port, the given targets, fast health checks.
+    pub fn for_tests(product: &[String], cart: &[String], cca: &[String]) -> Result<Self, String> {
+        let list = |urls: &[String]| parse_targets(&urls.join(","));
+        Ok(Self {
+            service: ServiceConfig::for_tests("gateway-test"),
+            product_targets: list(product)?,
+            cart_targets: list(cart)?,
+            cca_targets: list(cca)?,
+            expose_cca: false,
+            upstream_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_millis(500),
+            health: HealthCheckConfig {
+                interval: Duration::from_millis(100),
+                timeout: Duration::from_millis(500),
+                ..HealthCheckConfig::default()
+            },
+            atw: AtwConfig::default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_urls_are_checked_and_normalised() {
+        let t = TargetUrl::parse("http://product-1:8081/").expect("valid");
+        assert_eq!(t.url, "http://product-1:8081");
+        assert_eq!(t.authority.as_str(), "product-1:8081");
+        assert!(TargetUrl::parse("https://x:1").is_err());
+        assert!(TargetUrl::parse("http://x:1/api").is_err());
+        assert!(TargetUrl::parse("x:1").is_err());
+        assert!(TargetUrl::parse("http://").is_err());
+    }
+
+    #[test]
+    fn target_lists_split_on_commas() {
+        let ts = parse_targets("http://a:1, http://b:2,,").expect("valid");
+        assert_eq!(ts.len(), 2);
+        assert_eq!(ts[1].url, "http://b:2");
+        assert!(parse_targets(" , ").is_err());
+        assert!(parse_targets("http://a:1,ftp://b").is_err());
+    }
+}

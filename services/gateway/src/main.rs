@@ -1,0 +1,41 @@
+use gateway::config::GatewayConfig;
+use gateway::Application;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    common::healthcheck::exit_if_requested(8080);
+    let config = match GatewayConfig::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    common::telemetry::init(config.service.log_format);
+    let app = match Application::build(config.clone()).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %e, "gateway failed to start");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        port = app.port(),
+        product_targets = ?config.product_targets.iter().map(|t| t.url.as_str()).collect::<Vec<_>>(),
+        cart_targets = ?config.cart_targets.iter().map(|t| t.url.as_str()).collect::<Vec<_>>(),
+        expose_cca = config.expose_cca,
+        "gateway listening"
+    );
+    let shutdown = common::shutdown::on_signal();
+    match app.run(shutdown).await {
+        Ok(()) => {
+            tracing::info!("gateway stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "gateway server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
