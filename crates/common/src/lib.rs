@@ -9,6 +9,7 @@
 //! - [`messaging`] (feature `amqp`): the order message and the queue topology, declared identically
 //!   by the cart and the warehouse.
 
+pub mod card;
 pub mod config;
 pub mod error;
 pub mod extract;

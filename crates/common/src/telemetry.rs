@@ -22,25 +22,3 @@ pub fn init(format: LogFormat) {
     // Already initialised (a second app in the same test process): keep the first subscriber.
     let _ = result;
 }
-
-/// Masks a card number for logs: only the last four digits survive.
-pub fn mask_card(number: &str) -> String {
-    let digits: Vec<char> = number.chars().filter(|c| c.is_ascii_digit()).collect();
-    if digits.len() < 4 {
-        return "****".to_string();
-    }
-    let last4: String = digits[digits.len() - 4..].iter().collect();
-    format!("****-****-****-{last4}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::mask_card;
-
-    #[test]
-    fn masks_all_but_last_four() {
-        assert_eq!(mask_card("1234-5678-9012-3456"), "****-****-****-3456");
-        assert_eq!(mask_card("12"), "****");
-        assert!(!mask_card("1234567890123456").contains("1234"));
-    }
-}

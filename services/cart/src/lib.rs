@@ -1,1 +1,108 @@
+//! Shopping carts and checkout.
+//!
+//! Checkout is the one place where the synchronous and asynchronous halves of the system meet:
+//! the card is authorized over HTTP, then the order is published to RabbitMQ and the customer gets
+//! 200 only once the broker has confirmed it. A cart moves `open → checking_out → checked_out`;
+//! the middle state is what makes two concurrent checkouts of one cart produce one order, and the
+//! order id and message id are kept on the cart after a failed publish so a retry republishes
+//! the same order, which the warehouse deduplicates.
 
+pub mod carts;
+pub mod clients;
+pub mod configuration;
+pub mod publisher;
+pub mod routes;
+
+use crate::carts::CartStore;
+use crate::clients::{Authorizer, ProductCatalog};
+use crate::configuration::Settings;
+use crate::publisher::OrderPublisher;
+use common::http::{bind, with_common_layers, Readiness};
+use common::metrics::Metrics;
+use common::shutdown::CancellationToken;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+pub const DEFAULT_PORT: u16 = 8082;
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub carts: Arc<CartStore>,
+    pub products: ProductCatalog,
+    pub authorizer: Authorizer,
+    pub publisher: OrderPublisher,
+    pub outcomes: routes::CheckoutOutcomes,
+}
+
+pub struct Application {
+    port: u16,
+    listener: TcpListener,
+    router: axum::Router,
+    settings: Settings,
+    pub state: AppState,
+}
+
+impl Application {
+    /// Builds the app. The broker need not be up: publishing connects lazily and `/ready`
+    /// reports the broker's state, so the service starts, says it is not ready, and heals.
+    pub async fn build(settings: Settings) -> Result<Self, Box<dyn std::error::Error>> {
+        let metrics = Metrics::new();
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()?;
+        let publisher = OrderPublisher::new(&settings, &metrics)?;
+        let state = AppState {
+            carts: Arc::new(CartStore::default()),
+            products: ProductCatalog::new(http.clone(), &settings),
+            authorizer: Authorizer::new(http, &settings),
+            publisher: publisher.clone(),
+            outcomes: routes::CheckoutOutcomes::register(&metrics),
+        };
+        let readiness = Readiness::new().check("rabbitmq", move || {
+            let publisher = publisher.clone();
+            async move { publisher.check().await }
+        });
+        let router = with_common_layers(
+            routes::router(state.clone()),
+            &settings.service,
+            &metrics,
+            readiness,
+        );
+        let listener = bind(settings.service.port).await?;
+        let port = listener.local_addr()?.port();
+        tracing::info!(
+            port,
+            product_url = %settings.product_url,
+            cca_url = %settings.cca_url,
+            amqp = %common::messaging::redact_url(&settings.amqp_url),
+            queue = %settings.topology.queue,
+            "cart-service listening"
+        );
+        Ok(Self {
+            port,
+            listener,
+            router,
+            settings,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let publisher = self.state.publisher.clone();
+        let result = common::shutdown::serve(
+            self.listener,
+            self.router,
+            shutdown,
+            self.settings.service.shutdown_timeout,
+        )
+        .await;
+        // In-flight checkouts have drained: close the channels so the broker sees a clean goodbye.
+        publisher.close().await;
+        result
+    }
+}

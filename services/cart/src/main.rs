@@ -1,0 +1,18 @@
+use cart_service::{configuration::Settings, Application};
+
+fn main() {
+    common::healthcheck::exit_if_requested(cart_service::DEFAULT_PORT);
+    if let Err(err) = run() {
+        eprintln!("cart-service: {err}");
+        std::process::exit(1);
+    }
+}
+
+#[tokio::main]
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let settings = Settings::from_env()?;
+    common::telemetry::init(settings.service.log_format);
+    let app = Application::build(settings).await?;
+    app.run_until_stopped(common::shutdown::on_signal()).await?;
+    Ok(())
+}

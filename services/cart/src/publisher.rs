@@ -1,0 +1,211 @@
+//! Publishing orders under publisher confirms from a pool of confirm-mode channels.
+//!
+//! - Connections come from a deadpool-lapin pool (one connection; replaced when it dies).
+//! - Channels come from a deadpool pool of `CHANNEL_POOL_SIZE` confirm-mode channels made on that
+//!   connection. A checkout borrows one, publishes, awaits the broker's confirm and returns it.
+//! - Borrowing waits at most `CHANNEL_WAIT_MS` (backpressure: a 503 instead of an unbounded queue
+//!   of checkouts), and a channel that failed or timed out is thrown away instead of returned, so
+//!   the pool heals by itself after the broker or the connection comes back.
+
+use crate::configuration::Settings;
+use common::messaging::{OrderMessage, Topology};
+use common::metrics::{Counter, Metrics};
+use deadpool::managed::{self, Object, PoolError, RecycleError, RecycleResult, TimeoutType};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::Confirmation;
+use lapin::{Channel, ConnectionProperties};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("no publishing channel became free within {0:?}")]
+    Busy(Duration),
+    #[error("the broker is unreachable: {0}")]
+    Unreachable(String),
+    #[error("the broker did not confirm within {0:?}")]
+    ConfirmTimeout(Duration),
+    #[error("the broker refused the order (nack)")]
+    Nacked,
+    #[error("the broker could not route the order to {0} (returned)")]
+    Returned(String),
+    #[error("publishing failed: {0}")]
+    Channel(String),
+}
+
+/// Makes confirm-mode channels on the pooled connection.
+pub struct ChannelManager {
+    connections: deadpool_lapin::Pool,
+    topology: Topology,
+}
+
+impl managed::Manager for ChannelManager {
+    type Type = Channel;
+    type Error = lapin::Error;
+
+    async fn create(&self) -> Result<Channel, lapin::Error> {
+        let connection = self.connections.get().await.map_err(|err| match err {
+            PoolError::Backend(err) => err,
+            other => lapin::Error::from(lapin::ErrorKind::IOError(Arc::new(
+                std::io::Error::other(other.to_string()),
+            ))),
+        })?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        // Declaring is idempotent and cheap; doing it per new channel means a broker that lost
+        // its definitions (a fresh node) gets them back before the first publish.
+        self.topology.declare(&channel).await?;
+        Ok(channel)
+    }
+
+    async fn recycle(
+        &self,
+        channel: &mut Channel,
+        _: &managed::Metrics,
+    ) -> RecycleResult<lapin::Error> {
+        if channel.status().connected() {
+            Ok(())
+        } else {
+            Err(RecycleError::message("channel is closed"))
+        }
+    }
+}
+
+type ChannelPool = managed::Pool<ChannelManager>;
+
+#[derive(Clone)]
+pub struct OrderPublisher {
+    channels: ChannelPool,
+    queue: Arc<str>,
+    wait: Duration,
+    confirm_timeout: Duration,
+    published: Counter,
+    failed: Counter,
+}
+
+impl OrderPublisher {
+    pub fn new(settings: &Settings, metrics: &Metrics) -> Result<Self, Box<dyn std::error::Error>> {
+        let name = format!("cart-service {}", settings.service.instance_id);
+        let connections = deadpool_lapin::Config {
+            url: Some(settings.amqp_url.clone()),
+            pool: None,
+        }
+        .builder(
+            move || ConnectionProperties::default().with_connection_name(name.as_str().into()),
+            deadpool_lapin::Runtime::Tokio1,
+        )?
+        .max_size(1)
+        .create_timeout(Some(settings.connect_timeout))
+        .recycle_timeout(Some(Duration::from_secs(1)))
+        .build()?;
+        let channels = managed::Pool::builder(ChannelManager {
+            connections,
+            topology: settings.topology.clone(),
+        })
+        .max_size(settings.channel_pool_size)
+        .wait_timeout(Some(settings.channel_wait))
+        .create_timeout(Some(settings.connect_timeout))
+        .recycle_timeout(Some(Duration::from_secs(1)))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()?;
+        Ok(Self {
+            channels,
+            queue: settings.topology.queue.as_str().into(),
+            wait: settings.channel_wait,
+            confirm_timeout: settings.confirm_timeout,
+            published: metrics.counter("orders_published_total", "Orders confirmed by the broker."),
+            failed: metrics.counter(
+                "orders_publish_failures_total",
+                "Orders the broker did not confirm (unreachable, nack, return, timeout).",
+            ),
+        })
+    }
+
+    async fn channel(&self) -> Result<Object<ChannelManager>, PublishError> {
+        self.channels.get().await.map_err(|err| match err {
+            PoolError::Timeout(TimeoutType::Wait) => PublishError::Busy(self.wait),
+            PoolError::Timeout(_) => PublishError::Unreachable("connecting timed out".to_string()),
+            PoolError::Backend(err) => PublishError::Unreachable(err.to_string()),
+            other => PublishError::Unreachable(other.to_string()),
+        })
+    }
+
+    /// Publishes one order and waits for the broker's confirm. `Ok` means the broker has taken
+    /// responsibility for the (persistent) message.
+    pub async fn publish(
+        &self,
+        order: &OrderMessage,
+        request_id: &str,
+    ) -> Result<(), PublishError> {
+        let result = self.publish_once(order, request_id).await;
+        match &result {
+            Ok(()) => self.published.inc(),
+            Err(_) => self.failed.inc(),
+        }
+        result
+    }
+
+    async fn publish_once(
+        &self,
+        order: &OrderMessage,
+        request_id: &str,
+    ) -> Result<(), PublishError> {
+        let channel = self.channel().await?;
+        let payload = order.to_json();
+        let confirm = match channel
+            .basic_publish(
+                "".into(),
+                self.queue.as_ref().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &payload,
+                order.properties(request_id),
+            )
+            .await
+        {
+            Ok(confirm) => confirm,
+            Err(err) => {
+                // The channel is broken: keep it out of the pool.
+                drop(Object::take(channel));
+                return Err(PublishError::Channel(err.to_string()));
+            }
+        };
+        let confirmation = match tokio::time::timeout(self.confirm_timeout, confirm).await {
+            Ok(Ok(confirmation)) => confirmation,
+            Ok(Err(err)) => {
+                drop(Object::take(channel));
+                return Err(PublishError::Channel(err.to_string()));
+            }
+            Err(_) => {
+                // A confirm may still arrive on this channel; a fresh one is simpler to reason about.
+                drop(Object::take(channel));
+                return Err(PublishError::ConfirmTimeout(self.confirm_timeout));
+            }
+        };
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(PublishError::Returned(self.queue.to_string())),
+            Confirmation::Nack(_) => Err(PublishError::Nacked),
+            Confirmation::NotRequested => Err(PublishError::Channel(
+                "the channel is not in confirm mode".to_string(),
+            )),
+        }
+    }
+
+    /// `/ready`: can we get a working channel right now?
+    pub async fn check(&self) -> Result<(), String> {
+        self.channel()
+            .await
+            .map(drop)
+            .map_err(|err| err.to_string())
+    }
+
+    /// Closes the pooled channels on shutdown.
+    pub async fn close(&self) {
+        self.channels.close();
+    }
+}

@@ -1,0 +1,300 @@
+//! The cart's HTTP API: create, add item, view, checkout.
+
+use crate::carts::{CartError, CheckoutTicket};
+use crate::clients::{Unavailable, Verdict};
+use crate::publisher::PublishError;
+use crate::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use common::metrics::{Counter, Metrics};
+use common::{card, ApiError, ApiJson, ErrorBody, PathId, RequestId};
+use serde::{Deserialize, Serialize};
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/shopping-cart", post(create_cart))
+        .route("/shopping-carts/{shopping_cart_id}", get(get_cart))
+        .route("/shopping-carts/{shopping_cart_id}/addItem", post(add_item))
+        .route(
+            "/shopping-carts/{shopping_cart_id}/checkout",
+            post(checkout),
+        )
+        .with_state(state)
+}
+
+/// Every way a cart request can fail, mapped once to the contract's responses.
+#[derive(Debug, thiserror::Error)]
+pub enum CartRouteError {
+    #[error(transparent)]
+    Cart(#[from] CartError),
+    #[error(transparent)]
+    Invalid(ApiError),
+    #[error("product {0} not found")]
+    ProductNotFound(i32),
+    #[error(transparent)]
+    Dependency(#[from] Unavailable),
+    #[error("payment declined")]
+    Declined(ErrorBody),
+    #[error("card rejected by the authorizer")]
+    CardRejected(ErrorBody),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+impl IntoResponse for CartRouteError {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        let err = match self {
+            Self::Cart(CartError::NotFound(_)) => ApiError::not_found("CART_NOT_FOUND", message),
+            Self::Cart(CartError::AlreadyCheckedOut { order_id, .. }) => {
+                ApiError::bad_request("CART_ALREADY_CHECKED_OUT", message)
+                    .with_details(format!("order_id={order_id}"))
+            }
+            Self::Cart(CartError::Empty(_)) => ApiError::bad_request("CART_EMPTY", message),
+            Self::Cart(CartError::QuantityOverflow { .. }) => {
+                ApiError::invalid_field("quantity", message)
+            }
+            Self::Cart(CartError::CheckoutInProgress(_)) => {
+                ApiError::new(StatusCode::CONFLICT, "CHECKOUT_IN_PROGRESS", message)
+            }
+            Self::Cart(CartError::OrderPending(_)) => {
+                ApiError::new(StatusCode::CONFLICT, "ORDER_PENDING", message)
+                    .with_details("retry the checkout: the same order will be placed")
+            }
+            Self::Cart(CartError::IdsExhausted(_)) => ApiError::internal(message),
+            Self::Invalid(err) => err,
+            Self::ProductNotFound(_) => ApiError::not_found("PRODUCT_NOT_FOUND", message),
+            Self::Dependency(Unavailable { service, .. }) => ApiError::unavailable(
+                if service == "card authorizer" {
+                    "PAYMENT_SERVICE_UNAVAILABLE"
+                } else {
+                    "PRODUCT_SERVICE_UNAVAILABLE"
+                },
+                message,
+            ),
+            Self::Declined(body) => ApiError {
+                status: StatusCode::PAYMENT_REQUIRED,
+                body,
+            },
+            Self::CardRejected(body) => ApiError {
+                status: StatusCode::BAD_REQUEST,
+                body,
+            },
+            Self::Publish(PublishError::Busy(_)) => ApiError::unavailable("BROKER_BUSY", message),
+            Self::Publish(_) => ApiError::unavailable("ORDER_NOT_CONFIRMED", message)
+                .with_details("the cart is still open; retry the checkout"),
+        };
+        err.into_response()
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CreateCart {
+    pub customer_id: i32,
+}
+
+#[derive(Serialize)]
+pub struct CartCreated {
+    pub shopping_cart_id: i32,
+}
+
+#[tracing::instrument(skip_all, fields(customer_id = body.customer_id))]
+async fn create_cart(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateCart>,
+) -> Result<(StatusCode, Json<CartCreated>), CartRouteError> {
+    if body.customer_id < 1 {
+        return Err(CartRouteError::Invalid(ApiError::invalid_field(
+            "customer_id",
+            "must be a positive integer",
+        )));
+    }
+    let id = state.carts.create(body.customer_id)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CartCreated {
+            shopping_cart_id: id,
+        }),
+    ))
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(cart_id))]
+async fn get_cart(
+    State(state): State<AppState>,
+    PathId(cart_id): PathId,
+) -> Result<Json<crate::carts::CartView>, CartRouteError> {
+    Ok(Json(state.carts.view(cart_id)?))
+}
+
+#[derive(Deserialize)]
+pub struct AddItem {
+    pub product_id: i32,
+    pub quantity: i32,
+}
+
+#[tracing::instrument(skip_all, fields(cart_id, product_id = body.product_id, quantity = body.quantity))]
+async fn add_item(
+    State(state): State<AppState>,
+    PathId(cart_id): PathId,
+    RequestId(request_id): RequestId,
+    ApiJson(body): ApiJson<AddItem>,
+) -> Result<StatusCode, CartRouteError> {
+    if body.product_id < 1 {
+        return Err(CartRouteError::Invalid(ApiError::invalid_field(
+            "product_id",
+            "must be a positive integer",
+        )));
+    }
+    if body.quantity < 1 {
+        return Err(CartRouteError::Invalid(ApiError::invalid_field(
+            "quantity",
+            "must be at least 1",
+        )));
+    }
+    // An unknown cart is a 404 without bothering the product service.
+    if !state.carts.exists(cart_id) {
+        return Err(CartError::NotFound(cart_id).into());
+    }
+    if !state.products.exists(body.product_id, &request_id).await? {
+        return Err(CartRouteError::ProductNotFound(body.product_id));
+    }
+    state
+        .carts
+        .add_item(cart_id, body.product_id, body.quantity)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+pub struct Checkout {
+    pub credit_card_number: String,
+}
+
+#[derive(Serialize)]
+pub struct OrderPlaced {
+    pub order_id: i32,
+}
+
+/// Counts of checkout outcomes, for `/metrics`.
+#[derive(Clone)]
+pub struct CheckoutOutcomes {
+    confirmed: Counter,
+    declined: Counter,
+    failed: Counter,
+}
+
+impl CheckoutOutcomes {
+    pub fn register(metrics: &Metrics) -> Self {
+        Self {
+            confirmed: metrics.counter("checkouts_confirmed_total", "Checkouts answered 200."),
+            declined: metrics.counter("checkouts_declined_total", "Checkouts declined (402)."),
+            failed: metrics.counter(
+                "checkouts_failed_total",
+                "Checkouts that failed on a dependency (503).",
+            ),
+        }
+    }
+}
+
+#[tracing::instrument(skip_all, fields(cart_id, card = %card::mask(&body.credit_card_number)))]
+async fn checkout(
+    State(state): State<AppState>,
+    PathId(cart_id): PathId,
+    RequestId(request_id): RequestId,
+    ApiJson(body): ApiJson<Checkout>,
+) -> Result<Json<OrderPlaced>, CartRouteError> {
+    if !state.carts.exists(cart_id) {
+        return Err(CartError::NotFound(cart_id).into());
+    }
+    if !card::is_valid_format(&body.credit_card_number) {
+        return Err(CartRouteError::Invalid(
+            ApiError::bad_request(
+                "INVALID_CARD_NUMBER",
+                "credit_card_number must look like 1234-5678-9012-3456",
+            )
+            .with_details("credit_card_number"),
+        ));
+    }
+    let ticket = state.carts.begin_checkout(cart_id)?;
+    // The checkout runs in its own task: if the client hangs up, the order is still either
+    // placed or released, never left half-done with the cart stuck in `checking_out`.
+    let task = tokio::spawn(place_order(
+        state,
+        ticket,
+        body.credit_card_number,
+        request_id,
+    ));
+    match task.await {
+        Ok(result) => result.map(|order_id| Json(OrderPlaced { order_id })),
+        Err(join_error) => Err(CartRouteError::Invalid(ApiError::internal(format!(
+            "checkout task failed: {join_error}"
+        )))),
+    }
+}
+
+/// Releases the cart if a checkout ends without a confirmed order, whatever the way out.
+struct ReleaseOnDrop<'a> {
+    state: &'a AppState,
+    cart_id: i32,
+    placed: bool,
+}
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.placed {
+            self.state.carts.abort_checkout(self.cart_id);
+        }
+    }
+}
+
+async fn place_order(
+    state: AppState,
+    ticket: CheckoutTicket,
+    card_number: String,
+    request_id: String,
+) -> Result<i32, CartRouteError> {
+    let mut guard = ReleaseOnDrop {
+        state: &state,
+        cart_id: ticket.cart_id,
+        placed: false,
+    };
+    let verdict = match state.authorizer.authorize(&card_number, &request_id).await {
+        Ok(verdict) => verdict,
+        Err(err) => {
+            state.outcomes.failed.inc();
+            tracing::warn!(%request_id, error = %err, "checkout failed: card authorizer");
+            return Err(err.into());
+        }
+    };
+    match verdict {
+        Verdict::Approved => {}
+        Verdict::Declined(body) => {
+            state.outcomes.declined.inc();
+            return Err(CartRouteError::Declined(body));
+        }
+        Verdict::Rejected(body) => return Err(CartRouteError::CardRejected(body)),
+    }
+    state.carts.mark_publishing(ticket.cart_id);
+    if let Err(err) = state.publisher.publish(&ticket.order, &request_id).await {
+        state.outcomes.failed.inc();
+        tracing::warn!(
+            %request_id,
+            order_uid = %ticket.order.order_uid,
+            error = %err,
+            "checkout failed: order not confirmed by the broker"
+        );
+        return Err(err.into());
+    }
+    state.carts.complete_checkout(ticket.cart_id);
+    guard.placed = true;
+    state.outcomes.confirmed.inc();
+    tracing::info!(
+        order_id = ticket.order.order_id,
+        order_uid = %ticket.order.order_uid,
+        cart_id = ticket.cart_id,
+        "order placed"
+    );
+    Ok(ticket.order.order_id)
+}

@@ -1,0 +1,327 @@
+//! Spawns the real cart with the real product service and card authorizer on ephemeral ports,
+//! publishing to the real RabbitMQ on a queue of its own, plus a TCP proxy in front of the broker
+//! that can stall or cut the connection.
+#![allow(dead_code)]
+
+use cart_service::{configuration::Settings, Application};
+use common::config::ServiceConfig;
+use common::messaging::{OrderMessage, QueueType, Topology, DEFAULT_AMQP_URL};
+use common::shutdown::CancellationToken;
+use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub const CARD: &str = "4111-1111-1111-1111";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: Client,
+    pub queue: String,
+    pub instance_id: String,
+    pub broker: Connection,
+    shutdown: CancellationToken,
+}
+
+pub struct Options {
+    pub decline_rate: f64,
+    pub cca_url: Option<String>,
+    pub product_url: Option<String>,
+    pub amqp_url: Option<String>,
+    pub confirm_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            decline_rate: 0.0,
+            cca_url: None,
+            product_url: None,
+            amqp_url: None,
+            confirm_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    let shutdown = CancellationToken::new();
+
+    let mut product = product_service::configuration::Settings::for_tests();
+    product.seed_products = 10;
+    let product = product_service::Application::build(product)
+        .await
+        .expect("product");
+    let product_url = format!("http://127.0.0.1:{}", product.port());
+    tokio::spawn(product.run_until_stopped(shutdown.clone()));
+
+    let mut cca = credit_card_authorizer::configuration::Settings::for_tests();
+    cca.decline_rate = options.decline_rate;
+    let cca = credit_card_authorizer::Application::build(cca)
+        .await
+        .expect("cca");
+    let cca_url = format!("http://127.0.0.1:{}", cca.port());
+    tokio::spawn(cca.run_until_stopped(shutdown.clone()));
+
+    let queue = format!("test_cart_{}", uuid::Uuid::new_v4().simple());
+    let instance_id = format!("cart-{}", uuid::Uuid::new_v4().simple());
+    let settings = Settings {
+        service: ServiceConfig::for_tests(&instance_id),
+        product_url: options.product_url.unwrap_or(product_url),
+        cca_url: options.cca_url.unwrap_or(cca_url),
+        amqp_url: options
+            .amqp_url
+            .unwrap_or_else(|| DEFAULT_AMQP_URL.to_string()),
+        topology: Topology::new(&queue, QueueType::Classic),
+        channel_pool_size: 4,
+        channel_wait: Duration::from_secs(1),
+        confirm_timeout: options.confirm_timeout,
+        connect_timeout: Duration::from_secs(2),
+        cca_timeout: Duration::from_secs(2),
+        cca_retries: 2,
+        product_timeout: Duration::from_secs(2),
+    };
+    let app = Application::build(settings).await.expect("cart");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+
+    let broker = Connection::connect(DEFAULT_AMQP_URL, ConnectionProperties::default())
+        .await
+        .expect("the tests need RabbitMQ at 127.0.0.1:5672 (scripts/test.sh starts it)");
+    let channel = broker.create_channel().await.expect("channel");
+    Topology::new(&queue, QueueType::Classic)
+        .declare(&channel)
+        .await
+        .expect("declare");
+    TestApp {
+        base,
+        client: Client::new(),
+        queue,
+        instance_id,
+        broker,
+        shutdown,
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl TestApp {
+    pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn create_cart(&self) -> i64 {
+        let resp = self
+            .post("/shopping-cart", json!({"customer_id": 42}))
+            .await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let body: Value = resp.json().await.expect("json");
+        body["shopping_cart_id"].as_i64().expect("id")
+    }
+
+    /// A cart with two products in it.
+    pub async fn filled_cart(&self) -> i64 {
+        let id = self.create_cart().await;
+        for (product_id, quantity) in [(1, 2), (3, 1)] {
+            let resp = self
+                .post(
+                    &format!("/shopping-carts/{id}/addItem"),
+                    json!({"product_id": product_id, "quantity": quantity}),
+                )
+                .await;
+            assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        }
+        id
+    }
+
+    pub async fn checkout(&self, cart_id: i64, card: &str) -> reqwest::Response {
+        self.post(
+            &format!("/shopping-carts/{cart_id}/checkout"),
+            json!({"credit_card_number": card}),
+        )
+        .await
+    }
+
+    /// Takes every message now in the test queue.
+    pub async fn drain(&self) -> Vec<(OrderMessage, BasicProperties)> {
+        let channel = self.broker.create_channel().await.expect("channel");
+        let mut messages = Vec::new();
+        while let Some(msg) = channel
+            .basic_get(self.queue.as_str().into(), BasicGetOptions::default())
+            .await
+            .expect("basic_get")
+        {
+            let order = OrderMessage::from_json(&msg.delivery.data).expect("a valid order message");
+            msg.delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .expect("ack");
+            messages.push((order, msg.delivery.properties.clone()));
+        }
+        messages
+    }
+
+    pub async fn delete_queues(&self) {
+        let channel = self.broker.create_channel().await.expect("channel");
+        let topology = Topology::new(&self.queue, QueueType::Classic);
+        for q in [&topology.queue, &topology.dead_letter_queue] {
+            let _ = channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = channel
+            .exchange_delete(
+                topology.dead_letter_exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+}
+
+/// Asserts the contract's error body and returns it.
+pub async fn error_body(resp: reqwest::Response) -> Value {
+    let body: Value = resp.json().await.expect("json error body");
+    assert!(
+        body["error"].is_string() && body["message"].is_string(),
+        "{body}"
+    );
+    body
+}
+
+/// A free port nobody listens on.
+pub async fn dead_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Pass,
+    /// Bytes from the broker are held back: publishes arrive, confirms do not.
+    Stall,
+    /// Every connection is closed and new ones are refused: the broker is "down".
+    Cut,
+}
+
+/// A TCP proxy in front of the real broker, to put network faults between the cart and it.
+pub struct FaultyProxy {
+    pub port: u16,
+    mode: watch::Sender<Mode>,
+}
+
+impl FaultyProxy {
+    pub async fn start(upstream: &'static str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (mode, _) = watch::channel(Mode::Pass);
+        let modes = mode.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if *modes.borrow() == Mode::Cut {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                tokio::spawn(pipe(client, server, modes.subscribe()));
+            }
+        });
+        Self { port, mode }
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    pub fn set(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+    }
+}
+
+async fn pipe(client: TcpStream, server: TcpStream, mode: watch::Receiver<Mode>) {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let mut up_mode = mode.clone();
+    let upstream = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            tokio::select! {
+                read = client_read.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => if server_write.write_all(&buf[..n]).await.is_err() { return },
+                },
+                _ = wait_for(&mut up_mode, Mode::Cut) => return,
+            }
+        }
+    };
+    let mut down_mode = mode;
+    let downstream = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = tokio::select! {
+                read = server_read.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                },
+                _ = wait_for(&mut down_mode, Mode::Cut) => return,
+            };
+            // Hold the bytes while stalled; give up if cut meanwhile.
+            loop {
+                let current = *down_mode.borrow_and_update();
+                match current {
+                    Mode::Pass => break,
+                    Mode::Cut => return,
+                    Mode::Stall => {
+                        if down_mode.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            if client_write.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    // Either direction ending closes both sockets (both halves are dropped).
+    tokio::select! {
+        () = upstream => {},
+        () = downstream => {},
+    }
+}
+
+async fn wait_for(mode: &mut watch::Receiver<Mode>, wanted: Mode) {
+    loop {
+        if *mode.borrow_and_update() == wanted {
+            return;
+        }
+        if mode.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
