@@ -93,6 +93,11 @@ async fn a_killed_consumer_loses_nothing_its_successor_applies_the_unacked_rest(
     );
     assert_eq!(stats.orders_processed as usize, applied_by_second.len());
     let overlap = applied_by_first.intersection(&applied_by_second).count();
+    eprintln!(
+        "first applied {} (acked or not), successor applied {}, redelivered after being applied: {overlap}",
+        applied_by_first.len(),
+        applied_by_second.len()
+    );
     assert!(
         overlap <= UNACKED_WINDOW,
         "{overlap} orders were redelivered, more than the unacked window"
