@@ -19,7 +19,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// Where requests go: resolved once at start-up.
 #[derive(Debug)]
@@ -132,6 +132,7 @@ pub struct Conn {
     target: Arc<Target>,
     live: Option<Live>,
     timeout: Duration,
+    timer: Pin<Box<Sleep>>,
     /// Number of (re)connects made, for diagnostics.
     pub connects: u64,
 }
@@ -142,47 +143,40 @@ impl Conn {
             target,
             live: None,
             timeout,
+            timer: Box::pin(tokio::time::sleep(timeout)),
             connects: 0,
         }
     }
 
     /// Open the TCP connection now (used to warm up before the timed phase).
     pub async fn connect(&mut self) -> anyhow::Result<()> {
-        let stream = self.target.connect().await?;
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .context("HTTP/1 handshake")?;
-        self.live = Some(Live {
-            sender,
-            conn: Box::pin(conn),
-        });
+        self.live = Some(connect_live(&self.target).await?);
         self.connects += 1;
         Ok(())
     }
 
     /// Send one request and read the whole response body.
     ///
-    /// `stop_at` cuts a request that is still in flight when the run ends ([`Failure::Stopped`]).
+    /// `started` is the caller's "now" (saves a clock read). `stop_at` cuts a request that is still in flight when the run ends ([`Failure::Stopped`]).
     pub async fn request(
         &mut self,
         method: Method,
         path: &str,
         body: Option<Bytes>,
+        started: Instant,
         stop_at: Option<Instant>,
     ) -> Result<Resp, Failure> {
-        let started = Instant::now();
         let timeout_at = started + self.timeout;
-        let (deadline, deadline_is_stop) = match stop_at {
-            Some(s) if s < timeout_at => (s, true),
-            _ => (timeout_at, false),
+        let (deadline, on_deadline) = match stop_at {
+            Some(s) if s < timeout_at => (s, Failure::Stopped),
+            _ => (timeout_at, Failure::Timeout),
         };
-        let on_deadline = if deadline_is_stop {
-            Failure::Stopped
-        } else {
-            Failure::Timeout
-        };
-        let sleep = tokio::time::sleep_until(deadline);
-        tokio::pin!(sleep);
+        // The timer is armed lazily: it may fire earlier than `deadline` (it was armed for an
+        // earlier request), in which case it is re-armed. This keeps timer-wheel updates to about
+        // one per timeout period instead of one per request, with exact timeout semantics.
+        if self.timer.deadline() > deadline || self.timer.is_elapsed() {
+            self.timer.as_mut().reset(deadline);
+        }
 
         let uri = self.target.uri(path).map_err(|_| Failure::Transport)?;
         let has_body = body.is_some();
@@ -203,55 +197,89 @@ impl Conn {
             let Some(r) = req.take() else { break };
             if !self.is_usable() {
                 self.live = None;
-                tokio::select! {
-                    biased;
-                    res = self.connect() => if res.is_err() { return Err(Failure::Transport) },
-                    _ = &mut sleep => { self.live = None; return Err(on_deadline) }
+                let connected = {
+                    let target = self.target.clone();
+                    let connect = connect_live(&target);
+                    tokio::pin!(connect);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            res = &mut connect => break res.ok(),
+                            _ = self.timer.as_mut() => {
+                                if Instant::now() >= deadline {
+                                    return Err(on_deadline);
+                                }
+                                self.timer.as_mut().reset(deadline);
+                            }
+                        }
+                    }
+                };
+                match connected {
+                    Some(live) => {
+                        self.live = Some(live);
+                        self.connects += 1;
+                    }
+                    None => return Err(Failure::Transport),
                 }
             }
-            let Some(live) = self.live.as_mut() else {
-                return Err(Failure::Transport);
-            };
-            let Live { sender, conn } = live;
-            let exchange = async {
-                if sender.ready().await.is_err() {
-                    return Err(Some(r));
+            let outcome = {
+                let Conn { live, timer, .. } = &mut *self;
+                let Some(Live { sender, conn }) = live.as_mut() else {
+                    return Err(Failure::Transport);
+                };
+                let exchange = async {
+                    if sender.ready().await.is_err() {
+                        return Err(Some(r));
+                    }
+                    let resp = sender
+                        .try_send_request(r)
+                        .await
+                        .map_err(|mut e| e.take_message())?;
+                    let status = resp.status().as_u16();
+                    let served_by = resp.headers().get("x-served-by").cloned();
+                    let body = resp
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_err(|_| None)?
+                        .to_bytes();
+                    Ok::<_, Option<Request<Full<Bytes>>>>(Resp {
+                        status,
+                        served_by,
+                        body,
+                    })
+                };
+                tokio::pin!(exchange);
+                loop {
+                    tokio::select! {
+                        biased;
+                        res = &mut exchange => break Ok(res),
+                        // The connection future only finishes when the connection is gone.
+                        _ = conn.as_mut() => break Ok(Err(None)),
+                        _ = timer.as_mut() => {
+                            if Instant::now() >= deadline {
+                                break Err(on_deadline);
+                            }
+                            timer.as_mut().reset(deadline);
+                        }
+                    }
                 }
-                let resp = sender
-                    .try_send_request(r)
-                    .await
-                    .map_err(|mut e| e.take_message())?;
-                let status = resp.status().as_u16();
-                let served_by = resp.headers().get("x-served-by").cloned();
-                let body = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|_| None)?
-                    .to_bytes();
-                Ok::<_, Option<Request<Full<Bytes>>>>(Resp {
-                    status,
-                    served_by,
-                    body,
-                })
-            };
-            let outcome = tokio::select! {
-                biased;
-                res = exchange => res,
-                // The connection future only finishes when the connection is gone.
-                _ = conn.as_mut() => Err(None),
-                _ = &mut sleep => { self.live = None; return Err(on_deadline) }
             };
             match outcome {
-                Ok(resp) => return Ok(resp),
-                Err(Some(unsent)) => {
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(Some(unsent))) => {
                     // Not written to the wire: safe to retry on a fresh connection.
                     self.live = None;
                     req = Some(unsent);
                 }
-                Err(None) => {
+                Ok(Err(None)) => {
                     self.live = None;
                     return Err(Failure::Transport);
+                }
+                Err(f) => {
+                    // The connection is in an unknown state: drop it.
+                    self.live = None;
+                    return Err(f);
                 }
             }
         }
@@ -271,6 +299,17 @@ impl Conn {
         }
         !live.sender.is_closed()
     }
+}
+
+async fn connect_live(target: &Target) -> anyhow::Result<Live> {
+    let stream = target.connect().await?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP/1 handshake")?;
+    Ok(Live {
+        sender,
+        conn: Box::pin(conn),
+    })
 }
 
 /// Check that the target accepts TCP connections (clear error before any work starts).

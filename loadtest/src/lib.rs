@@ -80,6 +80,9 @@ pub struct Cli {
     /// Open model: start this many iterations per second at fixed intervals.
     #[arg(long, short = 'r')]
     pub rate: Option<f64>,
+    /// Load-generator threads (each runs its share of the workers); default: one per core.
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Per-request timeout.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub timeout: Duration,
@@ -140,6 +143,8 @@ pub struct RunConfig {
     pub products: u64,
     pub card: String,
     pub quiet: bool,
+    /// Load-generator threads (`None` = one per core, at most one per worker).
+    pub threads: Option<usize>,
 }
 
 impl RunConfig {
@@ -156,6 +161,7 @@ impl RunConfig {
             products: 100,
             card: "1234-5678-9012-3456".into(),
             quiet: true,
+            threads: None,
         }
     }
 
@@ -166,6 +172,14 @@ impl RunConfig {
             (None, Some(_), Scenario::Flow | Scenario::Product) => u64::MAX,
             (None, _, _) => DEFAULT_REQUESTS,
         }
+    }
+
+    /// Number of load-generator threads to use.
+    pub fn effective_threads(&self) -> usize {
+        let n = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        n.clamp(1, self.concurrency.max(1))
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -182,6 +196,9 @@ impl RunConfig {
         }
         if self.requests == Some(0) {
             bail!("--requests must be at least 1");
+        }
+        if self.threads == Some(0) || self.threads.is_some_and(|t| t > 1024) {
+            bail!("--threads must be between 1 and 1024");
         }
         if self.products == 0 {
             bail!("--products must be at least 1");
@@ -203,6 +220,7 @@ impl From<&Cli> for RunConfig {
             products: c.products,
             card: c.card.clone(),
             quiet: c.quiet || c.json,
+            threads: c.threads,
         }
     }
 }

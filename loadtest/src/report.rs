@@ -198,6 +198,15 @@ pub(crate) fn build_report(
         late += r.late;
         connections += conns;
     }
+    // Single-step scenarios record latency once (see `WorkerRec::step`): the step's histogram is
+    // the iteration's in the closed model and the service time's in the open model.
+    if let [only] = steps.as_mut_slice() {
+        only.hist = if cfg.rate.is_some() {
+            service.clone()
+        } else {
+            iter.hist.clone()
+        };
+    }
     let total_served: u64 = served.values().sum();
     let served_by = served
         .into_iter()

@@ -1,6 +1,8 @@
 //! Scenario execution: setup phase, timed phase (closed or open model), merging of results.
 
+use std::cell::{Cell, RefCell};
 use std::io::IsTerminal;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,13 +12,13 @@ use bytes::Bytes;
 use hyper::Method;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Deserialize;
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{JoinSet, LocalSet};
 use tokio::time::Instant;
 
 use crate::http::{preflight, Conn, Failure, Target};
 use crate::report::{build_report, Report};
-use crate::stats::{collect_seconds, Live, Outcome, WorkerRec};
+use crate::stats::{collect_seconds, Live, Outcome, SecondBucket, WorkerRec};
 use crate::{RunConfig, Scenario};
 
 /// Requests sent more than this after their intended time count as "late" (open model).
@@ -87,12 +89,45 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         limit
     };
 
-    // Connect every worker before the clock starts, so that workers start together.
-    let conns = connect_all(&target, cfg.concurrency, cfg.timeout).await?;
-
+    // The timed phase runs on `threads` single-threaded runtimes (one OS thread each, like
+    // wrk's event loops): no work stealing and no cross-thread wake-ups on the hot path. Each
+    // shard connects its workers first; the clock starts when every shard is ready.
+    let threads = cfg.effective_threads();
     let (tx, rx) = mpsc::unbounded_channel();
     let collector = tokio::spawn(collect_seconds(rx));
     let live = Arc::new(Live::default());
+    let (go_tx, go_rx) = watch::channel::<Option<Arc<Ctx>>>(None);
+    let mut ready = Vec::with_capacity(threads);
+    let mut results = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let n = cfg.concurrency / threads + usize::from(i < cfg.concurrency % threads);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let shard = Shard {
+            target: target.clone(),
+            conns: n,
+            timeout: cfg.timeout,
+            scenario: cfg.scenario,
+            tx: tx.clone(),
+            live: live.clone(),
+            go: go_rx.clone(),
+            ready: ready_tx,
+            done: done_tx,
+        };
+        std::thread::Builder::new()
+            .name(format!("loadtest-{i}"))
+            .spawn(move || shard.run())
+            .context("cannot start a load thread")?;
+        ready.push(ready_rx);
+        results.push(done_rx);
+    }
+    drop(tx);
+    drop(go_rx);
+    for r in ready {
+        // On error, dropping `go_tx` (by returning) tells the other shards to stop.
+        r.await.context("a load thread died while connecting")??;
+    }
+
     let start = Instant::now();
     let ctx = Arc::new(Ctx {
         scenario: cfg.scenario,
@@ -105,13 +140,7 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         carts,
         checkout_body,
     });
-
-    let mut workers = JoinSet::new();
-    for conn in conns {
-        let rec = WorkerRec::new(step_names(cfg.scenario), tx.clone(), live.clone(), start);
-        workers.spawn(worker(ctx.clone(), conn, rec));
-    }
-    drop(tx);
+    let _ = go_tx.send(Some(ctx.clone()));
 
     let bar = progress_bar(cfg, limit, show_progress);
     let progress = bar.clone().map(|bar| {
@@ -121,11 +150,8 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     });
 
     let mut recs = Vec::with_capacity(cfg.concurrency);
-    while let Some(res) = workers.join_next().await {
-        match res {
-            Ok(rec) => recs.push(rec),
-            Err(e) => bail!("a load worker failed: {e}"),
-        }
+    for r in results {
+        recs.extend(r.await.context("a load thread failed")?);
     }
     let finished = Instant::now();
     if let Some(p) = progress {
@@ -178,13 +204,138 @@ async fn connect_all(
     Ok(conns)
 }
 
-/// One worker of the timed phase: takes iteration tickets until the run is over.
-async fn worker(ctx: Arc<Ctx>, mut conn: Conn, mut rec: WorkerRec) -> (WorkerRec, u64) {
-    loop {
-        let t = ctx.next.fetch_add(1, Relaxed);
-        if t >= ctx.limit {
-            break;
-        }
+/// One OS thread with a current-thread runtime running a share of the workers.
+struct Shard {
+    target: Arc<Target>,
+    conns: usize,
+    timeout: Duration,
+    scenario: Scenario,
+    tx: mpsc::UnboundedSender<SecondBucket>,
+    live: Arc<Live>,
+    go: watch::Receiver<Option<Arc<Ctx>>>,
+    ready: oneshot::Sender<anyhow::Result<()>>,
+    done: oneshot::Sender<Vec<(WorkerRec, u64)>>,
+}
+
+impl Shard {
+    fn run(self) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = self
+                    .ready
+                    .send(Err(anyhow::anyhow!("cannot start a runtime: {e}")));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let Shard {
+                target,
+                conns,
+                timeout,
+                scenario,
+                tx,
+                live,
+                mut go,
+                ready,
+                done,
+            } = self;
+            let conns = match connect_all(&target, conns, timeout).await {
+                Ok(c) => {
+                    let _ = ready.send(Ok(()));
+                    c
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            };
+            let ctx = loop {
+                if let Some(ctx) = go.borrow_and_update().clone() {
+                    break ctx;
+                }
+                if go.changed().await.is_err() {
+                    return; // the run was aborted
+                }
+            };
+            // All workers of this thread share one recorder: no locks (single-threaded), and
+            // the histograms stay hot in this core's cache.
+            let rec = Rc::new(RefCell::new(WorkerRec::new(
+                step_names(scenario),
+                ctx.interval.is_some(),
+                tx,
+                live,
+                ctx.start,
+            )));
+            let tickets = Rc::new(Cell::new((0u64, 0u64)));
+            let local = LocalSet::new();
+            let connects = local
+                .run_until(async {
+                    let handles: Vec<_> = conns
+                        .into_iter()
+                        .map(|conn| {
+                            tokio::task::spawn_local(worker(
+                                ctx.clone(),
+                                conn,
+                                rec.clone(),
+                                tickets.clone(),
+                            ))
+                        })
+                        .collect();
+                    let mut connects = 0;
+                    for h in handles {
+                        connects += h.await.unwrap_or(0);
+                    }
+                    connects
+                })
+                .await;
+            drop(local);
+            let Ok(rec) = Rc::try_unwrap(rec) else {
+                return;
+            };
+            let mut rec = rec.into_inner();
+            rec.finish();
+            let _ = done.send(vec![(rec, connects)]);
+        });
+    }
+}
+
+/// Tickets a thread takes from the shared counter at once in the closed model (keeps the shared
+/// cache line cold). The open model takes them one by one to keep the schedule exact.
+const TICKET_BLOCK: u64 = 32;
+
+/// Next iteration number for a worker of this thread, or `None` when all are handed out.
+fn next_ticket(ctx: &Ctx, local: &Cell<(u64, u64)>) -> Option<u64> {
+    let (mut next, mut end) = local.get();
+    if next >= end {
+        let block = if ctx.interval.is_some() {
+            1
+        } else {
+            TICKET_BLOCK
+        };
+        next = ctx.next.fetch_add(block, Relaxed);
+        end = next.saturating_add(block).min(ctx.limit);
+    }
+    if next >= ctx.limit {
+        local.set((next, next));
+        return None;
+    }
+    local.set((next + 1, end));
+    Some(next)
+}
+
+/// One worker of the timed phase: takes iteration tickets until the run is over. Returns the
+/// number of connections it opened.
+async fn worker(
+    ctx: Arc<Ctx>,
+    mut conn: Conn,
+    rec: Rc<RefCell<WorkerRec>>,
+    tickets: Rc<Cell<(u64, u64)>>,
+) -> u64 {
+    while let Some(t) = next_ticket(&ctx, &tickets) {
         let now = Instant::now();
         let intended = match ctx.interval {
             Some(iv) => ctx.start + Duration::from_secs_f64(t as f64 * iv),
@@ -195,50 +346,61 @@ async fn worker(ctx: Arc<Ctx>, mut conn: Conn, mut rec: WorkerRec) -> (WorkerRec
                 break;
             }
         }
-        if intended > now + Duration::from_millis(1) {
-            rec.flush_if_before(intended);
+        let sent = if intended > now + Duration::from_millis(1) {
+            rec.borrow_mut().flush_if_before(intended);
             tokio::time::sleep_until(intended).await;
+            Instant::now()
+        } else {
+            now
+        };
+        {
+            let mut r = rec.borrow_mut();
+            if sent > intended + LATE_AFTER {
+                r.late += 1;
+            }
+            r.started += 1;
         }
-        let sent = Instant::now();
-        if sent > intended + LATE_AFTER {
-            rec.late += 1;
-        }
-        rec.started += 1;
-        let outcome = iteration(&ctx, &mut conn, t, &mut rec).await;
-        let done = Instant::now();
+        let (outcome, done) = iteration(&ctx, &mut conn, t, &rec, sent).await;
         let from = intended.min(sent);
-        rec.iteration(outcome, done - from, done - sent, done);
+        rec.borrow_mut()
+            .iteration(outcome, done - from, done - sent, done);
     }
-    rec.finish();
-    (rec, conn.connects)
+    conn.connects
 }
 
-async fn iteration(ctx: &Ctx, conn: &mut Conn, t: u64, rec: &mut WorkerRec) -> Outcome {
+/// Run iteration `t`; returns its outcome and completion time.
+async fn iteration(
+    ctx: &Ctx,
+    conn: &mut Conn,
+    t: u64,
+    rec: &RefCell<WorkerRec>,
+    sent: Instant,
+) -> (Outcome, Instant) {
     let stop = ctx.end;
     match ctx.scenario {
         Scenario::Product => {
             let id = t % ctx.products + 1;
             let path = format!("/products/{id}");
-            timed_step(conn, rec, 0, Method::GET, &path, None, stop)
-                .await
-                .0
+            let (o, _, done) = timed_step(conn, rec, 0, sent, Method::GET, &path, None, stop).await;
+            (o, done)
         }
         Scenario::Checkout => {
             let Some(&cart) = ctx.carts.get(t as usize) else {
-                return Outcome::Failed(Failure::Stopped);
+                return (Outcome::Failed(Failure::Stopped), Instant::now());
             };
             let path = format!("/shopping-carts/{cart}/checkout");
             let body = Some(ctx.checkout_body.clone());
-            timed_step(conn, rec, 0, Method::POST, &path, body, stop)
-                .await
-                .0
+            let (o, _, done) =
+                timed_step(conn, rec, 0, sent, Method::POST, &path, body, stop).await;
+            (o, done)
         }
         Scenario::Flow => {
             let body = Bytes::from(format!("{{\"customer_id\":{}}}", t % 10_000 + 1));
-            let (o, resp) = timed_step(
+            let (o, resp, done) = timed_step(
                 conn,
                 rec,
                 0,
+                sent,
                 Method::POST,
                 "/shopping-cart",
                 Some(body),
@@ -246,43 +408,47 @@ async fn iteration(ctx: &Ctx, conn: &mut Conn, t: u64, rec: &mut WorkerRec) -> O
             )
             .await;
             if !o.is_ok() {
-                return o;
+                return (o, done);
             }
             let cart = match resp.and_then(|b| serde_json::from_slice::<CartCreated>(&b).ok()) {
                 Some(c) => c.shopping_cart_id,
-                None => return Outcome::Invalid(201),
+                None => return (Outcome::Invalid(201), done),
             };
             let body = Bytes::from(format!(
                 "{{\"product_id\":{},\"quantity\":1}}",
                 t % ctx.products + 1
             ));
             let path = format!("/shopping-carts/{cart}/addItem");
-            let (o, _) = timed_step(conn, rec, 1, Method::POST, &path, Some(body), stop).await;
+            let (o, _, done) =
+                timed_step(conn, rec, 1, done, Method::POST, &path, Some(body), stop).await;
             if !o.is_ok() {
-                return o;
+                return (o, done);
             }
             let path = format!("/shopping-carts/{cart}/checkout");
             let body = Some(ctx.checkout_body.clone());
-            timed_step(conn, rec, 2, Method::POST, &path, body, stop)
-                .await
-                .0
+            let (o, _, done) =
+                timed_step(conn, rec, 2, done, Method::POST, &path, body, stop).await;
+            (o, done)
         }
     }
 }
 
-/// Send one request, record it as step `idx`, return its outcome and body.
+/// Send one request (starting now, `t0` being "now" as already measured), record it as step
+/// `idx`, return its outcome, body and completion time.
+#[allow(clippy::too_many_arguments)]
 async fn timed_step(
     conn: &mut Conn,
-    rec: &mut WorkerRec,
+    rec: &RefCell<WorkerRec>,
     idx: usize,
+    t0: Instant,
     method: Method,
     path: &str,
     body: Option<Bytes>,
     stop: Option<Instant>,
-) -> (Outcome, Option<Bytes>) {
-    let t0 = Instant::now();
-    let res = conn.request(method, path, body, stop).await;
+) -> (Outcome, Option<Bytes>, Instant) {
+    let res = conn.request(method, path, body, t0, stop).await;
     let done = Instant::now();
+    let mut rec = rec.borrow_mut();
     let (o, body) = match res {
         Ok(r) => {
             if let Some(v) = &r.served_by {
@@ -293,7 +459,7 @@ async fn timed_step(
         Err(f) => (Outcome::Failed(f), None),
     };
     rec.step(idx, o, done - t0);
-    (o, body)
+    (o, body, done)
 }
 
 /// Setup phase of `checkout`: create `n` carts with one item each. Returns cart ids and the
@@ -394,7 +560,7 @@ async fn setup_request(conn: &mut Conn, path: &str, body: Bytes) -> Result<Bytes
             tokio::time::sleep(Duration::from_millis(20 << attempt.min(5))).await;
         }
         match conn
-            .request(Method::POST, path, Some(body.clone()), None)
+            .request(Method::POST, path, Some(body.clone()), Instant::now(), None)
             .await
         {
             Ok(r) if (200..300).contains(&r.status) => return Ok(r.body),

@@ -196,6 +196,9 @@ pub struct WorkerRec {
     pub served_total: Vec<(HeaderValue, u64)>,
     pub started: u64,
     pub late: u64,
+    open_model: bool,
+    /// Completions not yet published to the live counters (batched to keep atomics cold).
+    pending_live: u64,
     bucket: Option<SecondBucket>,
     tx: Option<mpsc::UnboundedSender<SecondBucket>>,
     live: Arc<Live>,
@@ -205,6 +208,7 @@ pub struct WorkerRec {
 impl WorkerRec {
     pub fn new(
         steps: &[&'static str],
+        open_model: bool,
         tx: mpsc::UnboundedSender<SecondBucket>,
         live: Arc<Live>,
         start: Instant,
@@ -216,6 +220,8 @@ impl WorkerRec {
             served_total: Vec::new(),
             started: 0,
             late: 0,
+            open_model,
+            pending_live: 0,
             bucket: None,
             tx: Some(tx),
             live,
@@ -224,9 +230,17 @@ impl WorkerRec {
     }
 
     /// Record one step of an iteration (service time of that request).
+    ///
+    /// Single-step scenarios only tally here: their latency histogram is the iteration one (or
+    /// the service-time one in the open model), so the hot path records each value only once.
     pub fn step(&mut self, idx: usize, o: Outcome, d: Duration) {
+        let single = self.steps.len() == 1;
         if let Some(s) = self.steps.get_mut(idx) {
-            s.record(o, d);
+            if single {
+                s.tally.add(o);
+            } else {
+                s.record(o, d);
+            }
         }
     }
 
@@ -243,8 +257,13 @@ impl WorkerRec {
         if o == Outcome::Failed(Failure::Stopped) {
             return;
         }
-        let _ = self.service.record(micros(service).min(HIST_MAX_US));
-        self.live.done.fetch_add(1, Relaxed);
+        if self.open_model {
+            let _ = self.service.record(micros(service).min(HIST_MAX_US));
+        }
+        self.pending_live += 1;
+        if self.pending_live >= 64 {
+            self.publish_live();
+        }
         let ok = o.is_ok();
         let failed = matches!(o, Outcome::Failed(_) | Outcome::Invalid(_));
         if failed {
@@ -276,6 +295,7 @@ impl WorkerRec {
 
     /// Hand the current second's bucket to the collector.
     pub fn flush(&mut self) {
+        self.publish_live();
         if let Some(b) = self.bucket.take() {
             if let (false, Some(tx)) = (b.is_empty(), &self.tx) {
                 let _ = tx.send(b);
@@ -283,8 +303,14 @@ impl WorkerRec {
         }
     }
 
+    fn publish_live(&mut self) {
+        self.live.done.fetch_add(self.pending_live, Relaxed);
+        self.pending_live = 0;
+    }
+
     /// Flush the last bucket and release the channel (the collector ends when all are gone).
     pub fn finish(&mut self) {
+        self.publish_live();
         self.flush();
         self.tx = None;
     }
