@@ -125,6 +125,8 @@ type ConnFuture = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
 struct Live {
     sender: http1::SendRequest<Full<Bytes>>,
     conn: Pin<Box<ConnFuture>>,
+    /// The connection future has completed (must not be polled again).
+    closed: bool,
 }
 
 /// One keep-alive connection, re-established transparently when the server closes it.
@@ -224,7 +226,12 @@ impl Conn {
             }
             let outcome = {
                 let Conn { live, timer, .. } = &mut *self;
-                let Some(Live { sender, conn }) = live.as_mut() else {
+                let Some(Live {
+                    sender,
+                    conn,
+                    closed,
+                }) = live.as_mut()
+                else {
                     return Err(Failure::Transport);
                 };
                 let exchange = async {
@@ -254,8 +261,10 @@ impl Conn {
                     tokio::select! {
                         biased;
                         res = &mut exchange => break Ok(res),
-                        // The connection future only finishes when the connection is gone.
-                        _ = conn.as_mut() => break Ok(Err(None)),
+                        // The connection future only finishes when the connection is gone, e.g.
+                        // after a `Connection: close` response, which may still have been
+                        // delivered: keep waiting for the exchange (it fails if nothing came).
+                        _ = conn.as_mut(), if !*closed => *closed = true,
                         _ = timer.as_mut() => {
                             if Instant::now() >= deadline {
                                 break Err(on_deadline);
@@ -292,9 +301,13 @@ impl Conn {
         let Some(live) = self.live.as_mut() else {
             return false;
         };
+        if live.closed {
+            return false;
+        }
         let waker = std::task::Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);
         if live.conn.as_mut().poll(&mut cx).is_ready() {
+            live.closed = true;
             return false;
         }
         !live.sender.is_closed()
@@ -309,6 +322,7 @@ async fn connect_live(target: &Target) -> anyhow::Result<Live> {
     Ok(Live {
         sender,
         conn: Box::pin(conn),
+        closed: false,
     })
 }
 
