@@ -29,6 +29,9 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// How long a connection attempt may take (a black-holed broker would otherwise hang for the
+/// operating system's TCP timeout).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long closing the connection may take at the end of a session.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A session that consumed at least this long resets the reconnect backoff.
@@ -179,11 +182,20 @@ impl OrderConsumer {
             .with_connection_name(self.settings.connection_name.as_str().into());
         let connection = tokio::select! {
             () = shutdown.cancelled() => return SessionEnd::Shutdown,
-            connected = Connection::connect(&self.settings.amqp_url, properties) => match connected {
-                Ok(connection) => connection,
-                Err(e) => {
+            connected = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                Connection::connect(&self.settings.amqp_url, properties),
+            ) => match connected {
+                Ok(Ok(connection)) => connection,
+                Ok(Err(e)) => {
                     return SessionEnd::Lost(format!(
                         "cannot connect to {}: {e}",
+                        messaging::redact_url(&self.settings.amqp_url)
+                    ))
+                }
+                Err(_) => {
+                    return SessionEnd::Lost(format!(
+                        "cannot connect to {}: no answer within {CONNECT_TIMEOUT:?}",
                         messaging::redact_url(&self.settings.amqp_url)
                     ))
                 }

@@ -16,7 +16,8 @@ fn settled_uid(line: &str) -> Option<String> {
 
 #[tokio::test]
 async fn a_killed_consumer_loses_nothing_its_successor_applies_the_unacked_rest() {
-    const ORDERS: usize = 6000;
+    // Many more than are consumed before the kill, so a slow test machine still kills mid-batch.
+    const ORDERS: usize = 15_000;
     // WAREHOUSE_CHANNELS x WAREHOUSE_PREFETCH: the most the broker can have handed out unacked.
     const UNACKED_WINDOW: usize = 10 * 10;
     let queue = unique_queue();
@@ -34,7 +35,7 @@ async fn a_killed_consumer_loses_nothing_its_successor_applies_the_unacked_rest(
     let messages: Vec<Message> = orders.iter().map(Message::from).collect();
     broker.publish(&queue, &messages).await;
 
-    // The first instance logs every order it applies *before* acking it. Kill -9 it after 600.
+    // The first instance logs every order it applies *before* acking it. Kill -9 it after 300.
     let mut first = ChildApp::start(&queue, &format!("wh-a-{queue}"));
     let mut applied_by_first: BTreeSet<i32> = BTreeSet::new();
     let mut seen = 0;
@@ -43,7 +44,7 @@ async fn a_killed_consumer_loses_nothing_its_successor_applies_the_unacked_rest(
             let uid = settled_uid(line)?;
             applied_by_first.insert(product_of[&uid]);
             seen += 1;
-            (seen >= 600).then_some(())
+            (seen >= 300).then_some(())
         })
         .expect("the first instance consumes");
     first.signal("KILL");
