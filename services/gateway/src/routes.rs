@@ -94,10 +94,10 @@ struct TargetsView {
 }
 
 /// `GET /gateway/targets`: every group's targets with health, weight and counts.
-async fn targets(State(gw): State<Arc<Gateway>>) -> Json<serde_json::Value> {
-    let view = TargetsView {
+/// Fields keep their declared order (scripts parse it without a JSON tool).
+async fn targets(State(gw): State<Arc<Gateway>>) -> Json<TargetsView> {
+    Json(TargetsView {
         atw: AtwView::from(&gw.config.atw),
         groups: gw.groups().iter().map(|g| g.snapshot()).collect(),
-    };
-    Json(serde_json::to_value(view).unwrap_or_default())
+    })
 }

@@ -246,14 +246,23 @@ async fn path_rules_send_each_prefix_to_its_group_and_everything_else_gets_404()
         0,
         "the authorizer is internal unless EXPOSE_CCA=true"
     );
-    let view: serde_json::Value = client
+    let raw = client
         .get(format!("{}/gateway/targets", gw.base))
         .send()
         .await
         .expect("targets")
-        .json()
+        .text()
         .await
-        .expect("json");
+        .expect("text");
+    // scripts/demo-atw.sh reads these fields in this order with sed.
+    assert!(
+        raw.contains(&format!(
+            r#"{{"url":"{}","healthy":true,"state":"healthy","weight":1.0,"atw_verdict":"#,
+            p.url
+        )),
+        "{raw}"
+    );
+    let view: serde_json::Value = serde_json::from_str(&raw).expect("json");
     let names: Vec<&str> = view["groups"]
         .as_array()
         .expect("groups")
