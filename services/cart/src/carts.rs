@@ -41,6 +41,20 @@ struct Cart {
     order_id: Option<i32>,
 }
 
+impl Cart {
+    /// Only an open cart may change or start a checkout.
+    fn ensure_open(&self, cart_id: i32) -> Result<(), CartError> {
+        match self.status {
+            CartStatus::Open => Ok(()),
+            CartStatus::CheckingOut => Err(CartError::CheckoutInProgress(cart_id)),
+            CartStatus::CheckedOut => Err(CartError::AlreadyCheckedOut {
+                cart_id,
+                order_id: self.order_id.unwrap_or_default(),
+            }),
+        }
+    }
+}
+
 /// What `GET /shopping-carts/{id}` shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CartView {
@@ -135,16 +149,7 @@ impl CartStore {
             .carts
             .get_mut(&cart_id)
             .ok_or(CartError::NotFound(cart_id))?;
-        match cart.status {
-            CartStatus::CheckedOut => {
-                return Err(CartError::AlreadyCheckedOut {
-                    cart_id,
-                    order_id: cart.order_id.unwrap_or_default(),
-                })
-            }
-            CartStatus::CheckingOut => return Err(CartError::CheckoutInProgress(cart_id)),
-            CartStatus::Open => {}
-        }
+        cart.ensure_open(cart_id)?;
         if cart.pending.as_ref().is_some_and(|p| p.publish_attempted) {
             return Err(CartError::OrderPending(cart_id));
         }
@@ -162,16 +167,7 @@ impl CartStore {
             .carts
             .get_mut(&cart_id)
             .ok_or(CartError::NotFound(cart_id))?;
-        match cart.status {
-            CartStatus::CheckedOut => {
-                return Err(CartError::AlreadyCheckedOut {
-                    cart_id,
-                    order_id: cart.order_id.unwrap_or_default(),
-                })
-            }
-            CartStatus::CheckingOut => return Err(CartError::CheckoutInProgress(cart_id)),
-            CartStatus::Open => {}
-        }
+        cart.ensure_open(cart_id)?;
         if cart.items.is_empty() {
             return Err(CartError::Empty(cart_id));
         }
