@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Checkout vs the broker ceiling: how close does POST /shopping-carts/{id}/checkout come to the
+# rate at which RabbitMQ takes confirmed, persistent order messages on this machine?
+#
+# Builds the release binaries and services/cart/examples/publish_ceiling.rs; starts
+# product-service (SEED_PRODUCTS=1000), credit-card-authorizer (DECLINE_RATE=0) and cart-service
+# (ORDER_QUEUE=bench_orders_<pid>) on free loopback ports (never the stack's defaults); runs
+# publish_ceiling (N real orders, 20 channels, pipelined confirms, fresh queue); then
+# `loadtest checkout` with N carts against the cart directly; samples the cart's VmRSS idle and
+# under load. Prints checkout/s, ceiling msg/s, the ratio (target >= 0.5) and the RSS, and at the
+# end machine-readable `BENCH key=value` lines. Stops everything and deletes its queues on exit.
+#
+# Usage: scripts/bench-cart.sh [-n REQUESTS] [-c CONCURRENCY] [-d MAX_SECONDS]
+# Defaults: 20000 checkouts, concurrency 64, at most 30 s timed. AMQP_URL for the broker.
+# BENCH_NO_BUILD=1 skips the build.
+set -euo pipefail
+
+REQUESTS=20000
+CONCURRENCY=64
+MAX_SECONDS=30
+
+while getopts "n:c:d:h" opt; do
+  case "$opt" in
+    n) REQUESTS=$OPTARG ;;
+    c) CONCURRENCY=$OPTARG ;;
+    d) MAX_SECONDS=$OPTARG ;;
+    *) sed -n '2,15p' "$0"; exit 2 ;;
+  esac
+done
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+# shellcheck source=scripts/lib/rabbitmq.sh
+source scripts/lib/rabbitmq.sh
+ensure_rabbitmq
+
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
+  echo "building release binaries..." >&2
+  cargo build --release -q --bins -p product-service -p credit-card-authorizer -p cart-service -p loadtest
+  cargo build --release -q -p cart-service --example publish_ceiling
+fi
+
+QUEUE="bench_orders_$$"
+WORK=$(mktemp -d)
+PIDS=()
+SAMPLER=""
+QUEUE_CREATED=0
+cleanup() {
+  [[ -n $SAMPLER ]] && kill "$SAMPLER" 2>/dev/null || true
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [[ $QUEUE_CREATED == 1 ]]; then
+    timeout 30 "$BIN/examples/publish_ceiling" --delete "$QUEUE" >/dev/null 2>&1 ||
+      echo "warning: could not delete $QUEUE (rabbitmqctl delete_queue $QUEUE)" >&2
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# A free port from a range the stack does not use (808x), picked at random.
+free_port() {
+  local port
+  for _ in $(seq 1 200); do
+    port=$((20000 + RANDOM % 20000))
+    port_open "$port" || { echo "$port"; return 0; }
+  done
+  return 1
+}
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+now_ms() { date +%s%3N; }
+
+# start NAME PORT ENV... : starts a service, waits for /ready 200 (max 30 s), records the time.
+start() {
+  local name=$1 port=$2 bin=$3
+  shift 3
+  local t0 code=""
+  t0=$(now_ms)
+  env PORT="$port" INSTANCE_ID="bench-$name" RUST_LOG=warn "$@" "$BIN/$bin" >"$WORK/$name.log" 2>&1 &
+  PIDS+=($!)
+  eval "PID_${name//-/_}=$!"
+  for _ in $(seq 1 600); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/ready" || true)
+    [[ $code == 200 ]] && break
+    sleep 0.05
+  done
+  if [[ $code != 200 ]]; then
+    echo "$name did not become ready on :$port:" >&2
+    cat "$WORK/$name.log" >&2
+    exit 1
+  fi
+  eval "READY_${name//-/_}=$(($(now_ms) - t0))"
+}
+
+PRODUCT_PORT=$(free_port)
+CCA_PORT=$(free_port)
+CART_PORT=$(free_port)
+start product "$PRODUCT_PORT" product-service SEED_PRODUCTS=1000 FAILURE_RATE=0
+start cca "$CCA_PORT" credit-card-authorizer DECLINE_RATE=0
+QUEUE_CREATED=1
+start cart "$CART_PORT" cart-service ORDER_QUEUE="$QUEUE" \
+  PRODUCT_URL="http://127.0.0.1:$PRODUCT_PORT" CCA_URL="http://127.0.0.1:$CCA_PORT"
+# shellcheck disable=SC2154 # set by start via eval
+{ CART_PID=$PID_cart; PRODUCT_PID=$PID_product; CCA_PID=$PID_cca; }
+sleep 1
+IDLE_CART=$(rss_kb "$CART_PID")
+IDLE_PRODUCT=$(rss_kb "$PRODUCT_PID")
+IDLE_CCA=$(rss_kb "$CCA_PID")
+
+echo "machine: $(nproc) cores, $(uname -sr); load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "cart :$CART_PORT (queue $QUEUE) -> product :$PRODUCT_PORT, cca :$CCA_PORT; everything shares the cores"
+
+# 1. The broker ceiling with the same message count (its own fresh queue, deleted after).
+timeout 300 "$BIN/examples/publish_ceiling" --messages "$REQUESTS" --channels 20 \
+  >"$WORK/ceiling.out" 2>"$WORK/ceiling.err" || { cat "$WORK/ceiling.err" >&2; exit 1; }
+cat "$WORK/ceiling.out"
+CEILING=$(sed -n 's/^publish_ceiling: .* = \([0-9.]*\) msg\/s$/\1/p' "$WORK/ceiling.out")
+
+# 2. Checkout through the cart, RSS sampled meanwhile (max over setup and timed phase).
+(
+  max_cart=0 max_product=0 max_cca=0
+  while :; do
+    r=$(rss_kb "$CART_PID"); ((r > max_cart)) && max_cart=$r
+    r=$(rss_kb "$PRODUCT_PID"); ((r > max_product)) && max_product=$r
+    r=$(rss_kb "$CCA_PID"); ((r > max_cca)) && max_cca=$r
+    echo "$max_cart $max_product $max_cca" >"$WORK/rss.max"
+    sleep 0.2
+  done
+) &
+SAMPLER=$!
+timeout $((MAX_SECONDS + 240)) "$BIN/loadtest" checkout --base-url "http://127.0.0.1:$CART_PORT" \
+  --requests "$REQUESTS" --concurrency "$CONCURRENCY" --duration "${MAX_SECONDS}s" \
+  --products 1000 --json --quiet >"$WORK/checkout.json" 2>"$WORK/checkout.err" ||
+  { cat "$WORK/checkout.err" >&2; exit 1; }
+sleep 0.3
+kill "$SAMPLER" 2>/dev/null || true
+wait "$SAMPLER" 2>/dev/null || true
+SAMPLER=""
+read -r LOAD_CART LOAD_PRODUCT LOAD_CCA <"$WORK/rss.max"
+
+CHECKOUT=$(jq -r '.throughput_per_s' "$WORK/checkout.json")
+OK=$(jq -r '.iterations.statuses."2xx" // .iterations.statuses.ok_2xx // "?"' "$WORK/checkout.json")
+COUNT=$(jq -r '.iterations.count // "?"' "$WORK/checkout.json")
+P99=$(jq -r '.iterations.latency_ms.p99 // "?"' "$WORK/checkout.json")
+RATIO=$(awk -v a="$CHECKOUT" -v b="$CEILING" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "nan" }')
+mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+printf 'checkout : %.0f /s (%s of %s 2xx, p99 %s ms, concurrency %s)\n' "$CHECKOUT" "$OK" "$COUNT" "$P99" "$CONCURRENCY"
+printf 'ceiling  : %.0f msg/s (publish+confirm, 20 channels)\n' "$CEILING"
+echo "ratio checkout/ceiling: $RATIO (target >= 0.5)"
+echo "cart RSS: idle $(mb "$IDLE_CART") MB, under load $(mb "$LOAD_CART") MB"
+echo "BENCH cart_checkout_per_s=$CHECKOUT"
+echo "BENCH cart_ceiling_msg_per_s=$CEILING"
+echo "BENCH cart_ratio=$RATIO"
+echo "BENCH cart_checkout_ok=$OK cart_checkout_count=$COUNT cart_checkout_p99_ms=$P99 concurrency=$CONCURRENCY"
+# shellcheck disable=SC2154 # set by start via eval
+{
+  echo "BENCH rss_kb service=cart-service idle=$IDLE_CART load=$LOAD_CART"
+  echo "BENCH rss_kb service=product-service idle=$IDLE_PRODUCT load=$LOAD_PRODUCT"
+  echo "BENCH rss_kb service=credit-card-authorizer idle=$IDLE_CCA load=$LOAD_CCA"
+  echo "BENCH ready_ms service=product-service ms=$READY_product"
+  echo "BENCH ready_ms service=credit-card-authorizer ms=$READY_cca"
+  echo "BENCH ready_ms service=cart-service ms=$READY_cart"
+}
