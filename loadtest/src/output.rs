@@ -120,6 +120,8 @@ pub fn write_chart(report: &Report, path: &Path) -> anyhow::Result<()> {
         .configure_mesh()
         .x_desc("seconds")
         .y_desc("per second")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .label_style(("sans-serif", 13))
         .draw()
         .map_err(err)?;
@@ -162,6 +164,7 @@ pub fn write_chart(report: &Report, path: &Path) -> anyhow::Result<()> {
         .configure_mesh()
         .x_desc("seconds")
         .y_desc("ms")
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .label_style(("sans-serif", 13))
         .draw()
         .map_err(err)?;
@@ -206,6 +209,8 @@ pub fn write_chart(report: &Report, path: &Path) -> anyhow::Result<()> {
             .configure_mesh()
             .x_desc("seconds")
             .y_desc("%")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .label_style(("sans-serif", 13))
             .draw()
             .map_err(err)?;
