@@ -8,7 +8,7 @@
 # GET /gateway/targets every SAMPLE_SECONDS (default 10), and prints per interval each product
 # instance's share of the requests and its weight, and the 5xx rate the clients saw (the 5xx
 # the product group answered through the gateway in that interval; the loadtest report at the end
-# gives the client-side tally by x-served-by). The first sample comes after 3 s. Ends with
+# gives the client-side tally by x-served-by). The first sample comes after 1 s. Ends with
 # PASS/FAIL against: the bad instance's share falls to <= 10 % within 2 minutes (and stays there).
 #
 # Load: target/release/loadtest (open model, DEMO_RATE requests/s, default 300) if it is built,
@@ -135,7 +135,7 @@ over_after_reached=0
 elapsed=0
 while ((elapsed < DEMO_SECONDS)); do
     # A first look after a couple of seconds shows the equal split before the weights move.
-    if [[ -z $first_share ]]; then sleep "${FIRST_SAMPLE_SECONDS:-3}"; else sleep "$SAMPLE_SECONDS"; fi
+    if [[ -z $first_share ]]; then sleep "${FIRST_SAMPLE_SECONDS:-1}"; else sleep "$SAMPLE_SECONDS"; fi
     elapsed=$((SECONDS - start))
     snap=$(product_targets) || { echo "the gateway stopped answering" >&2; break; }
     total=0

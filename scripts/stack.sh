@@ -43,6 +43,7 @@ READY_TIMEOUT="${READY_TIMEOUT:-90}"
 STOP_TIMEOUT="${STOP_TIMEOUT:-20}"
 export RUST_LOG="${RUST_LOG:-info}"
 export LOG_FORMAT="${LOG_FORMAT:-text}"
+export NO_COLOR="${NO_COLOR:-1}" # the logs are files: no ANSI colour codes in them
 
 # Start order: dependencies first, the gateway last (it health-checks its targets at start).
 SERVICES=(product-1 product-2 product-bad credit-card-authorizer cart warehouse gateway)
@@ -204,7 +205,8 @@ ensure_rabbitmq() {
         return 0
     fi
     local is_local=false
-    [[ $host == 127.0.0.1 || $host == ::1 ]] && is_local=true
+    # An installed broker listens on 5672; for another port we cannot know what to start.
+    [[ ($host == 127.0.0.1 || $host == ::1) && $port == 5672 ]] && is_local=true
     if $is_local && command -v rabbitmq-server >/dev/null 2>&1; then
         info "RabbitMQ not running; starting the installed one (rabbitmq-server -detached)"
         if ! rabbitmq-server -detached >"$LOG_DIR/rabbitmq-start.log" 2>&1; then
