@@ -552,7 +552,7 @@ async fn automatic_target_weights_shift_traffic_away_from_the_failing_target_and
     let mut cfg = config(&[&good1, &good2, &bad], &[&c], &[&c]);
     cfg.atw = AtwConfig {
         tick: Duration::from_millis(100),
-        window_ticks: 20, // a 2 s window
+        window_ticks: 30, // a 3 s window
         min_requests: 10,
         ..AtwConfig::default()
     };
@@ -594,7 +594,14 @@ async fn automatic_target_weights_shift_traffic_away_from_the_failing_target_and
         .json()
         .await
         .expect("json");
-    assert_eq!(view["groups"][0]["targets"][2]["atw_verdict"], "anomalous");
+    // At the floor it gets so little traffic that on a slow machine its window may fall under
+    // min_requests for a tick (then it is probed back up a step); either way it is held down.
+    let verdict = view["groups"][0]["targets"][2]["atw_verdict"].as_str();
+    assert!(
+        matches!(verdict, Some("anomalous" | "insufficient_data")),
+        "{verdict:?}"
+    );
+    assert!(view["groups"][0]["targets"][2]["weight"].as_f64() < Some(0.2));
     assert_eq!(view["groups"][0]["atw_active"], true);
 
     // The target recovers: once its bad responses leave the window it regains full weight.
