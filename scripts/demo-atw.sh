@@ -105,9 +105,9 @@ else
     for wkr in $(seq 1 "$CURL_WORKERS"); do
         (
             while ((SECONDS < end)); do
-                urls=()
-                for _ in $(seq 1 100); do urls+=("$GW/products/$((RANDOM % PRODUCTS + 1))"); done
-                curl -s --max-time 10 -o /dev/null -w '%{http_code}\n' "${urls[@]}" >>"$WORK/codes.$wkr" 2>/dev/null || true
+                args=()
+                for _ in $(seq 1 100); do args+=(-o /dev/null "$GW/products/$((RANDOM % PRODUCTS + 1))"); done
+                curl -s --max-time 10 -w '%{http_code}\n' "${args[@]}" >>"$WORK/codes.$wkr" 2>/dev/null || true
             done
         ) &
         LOAD_PIDS+=($!)
@@ -177,7 +177,7 @@ if [[ -f $WORK/loadtest.txt ]]; then
     cat "$WORK/loadtest.txt"
     echo "----"
 elif compgen -G "$WORK/codes.*" >/dev/null; then
-    awk '{ n++; if ($1 >= 500 || $1 == "000") e++ } END { printf "client side (curl): %d requests, %d 5xx/failed (%.2f%%)\n", n, e, (n ? 100 * e / n : 0) }' "$WORK"/codes.*
+    awk '{ n++; if ($1 + 0 >= 500 || $1 == "000") e++ } END { printf "client side (curl): %d requests, %d 5xx/failed (%.2f%%)\n", n, e, (n ? 100 * e / n : 0) }' "$WORK"/codes.*
 fi
 
 echo "bad target share: first interval ${first_share:-?}%, last interval ${last_share:-?}%"

@@ -18,6 +18,8 @@
 #   BAD_FAILURE_RATE   FAILURE_RATE of product-bad (default 0.5)
 #   EXPOSE_CCA         route /credit-card-authorizer* through the gateway (default false)
 #   STACK_NO_BUILD=1   skip `cargo build --release` (use the binaries already in target/release)
+#   STACK_INSTALL_RABBITMQ=1 (or CI=true)  apt-get install rabbitmq-server if no broker is reachable
+#                      and none is installed (root or passwordless sudo)
 #   READY_TIMEOUT      seconds to wait for every /ready (default 90)
 #   RUST_LOG, LOG_FORMAT are passed through to every service.
 set -euo pipefail
@@ -207,6 +209,22 @@ ensure_rabbitmq() {
     local is_local=false
     # An installed broker listens on 5672; for another port we cannot know what to start.
     [[ ($host == 127.0.0.1 || $host == ::1) && $port == 5672 ]] && is_local=true
+    if $is_local && ! command -v rabbitmq-server >/dev/null 2>&1 && [[ ${STACK_INSTALL_RABBITMQ:-} == 1 || ${CI:-} == true ]]; then
+        local sudo=""
+        [[ $(id -u) == 0 ]] || sudo="sudo -n"
+        if command -v apt-get >/dev/null 2>&1; then
+            info "installing rabbitmq-server with apt-get (STACK_INSTALL_RABBITMQ=1 or CI=true)"
+            $sudo apt-get update -qq >"$LOG_DIR/rabbitmq-install.log" 2>&1 &&
+                DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq rabbitmq-server >>"$LOG_DIR/rabbitmq-install.log" 2>&1 ||
+                { warn "apt-get install rabbitmq-server failed:"; tail -n 20 "$LOG_DIR/rabbitmq-install.log" >&2; }
+            # The package may have started it already (systemd); give it a moment.
+            for _ in $(seq 1 20); do port_open "$port" "$host" && break; sleep 1; done
+            if port_open "$port" "$host"; then
+                info "RabbitMQ reachable at $host:$port"
+                return 0
+            fi
+        fi
+    fi
     if $is_local && command -v rabbitmq-server >/dev/null 2>&1; then
         info "RabbitMQ not running; starting the installed one (rabbitmq-server -detached)"
         if ! rabbitmq-server -detached >"$LOG_DIR/rabbitmq-start.log" 2>&1; then
@@ -485,7 +503,7 @@ cmd_logs() {
 }
 
 usage() {
-    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
 }
 
 case "${1:-}" in
