@@ -47,7 +47,7 @@ PIDS=()
 SAMPLER=""
 QUEUE_CREATED=0
 cleanup() {
-  [[ -n $SAMPLER ]] && kill "$SAMPLER" 2>/dev/null || true
+  if [[ -n $SAMPLER ]]; then kill "$SAMPLER" 2>/dev/null || true; fi
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [[ $QUEUE_CREATED == 1 ]]; then
