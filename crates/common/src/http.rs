@@ -6,8 +6,7 @@ use crate::config::ServiceConfig;
 use crate::error::ApiError;
 use crate::metrics::{self, Metrics};
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
-use axum::middleware;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -92,28 +91,12 @@ async fn not_found() -> ApiError {
     ApiError::not_found("NOT_FOUND", "no such route")
 }
 
-/// axum answers some errors itself with an empty body (405 for a wrong method, for example);
-/// give them the contract's error body too.
-async fn json_body_for_bare_errors(response: Response) -> Response {
-    let status = response.status();
-    let is_error = status.is_client_error() || status.is_server_error();
-    if !is_error || response.headers().contains_key(header::CONTENT_TYPE) {
-        return response;
-    }
-    let (mut parts, _) = response.into_parts();
-    let code = match status {
-        StatusCode::METHOD_NOT_ALLOWED => "METHOD_NOT_ALLOWED",
-        StatusCode::PAYLOAD_TOO_LARGE => "PAYLOAD_TOO_LARGE",
-        StatusCode::NOT_FOUND => "NOT_FOUND",
-        s if s.is_client_error() => "BAD_REQUEST",
-        _ => "INTERNAL_ERROR",
-    };
-    let message = status.canonical_reason().unwrap_or("error").to_lowercase();
-    let rendered = ApiError::new(status, code, message).into_response();
-    let (body_parts, body) = rendered.into_parts();
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.extend(body_parts.headers);
-    Response::from_parts(parts, body)
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "this route does not accept that method",
+    )
 }
 
 /// Wraps a service's routes with everything every service must have.
@@ -130,14 +113,17 @@ pub fn with_common_layers(
         .route("/health", get(health))
         .route("/ready", get(ready).with_state(readiness))
         .route("/metrics", get(metrics::render).with_state(metrics.clone()));
-    app.merge(ops)
+    let app = app
+        .merge(ops)
         .fallback(not_found)
-        .layer(middleware::map_response(json_body_for_bare_errors))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.body_limit))
-        .layer(middleware::from_fn_with_state(metrics.clone(), metrics::track))
-        // Spans at DEBUG: with the default `info` filter they cost nothing on the hot path, and
-        // `RUST_LOG=debug` shows every request with its id.
-        .layer(
+        .layer(metrics::TrackLayer(metrics.clone()));
+    // A span per request only when DEBUG is on for this process (`RUST_LOG=debug`): then every
+    // request is logged with its id; otherwise the layer is not installed at all, because even a
+    // disabled span costs a wrapped body and a few calls on every request.
+    let app = if tracing::enabled!(Level::DEBUG) {
+        app.layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
                     let id = req
@@ -150,7 +136,10 @@ pub fn with_common_layers(
                 .on_response(DefaultOnResponse::new().level(Level::DEBUG))
                 .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
         )
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+    } else {
+        app
+    };
+    app.layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetResponseHeaderLayer::if_not_present(
             HeaderName::from_static(SERVED_BY),
             served_by,

@@ -4,14 +4,16 @@
 //! Small on purpose: a lookup in two sharded maps and a few relaxed atomic adds per request, so the
 //! metrics never show up in the throughput benchmarks.
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, State};
 use axum::http::{header, Method};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
 use std::fmt::Write;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -204,21 +206,84 @@ impl Metrics {
     }
 }
 
-/// Middleware: times every request and records it under its matched route (never the raw path,
-/// which would let clients create unbounded series).
-pub async fn track(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(req).await;
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    metrics.observe(
-        route,
-        &method,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
+/// Layer: times every request and records it under its matched route (never the raw path, which
+/// would let clients create unbounded series). A plain tower layer rather than `from_fn`: it sits
+/// on every request of every service and should cost a few atomic adds, not a boxed future.
+#[derive(Clone)]
+pub struct TrackLayer(pub Metrics);
+
+impl<S> tower::Layer<S> for TrackLayer {
+    type Service = Track<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Track {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Track<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for Track<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = TrackFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        let method = req.method().clone();
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        TrackFuture {
+            inner: self.inner.call(req),
+            metrics: self.metrics.clone(),
+            method,
+            route,
+            started: Instant::now(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct TrackFuture<F> {
+        #[pin]
+        inner: F,
+        metrics: Metrics,
+        method: Method,
+        route: Option<MatchedPath>,
+        started: Instant,
+    }
+}
+
+impl<F, E> Future for TrackFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let Ok(response) = &result {
+            let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+            this.metrics.observe(
+                route,
+                this.method,
+                response.status().as_u16(),
+                this.started.elapsed(),
+            );
+        }
+        Poll::Ready(result)
+    }
 }
 
 /// `GET /metrics`.

@@ -1,9 +1,9 @@
 //! `POST /product`, `GET /products/{id}` and its alias `GET /product/{id}`.
 
 use crate::catalog::{Catalog, CatalogError, NewProduct};
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -36,8 +36,8 @@ impl IntoResponse for ProductError {
     }
 }
 
-/// Answers a share of catalog requests with 503 (`FAILURE_RATE`). Only the catalog routes wear
-/// it: `/health` stays green, which is the point of the demonstration.
+/// Answers a share of catalog requests with 503 (`FAILURE_RATE`). Only the catalog routes
+/// ask for it: `/health` stays green, which is the point of the demonstration.
 #[derive(Clone)]
 pub struct FaultInjection {
     rate: f64,
@@ -50,16 +50,33 @@ impl FaultInjection {
     }
 }
 
-async fn inject_faults(State(faults): State<FaultInjection>, req: Request, next: Next) -> Response {
-    if faults.rate > 0.0 && rand::rng().random::<f64>() < faults.rate {
-        faults.injected.inc();
-        return ApiError::unavailable(
-            "SERVICE_UNAVAILABLE",
-            "this instance is failing on purpose (FAILURE_RATE)",
-        )
-        .into_response();
+#[derive(Clone)]
+pub struct CatalogState {
+    catalog: Arc<Catalog>,
+    faults: FaultInjection,
+}
+
+/// An extractor that fails the request on purpose, before the body is even read. (An extractor
+/// rather than a middleware layer: it runs on every catalog request and costs one random number.)
+pub struct PassedFaultInjection;
+
+impl FromRequestParts<CatalogState> for PassedFaultInjection {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        _parts: &mut Parts,
+        state: &CatalogState,
+    ) -> Result<Self, Self::Rejection> {
+        let faults = &state.faults;
+        if faults.rate > 0.0 && rand::rng().random::<f64>() < faults.rate {
+            faults.injected.inc();
+            return Err(ApiError::unavailable(
+                "SERVICE_UNAVAILABLE",
+                "this instance is failing on purpose (FAILURE_RATE)",
+            ));
+        }
+        Ok(Self)
     }
-    next.run(req).await
 }
 
 pub fn router(catalog: Arc<Catalog>, faults: FaultInjection) -> Router {
@@ -67,13 +84,13 @@ pub fn router(catalog: Arc<Catalog>, faults: FaultInjection) -> Router {
         .route("/product", post(create_product))
         .route("/products/{product_id}", get(get_product))
         .route("/product/{product_id}", get(get_product))
-        .route_layer(middleware::from_fn_with_state(faults, inject_faults))
-        .with_state(catalog)
+        .with_state(CatalogState { catalog, faults })
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(product_id = id))]
 async fn get_product(
-    State(catalog): State<Arc<Catalog>>,
+    _: PassedFaultInjection,
+    State(CatalogState { catalog, .. }): State<CatalogState>,
     PathId(id): PathId,
 ) -> Result<Response, ProductError> {
     let json = catalog.get(id).ok_or(ProductError::NotFound(id))?;
@@ -82,7 +99,8 @@ async fn get_product(
 
 #[tracing::instrument(skip_all, fields(sku = %new.sku))]
 async fn create_product(
-    State(catalog): State<Arc<Catalog>>,
+    _: PassedFaultInjection,
+    State(CatalogState { catalog, .. }): State<CatalogState>,
     ApiJson(new): ApiJson<NewProduct>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ProductError> {
     new.validate().map_err(ProductError::Invalid)?;
