@@ -5,11 +5,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use loadtest::{output, run, Cli, RunConfig};
 
-// mimalloc: glibc malloc showed up as a tenth of the CPU profile of a GET; every binary of the
-// project (the ceilings included, so ratios stay fair) uses the same allocator.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -41,11 +41,6 @@ async fn product() -> Response {
         .into_response()
 }
 
-// mimalloc: glibc malloc showed up as a tenth of the CPU profile of a GET; every binary of the
-// project (the ceilings included, so ratios stay fair) uses the same allocator.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let args = Args::parse();
     let mut builder = tokio::runtime::Builder::new_multi_thread();

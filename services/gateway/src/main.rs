@@ -2,11 +2,6 @@ use gateway::config::GatewayConfig;
 use gateway::Application;
 use std::process::ExitCode;
 
-// mimalloc: glibc malloc showed up as a tenth of the CPU profile of a GET; every binary of the
-// project (the ceilings included, so ratios stay fair) uses the same allocator.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     common::healthcheck::exit_if_requested(8080);

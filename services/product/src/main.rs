@@ -1,10 +1,5 @@
 use product_service::{configuration::Settings, Application};
 
-// mimalloc: glibc malloc showed up as a tenth of the CPU profile of a GET; every binary of the
-// project (the ceilings included, so ratios stay fair) uses the same allocator.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     common::healthcheck::exit_if_requested(product_service::DEFAULT_PORT);
     if let Err(err) = run() {
