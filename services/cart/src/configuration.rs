@@ -17,6 +17,9 @@ pub struct Settings {
     pub channel_pool_size: usize,
     /// `CHANNEL_WAIT_MS`: how long a checkout waits for a free channel before a 503 (backpressure).
     pub channel_wait: Duration,
+    /// `MAX_PENDING_CONFIRMS`: orders published and awaiting the broker's confirm, at most
+    /// (default 1000).
+    pub max_pending_confirms: usize,
     /// `CONFIRM_TIMEOUT_MS`: how long to wait for the broker's ack (default 5 s).
     pub confirm_timeout: Duration,
     /// `AMQP_CONNECT_TIMEOUT_MS`.
@@ -55,6 +58,7 @@ impl Settings {
             topology: Topology::from_env()?,
             channel_pool_size,
             channel_wait: config::millis("CHANNEL_WAIT_MS", Duration::from_millis(1000))?,
+            max_pending_confirms: positive("MAX_PENDING_CONFIRMS", 1000)?,
             confirm_timeout: config::millis("CONFIRM_TIMEOUT_MS", Duration::from_secs(5))?,
             connect_timeout: config::millis("AMQP_CONNECT_TIMEOUT_MS", Duration::from_secs(3))?,
             cca_timeout: config::millis("CCA_TIMEOUT_MS", Duration::from_secs(2))?,
@@ -62,4 +66,12 @@ impl Settings {
             product_timeout: config::millis("PRODUCT_TIMEOUT_MS", Duration::from_secs(2))?,
         })
     }
+}
+
+fn positive(name: &'static str, default: usize) -> Result<usize, ConfigError> {
+    let value = config::var(name, default)?;
+    if value == 0 {
+        return Err(ConfigError::new(name, "0", "must be at least 1"));
+    }
+    Ok(value)
 }

@@ -3,9 +3,12 @@
 //! - Connections come from a deadpool-lapin pool (one connection; replaced when it dies).
 //! - Channels come from a deadpool pool of `CHANNEL_POOL_SIZE` confirm-mode channels made on that
 //!   connection. A checkout borrows one, publishes, awaits the broker's confirm and returns it.
-//! - Borrowing waits at most `CHANNEL_WAIT_MS` (backpressure: a 503 instead of an unbounded queue
-//!   of checkouts), and a channel that failed or timed out is thrown away instead of returned, so
-//!   the pool heals by itself after the broker or the connection comes back.
+//! - A channel is borrowed only to send; confirms are awaited after it is back in the pool, so
+//!   each channel pipelines many orders. `MAX_PENDING_CONFIRMS` bounds the orders awaiting a
+//!   confirm; a checkout waits at most `CHANNEL_WAIT_MS` for a channel or a slot (backpressure: a
+//!   503 instead of an unbounded queue of checkouts).
+//! - A channel that failed is thrown away instead of returned, and the pool's recycle check drops
+//!   closed ones, so the pool heals by itself after the broker or the connection comes back.
 
 use crate::configuration::Settings;
 use common::messaging::{OrderMessage, Topology};
@@ -16,6 +19,7 @@ use lapin::Confirmation;
 use lapin::{Channel, ConnectionProperties};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -81,6 +85,7 @@ pub struct OrderPublisher {
     queue: Arc<str>,
     wait: Duration,
     confirm_timeout: Duration,
+    in_flight: Arc<Semaphore>,
     published: Counter,
     failed: Counter,
 }
@@ -115,6 +120,7 @@ impl OrderPublisher {
             queue: settings.topology.queue.as_str().into(),
             wait: settings.channel_wait,
             confirm_timeout: settings.confirm_timeout,
+            in_flight: Arc::new(Semaphore::new(settings.max_pending_confirms)),
             published: metrics.counter("orders_published_total", "Orders confirmed by the broker."),
             failed: metrics.counter(
                 "orders_publish_failures_total",
@@ -152,39 +158,45 @@ impl OrderPublisher {
         order: &OrderMessage,
         request_id: &str,
     ) -> Result<(), PublishError> {
-        let channel = self.channel().await?;
-        let payload = order.to_json();
-        let confirm = match channel
-            .basic_publish(
-                "".into(),
-                self.queue.as_ref().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &payload,
-                order.properties(request_id),
-            )
+        // Bound the confirms outstanding at once: past that, callers wait (briefly) and then get
+        // a 503 rather than piling unconfirmed orders onto a slow broker.
+        let _in_flight = tokio::time::timeout(self.wait, self.in_flight.acquire())
             .await
-        {
-            Ok(confirm) => confirm,
-            Err(err) => {
-                // The channel is broken: keep it out of the pool.
-                drop(Object::take(channel));
-                return Err(PublishError::Channel(err.to_string()));
+            .map_err(|_| PublishError::Busy(self.wait))?
+            .map_err(|_| PublishError::Unreachable("the publisher is closed".to_string()))?;
+        let payload = order.to_json();
+        let confirm = {
+            // The channel is held only while the frames are handed to it, not while the broker
+            // confirms: a confirm-mode channel pipelines, so one channel carries many orders in
+            // flight and the pool size bounds concurrent *sends*, not throughput.
+            let channel = self.channel().await?;
+            match channel
+                .basic_publish(
+                    "".into(),
+                    self.queue.as_ref().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &payload,
+                    order.properties(request_id),
+                )
+                .await
+            {
+                Ok(confirm) => confirm,
+                Err(err) => {
+                    // The channel is broken: keep it out of the pool.
+                    drop(Object::take(channel));
+                    return Err(PublishError::Channel(err.to_string()));
+                }
             }
         };
+        // A channel that fails from here on closes, and the pool's recycle check drops it; one
+        // whose confirms stall stays, and its next publishes time out too until it recovers.
         let confirmation = match tokio::time::timeout(self.confirm_timeout, confirm).await {
             Ok(Ok(confirmation)) => confirmation,
-            Ok(Err(err)) => {
-                drop(Object::take(channel));
-                return Err(PublishError::Channel(err.to_string()));
-            }
-            Err(_) => {
-                // A confirm may still arrive on this channel; a fresh one is simpler to reason about.
-                drop(Object::take(channel));
-                return Err(PublishError::ConfirmTimeout(self.confirm_timeout));
-            }
+            Ok(Err(err)) => return Err(PublishError::Channel(err.to_string())),
+            Err(_) => return Err(PublishError::ConfirmTimeout(self.confirm_timeout)),
         };
         match confirmation {
             Confirmation::Ack(None) => Ok(()),

@@ -82,6 +82,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         topology: Topology::new(&queue, QueueType::Classic),
         channel_pool_size: 4,
         channel_wait: Duration::from_secs(1),
+        max_pending_confirms: 100,
         confirm_timeout: options.confirm_timeout,
         connect_timeout: Duration::from_secs(2),
         cca_timeout: Duration::from_secs(2),
