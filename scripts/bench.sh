@@ -20,7 +20,7 @@ CHECKOUTS=20000
 WH_MESSAGES=100000
 OUT=BENCHMARKS.md
 THREADS=2
-COMMAND="scripts/bench.sh $*"
+COMMAND="scripts/bench.sh${*:+ $*}"
 
 while getopts "c:d:n:m:o:h" opt; do
   case "$opt" in
