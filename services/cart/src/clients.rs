@@ -132,19 +132,22 @@ pub enum Verdict {
 #[derive(Clone)]
 pub struct Authorizer {
     http: reqwest::Client,
-    url: Arc<str>,
+    /// Parsed once: reqwest would otherwise parse (and IDNA-check) the string on every call.
+    url: reqwest::Url,
     timeout: Duration,
     retries: u32,
 }
 
 impl Authorizer {
-    pub fn new(http: reqwest::Client, settings: &Settings) -> Self {
-        Self {
+    pub fn new(http: reqwest::Client, settings: &Settings) -> Result<Self, String> {
+        Ok(Self {
             http,
-            url: format!("{}/credit-card-authorizer/authorize", settings.cca_url).into(),
+            url: format!("{}/credit-card-authorizer/authorize", settings.cca_url)
+                .parse()
+                .map_err(|e| format!("CCA_URL: {e}"))?,
             timeout: settings.cca_timeout,
             retries: settings.cca_retries,
-        }
+        })
     }
 
     pub async fn authorize(
@@ -155,7 +158,7 @@ impl Authorizer {
         let body = serde_json::json!({ "credit_card_number": card_number });
         let resp = send_with_retry("card authorizer", self.retries, || {
             self.http
-                .post(&*self.url)
+                .post(self.url.clone())
                 .timeout(self.timeout)
                 .header(REQUEST_ID, request_id)
                 .json(&body)

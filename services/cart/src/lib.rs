@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 
 pub const DEFAULT_PORT: u16 = 8082;
 
-/// Everything a handler needs.
+/// Everything a handler needs (shared behind one `Arc`: axum clones the state per request).
 #[derive(Clone)]
 pub struct AppState {
     pub carts: Arc<CartStore>,
@@ -40,7 +40,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     settings: Settings,
-    pub state: AppState,
+    pub state: Arc<AppState>,
 }
 
 impl Application {
@@ -52,19 +52,19 @@ impl Application {
             .pool_max_idle_per_host(256)
             .build()?;
         let publisher = OrderPublisher::new(&settings, &metrics)?;
-        let state = AppState {
+        let state = Arc::new(AppState {
             carts: Arc::new(CartStore::default()),
             products: ProductCatalog::new(http.clone(), &settings),
-            authorizer: Authorizer::new(http, &settings),
+            authorizer: Authorizer::new(http, &settings)?,
             publisher: publisher.clone(),
             outcomes: routes::CheckoutOutcomes::register(&metrics),
-        };
+        });
         let readiness = Readiness::new().check("rabbitmq", move || {
             let publisher = publisher.clone();
             async move { publisher.check().await }
         });
         let router = with_common_layers(
-            routes::router(state.clone()),
+            routes::router(Arc::clone(&state)),
             &settings.service,
             &metrics,
             readiness,

@@ -12,8 +12,9 @@ use axum::{Json, Router};
 use common::metrics::{Counter, Metrics};
 use common::{card, ApiError, ApiJson, ErrorBody, PathId, RequestId};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/shopping-cart", post(create_cart))
         .route("/shopping-carts/{shopping_cart_id}", get(get_cart))
@@ -103,7 +104,7 @@ pub struct CartCreated {
 
 #[tracing::instrument(level = "debug", skip_all, fields(customer_id = body.customer_id))]
 async fn create_cart(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<CreateCart>,
 ) -> Result<(StatusCode, Json<CartCreated>), CartRouteError> {
     if body.customer_id < 1 {
@@ -123,7 +124,7 @@ async fn create_cart(
 
 #[tracing::instrument(level = "debug", skip_all, fields(cart_id = cart_id))]
 async fn get_cart(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     PathId(cart_id): PathId,
 ) -> Result<Json<crate::carts::CartView>, CartRouteError> {
     Ok(Json(state.carts.view(cart_id)?))
@@ -137,7 +138,7 @@ pub struct AddItem {
 
 #[tracing::instrument(level = "debug", skip_all, fields(cart_id = cart_id, product_id = body.product_id, quantity = body.quantity))]
 async fn add_item(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     PathId(cart_id): PathId,
     RequestId(request_id): RequestId,
     ApiJson(body): ApiJson<AddItem>,
@@ -203,7 +204,7 @@ impl CheckoutOutcomes {
 // are on /metrics.
 #[tracing::instrument(level = "debug", skip_all, fields(cart_id = cart_id, card = %card::mask(&body.credit_card_number)))]
 async fn checkout(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     PathId(cart_id): PathId,
     RequestId(request_id): RequestId,
     ApiJson(body): ApiJson<Checkout>,
@@ -253,7 +254,7 @@ impl Drop for ReleaseOnDrop<'_> {
 }
 
 async fn place_order(
-    state: AppState,
+    state: Arc<AppState>,
     ticket: CheckoutTicket,
     card_number: String,
     request_id: String,
