@@ -58,39 +58,14 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-# A free port from a range the stack does not use (808x), picked at random.
-free_port() {
-  local port
-  for _ in $(seq 1 200); do
-    port=$((20000 + RANDOM % 20000))
-    port_open "$port" || { echo "$port"; return 0; }
-  done
-  return 1
-}
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
-now_ms() { date +%s%3N; }
+# shellcheck source=scripts/lib/bench.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/bench.sh"
 
-# start NAME PORT ENV... : starts a service, waits for /ready 200 (max 30 s), records the time.
+# start NAME PORT BIN ENV... : spawn_ready, then PID_<name> and READY_<name> (ms to /ready).
 start() {
-  local name=$1 port=$2 bin=$3
-  shift 3
-  local t0 code=""
-  t0=$(now_ms)
-  env PORT="$port" INSTANCE_ID="bench-$name" RUST_LOG=warn "$@" "$BIN/$bin" >"$WORK/$name.log" 2>&1 &
-  PIDS+=($!)
-  eval "PID_${name//-/_}=$!"
-  for _ in $(seq 1 600); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/ready" || true)
-    [[ $code == 200 ]] && break
-    sleep 0.05
-  done
-  if [[ $code != 200 ]]; then
-    echo "$name did not become ready on :$port:" >&2
-    cat "$WORK/$name.log" >&2
-    exit 1
-  fi
-  eval "READY_${name//-/_}=$(($(now_ms) - t0))"
+  spawn_ready "$@" || exit 1
+  eval "PID_${1//-/_}=$SPAWNED_PID"
+  eval "READY_${1//-/_}=$SPAWNED_READY_MS"
 }
 
 PRODUCT_PORT=$(free_port)

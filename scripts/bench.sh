@@ -71,17 +71,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() {
-  local port
-  for _ in $(seq 1 200); do
-    port=$((20000 + RANDOM % 20000))
-    port_open "$port" || { echo "$port"; return 0; }
-  done
-  return 1
-}
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
-now_ms() { date +%s%3N; }
+# shellcheck source=scripts/lib/bench.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/bench.sh"
 
 # Results: one "key value" per line in $WORK/results.
 RES="$WORK/results"
@@ -94,25 +85,9 @@ get_max() { awk -v k="$1" '$1 == k && $2 + 0 > m + 0 { m = $2 } END { print m }'
 # start NAME PORT BIN ENV... : starts a service, waits for /ready 200 (max 30 s); records its pid
 # and the time from spawn to the first /ready 200.
 start() {
-  local name=$1 port=$2 bin=$3
-  shift 3
-  local t0 code=""
-  t0=$(now_ms)
-  env PORT="$port" INSTANCE_ID="bench-$name" RUST_LOG=warn "$@" "$BIN/$bin" >"$WORK/$name.log" 2>&1 &
-  local pid=$!
-  PIDS+=("$pid")
-  for _ in $(seq 1 600); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/ready" || true)
-    [[ $code == 200 ]] && break
-    sleep 0.05
-  done
-  if [[ $code != 200 ]]; then
-    echo "$name did not become ready on :$port:" >&2
-    cat "$WORK/$name.log" >&2
-    return 1
-  fi
-  put "ready_ms.$name" $(($(now_ms) - t0))
-  put "pid.$name" "$pid"
+  spawn_ready "$@" || return 1
+  put "ready_ms.$1" "$SPAWNED_READY_MS"
+  put "pid.$1" "$SPAWNED_PID"
 }
 
 # RSS sampler over the given service names: writes "name maxkb" lines to $WORK/rss.<tag>.

@@ -1,0 +1,43 @@
+# shellcheck shell=bash
+# Helpers shared by the benchmark scripts (bench.sh, bench-cart.sh). The caller sets BIN (the
+# release binaries), WORK (a scratch directory for logs) and PIDS (an array its cleanup kills).
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# A free port from a range the stack does not use (808x), picked at random.
+free_port() {
+  local port
+  for _ in $(seq 1 200); do
+    port=$((20000 + RANDOM % 20000))
+    port_open "$port" || { echo "$port"; return 0; }
+  done
+  return 1
+}
+
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+now_ms() { date +%s%3N; }
+
+# spawn_ready NAME PORT BIN ENV... : starts $BIN/BIN with PORT and ENV, logging to $WORK/NAME.log,
+# adds it to PIDS and waits (at most 30 s) for GET /ready 200. Sets SPAWNED_PID and
+# SPAWNED_READY_MS (spawn to first 200); on failure prints the log and returns 1.
+spawn_ready() {
+  local name=$1 port=$2 bin=$3
+  shift 3
+  local t0 code=""
+  t0=$(now_ms)
+  env PORT="$port" INSTANCE_ID="bench-$name" RUST_LOG=warn "$@" "$BIN/$bin" >"$WORK/$name.log" 2>&1 &
+  SPAWNED_PID=$!
+  PIDS+=("$SPAWNED_PID")
+  for _ in $(seq 1 600); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/ready" || true)
+    [[ $code == 200 ]] && break
+    sleep 0.05
+  done
+  if [[ $code != 200 ]]; then
+    echo "$name did not become ready on :$port:" >&2
+    cat "$WORK/$name.log" >&2
+    return 1
+  fi
+  # shellcheck disable=SC2034 # read by the caller
+  SPAWNED_READY_MS=$(($(now_ms) - t0))
+}
