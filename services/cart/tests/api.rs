@@ -45,31 +45,16 @@ async fn add_items_accumulate_and_show_in_the_cart() {
     let app = spawn_app().await;
     let id = app.create_cart().await;
     for quantity in [2, 3] {
-        let resp = app
-            .post(
-                &format!("/shopping-carts/{id}/addItem"),
-                json!({"product_id": 4, "quantity": quantity}),
-            )
-            .await;
+        let resp = app.add_item(id, 4, quantity).await;
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     }
-    let view: Value = app
-        .get(&format!("/shopping-carts/{id}"))
-        .await
-        .json()
-        .await
-        .expect("json");
+    let view = app.view(id).await;
     assert_eq!(
         view,
         json!({"shopping_cart_id": id, "customer_id": 42, "status": "open",
                "items": [{"product_id": 4, "quantity": 5}], "order_id": null})
     );
-    let resp = app
-        .post(
-            &format!("/shopping-carts/{id}/addItem"),
-            json!({"product_id": 4, "quantity": i32::MAX}),
-        )
-        .await;
+    let resp = app.add_item(id, 4, i32::MAX.into()).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert!(error_body(resp).await.to_string().contains("quantity"));
     app.delete_queues().await;
@@ -128,12 +113,7 @@ async fn product_service_down_is_a_fast_503() {
     .await;
     let id = app.create_cart().await;
     let started = Instant::now();
-    let resp = app
-        .post(
-            &format!("/shopping-carts/{id}/addItem"),
-            json!({"product_id": 1, "quantity": 1}),
-        )
-        .await;
+    let resp = app.add_item(id, 1, 1).await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         error_body(resp).await["error"],

@@ -59,12 +59,7 @@ async fn a_confirmed_checkout_leaves_exactly_one_well_formed_persistent_message(
         "{request_id:?}"
     );
 
-    let view: Value = app
-        .get(&format!("/shopping-carts/{cart}"))
-        .await
-        .json()
-        .await
-        .expect("json");
+    let view = app.view(cart).await;
     assert_eq!(view["status"], "checked_out");
     assert_eq!(view["order_id"], order_id);
 
@@ -72,12 +67,7 @@ async fn a_confirmed_checkout_leaves_exactly_one_well_formed_persistent_message(
     let resp = app.checkout(cart, CARD).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_body(resp).await["error"], "CART_ALREADY_CHECKED_OUT");
-    let resp = app
-        .post(
-            &format!("/shopping-carts/{cart}/addItem"),
-            json!({"product_id": 1, "quantity": 1}),
-        )
-        .await;
+    let resp = app.add_item(cart, 1, 1).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert!(app.drain().await.is_empty());
     app.delete_queues().await;
@@ -123,20 +113,10 @@ async fn a_declined_card_is_402_publishes_nothing_and_leaves_the_cart_open() {
         assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED);
         assert_eq!(error_body(resp).await["error"], "PAYMENT_DECLINED");
     }
-    let view: Value = app
-        .get(&format!("/shopping-carts/{cart}"))
-        .await
-        .json()
-        .await
-        .expect("json");
+    let view = app.view(cart).await;
     assert_eq!(view["status"], "open");
     // Still open: items can be added for another attempt.
-    let resp = app
-        .post(
-            &format!("/shopping-carts/{cart}/addItem"),
-            json!({"product_id": 2, "quantity": 1}),
-        )
-        .await;
+    let resp = app.add_item(cart, 2, 1).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert!(app.drain().await.is_empty());
     app.delete_queues().await;
@@ -184,12 +164,7 @@ async fn authorizer_down_is_a_fast_503_and_the_cart_stays_open() {
         "{:?}",
         started.elapsed()
     );
-    let view: Value = app
-        .get(&format!("/shopping-carts/{cart}"))
-        .await
-        .json()
-        .await
-        .expect("json");
+    let view = app.view(cart).await;
     assert_eq!(view["status"], "open");
     assert!(app.drain().await.is_empty());
     app.delete_queues().await;
@@ -289,15 +264,7 @@ async fn broker_down_fails_fast_and_recovers_without_a_restart() {
     assert!(error_body(resp).await.to_string().contains("rabbitmq"));
 
     proxy.set(Mode::Pass);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let resp = app.checkout(cart, CARD).await;
-        if resp.status() == StatusCode::OK {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no recovery: {}", resp.status());
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    app.checkout_until_ok(cart).await;
     assert_eq!(app.get("/ready").await.status(), StatusCode::OK);
     let uids: HashSet<String> = app
         .drain()
@@ -328,24 +295,11 @@ async fn a_retry_after_an_unconfirmed_publish_republishes_the_same_order() {
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(error_body(resp).await["error"], "ORDER_NOT_CONFIRMED");
     // The order's fate is unknown, so its items are frozen until it is retried.
-    let resp = app
-        .post(
-            &format!("/shopping-carts/{cart}/addItem"),
-            json!({"product_id": 5, "quantity": 1}),
-        )
-        .await;
+    let resp = app.add_item(cart, 5, 1).await;
     assert_eq!(resp.status(), StatusCode::CONFLICT);
     proxy.set(Mode::Pass);
 
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let order_id = loop {
-        let resp = app.checkout(cart, CARD).await;
-        if resp.status() == StatusCode::OK {
-            break order_id(resp).await;
-        }
-        assert!(Instant::now() < deadline, "no recovery: {}", resp.status());
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let order_id = order_id(app.checkout_until_ok(cart).await).await;
     // The stalled publish reached the broker too: the queue holds the same order twice, with
     // one message id, which is what lets the warehouse apply it once.
     let messages = app.drain().await;
@@ -369,12 +323,7 @@ async fn an_unroutable_order_is_not_confirmed() {
     let resp = app.checkout(cart, CARD).await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(error_body(resp).await["error"], "ORDER_NOT_CONFIRMED");
-    let view: Value = app
-        .get(&format!("/shopping-carts/{cart}"))
-        .await
-        .json()
-        .await
-        .expect("json");
+    let view = app.view(cart).await;
     assert_eq!(view["status"], "open");
     app.delete_queues().await;
 }

@@ -11,7 +11,7 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, Qu
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -148,15 +148,46 @@ impl TestApp {
     pub async fn filled_cart(&self) -> i64 {
         let id = self.create_cart().await;
         for (product_id, quantity) in [(1, 2), (3, 1)] {
-            let resp = self
-                .post(
-                    &format!("/shopping-carts/{id}/addItem"),
-                    json!({"product_id": product_id, "quantity": quantity}),
-                )
-                .await;
+            let resp = self.add_item(id, product_id, quantity).await;
             assert_eq!(resp.status(), StatusCode::NO_CONTENT);
         }
         id
+    }
+
+    pub async fn add_item(
+        &self,
+        cart_id: i64,
+        product_id: i64,
+        quantity: i64,
+    ) -> reqwest::Response {
+        self.post(
+            &format!("/shopping-carts/{cart_id}/addItem"),
+            json!({"product_id": product_id, "quantity": quantity}),
+        )
+        .await
+    }
+
+    /// `GET /shopping-carts/{id}` as JSON.
+    pub async fn view(&self, cart_id: i64) -> Value {
+        self.get(&format!("/shopping-carts/{cart_id}"))
+            .await
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// Retries the checkout of `cart_id` until it answers 200 (at most 15 s; anything else fails
+    /// the test), and returns the 200 response.
+    pub async fn checkout_until_ok(&self, cart_id: i64) -> reqwest::Response {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let resp = self.checkout(cart_id, CARD).await;
+            if resp.status() == StatusCode::OK {
+                return resp;
+            }
+            assert!(Instant::now() < deadline, "no recovery: {}", resp.status());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
     }
 
     pub async fn checkout(&self, cart_id: i64, card: &str) -> reqwest::Response {
