@@ -32,7 +32,8 @@ pub enum CartRouteError {
     #[error(transparent)]
     Cart(#[from] CartError),
     #[error(transparent)]
-    Invalid(ApiError),
+    /// Already a response: bad input, or an internal failure.
+    Api(ApiError),
     #[error("product {0} not found")]
     ProductNotFound(i32),
     #[error(transparent)]
@@ -66,7 +67,7 @@ impl IntoResponse for CartRouteError {
                     .with_details("retry the checkout: the same order will be placed")
             }
             Self::Cart(CartError::IdsExhausted(_)) => ApiError::internal(message),
-            Self::Invalid(err) => err,
+            Self::Api(err) => err,
             Self::ProductNotFound(_) => ApiError::not_found("PRODUCT_NOT_FOUND", message),
             Self::Dependency(Unavailable { service, .. }) => ApiError::unavailable(
                 if service == "card authorizer" {
@@ -108,7 +109,7 @@ async fn create_cart(
     ApiJson(body): ApiJson<CreateCart>,
 ) -> Result<(StatusCode, Json<CartCreated>), CartRouteError> {
     if body.customer_id < 1 {
-        return Err(CartRouteError::Invalid(ApiError::invalid_field(
+        return Err(CartRouteError::Api(ApiError::invalid_field(
             "customer_id",
             "must be a positive integer",
         )));
@@ -144,13 +145,13 @@ async fn add_item(
     ApiJson(body): ApiJson<AddItem>,
 ) -> Result<StatusCode, CartRouteError> {
     if body.product_id < 1 {
-        return Err(CartRouteError::Invalid(ApiError::invalid_field(
+        return Err(CartRouteError::Api(ApiError::invalid_field(
             "product_id",
             "must be a positive integer",
         )));
     }
     if body.quantity < 1 {
-        return Err(CartRouteError::Invalid(ApiError::invalid_field(
+        return Err(CartRouteError::Api(ApiError::invalid_field(
             "quantity",
             "must be at least 1",
         )));
@@ -213,7 +214,7 @@ async fn checkout(
         return Err(CartError::NotFound(cart_id).into());
     }
     if !card::is_valid_format(&body.credit_card_number) {
-        return Err(CartRouteError::Invalid(
+        return Err(CartRouteError::Api(
             ApiError::bad_request(
                 "INVALID_CARD_NUMBER",
                 "credit_card_number must look like 1234-5678-9012-3456",
@@ -232,7 +233,7 @@ async fn checkout(
     ));
     match task.await {
         Ok(result) => result.map(|order_id| Json(OrderPlaced { order_id })),
-        Err(join_error) => Err(CartRouteError::Invalid(ApiError::internal(format!(
+        Err(join_error) => Err(CartRouteError::Api(ApiError::internal(format!(
             "checkout task failed: {join_error}"
         )))),
     }
