@@ -1,12 +1,14 @@
 //! The HTTP plumbing every service wears, in one place so that no service can forget a piece:
-//! `/health`, `/ready`, `/metrics`, `x-request-id`, `x-served-by`, a body limit, JSON bodies on
-//! every error (including axum's own 404/405), and a per-request span.
+//! `/health`, `/ready`, `/metrics`, the [`edge`](crate::edge) layer (`x-request-id`, `x-served-by`,
+//! body limit, request metrics), JSON bodies on every error (including axum's own 404/405), and a
+//! per-request span when DEBUG logging is on.
 
 use crate::config::ServiceConfig;
+use crate::edge::EdgeLayer;
 use crate::error::ApiError;
 use crate::metrics::{self, Metrics};
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -15,13 +17,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-pub const REQUEST_ID: &str = "x-request-id";
-pub const SERVED_BY: &str = "x-served-by";
+pub use crate::edge::{REQUEST_ID, SERVED_BY};
 
 /// How long one readiness check may take before it counts as failed.
 const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -106,9 +105,6 @@ pub fn with_common_layers(
     metrics: &Metrics,
     readiness: Readiness,
 ) -> Router {
-    let served_by = HeaderValue::from_str(&config.instance_id)
-        .unwrap_or_else(|_| HeaderValue::from_static("invalid-instance-id"));
-    let request_id = HeaderName::from_static(REQUEST_ID);
     let ops = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready).with_state(readiness))
@@ -116,12 +112,11 @@ pub fn with_common_layers(
     let app = app
         .merge(ops)
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(config.body_limit))
-        .layer(metrics::TrackLayer(metrics.clone()));
+        .method_not_allowed_fallback(method_not_allowed);
     // A span per request only when DEBUG is on for this process (`RUST_LOG=debug`): then every
     // request is logged with its id; otherwise the layer is not installed at all, because even a
-    // disabled span costs a wrapped body and a few calls on every request.
+    // disabled span costs a wrapped body and a few calls on every request. It goes inside the edge
+    // layer, so the span sees the request id the edge accepted or generated.
     let app = if tracing::enabled!(Level::DEBUG) {
         app.layer(
             TraceLayer::new_for_http()
@@ -139,12 +134,11 @@ pub fn with_common_layers(
     } else {
         app
     };
-    app.layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            HeaderName::from_static(SERVED_BY),
-            served_by,
-        ))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+    app.layer(EdgeLayer::new(
+        metrics.clone(),
+        &config.instance_id,
+        config.body_limit,
+    ))
 }
 
 /// Binds all interfaces on `port` (0 picks a free one, for tests).

@@ -4,13 +4,14 @@
 //! - [`telemetry`]: tracing as text or JSON lines.
 //! - [`error`] and [`extract`]: the contract's `{error, message, details?}` body for every failure,
 //!   including malformed JSON and bad path ids, which axum would otherwise answer in plain text.
-//! - [`http`]: the layers every service wears (request id, `x-served-by`, metrics, body limit),
+//! - [`http`] and [`edge`]: the layers every service wears (request id, `x-served-by`, metrics, body limit),
 //!   `/health`, `/ready` and `/metrics`, and a server that drains gracefully on SIGTERM.
 //! - [`messaging`] (feature `amqp`): the order message and the queue topology, declared identically
 //!   by the cart and the warehouse.
 
 pub mod card;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod healthcheck;
