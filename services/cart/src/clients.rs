@@ -3,18 +3,33 @@
 //! Both calls have a per-attempt timeout and a bounded, jittered retry on connection errors and
 //! 5xx only. A 4xx is an answer, never retried: retrying a 402 would be asking the bank again
 //! until it says yes.
+//!
+//! The client is hyper's pooled keep-alive client with prebuilt URIs, not reqwest: on the checkout
+//! path reqwest's redirect, retry and URL layers (a `url::Url` parsed and IDNA-checked per call)
+//! cost the cart more CPU than the authorizer call itself, and nothing here needs them.
 
 use crate::configuration::Settings;
+use bytes::Bytes;
 use common::http::REQUEST_ID;
 use common::ErrorBody;
 use dashmap::DashSet;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use rand::Rng;
-use reqwest::StatusCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// First retry waits up to this long; each further one doubles it.
 const RETRY_BASE: Duration = Duration::from_millis(50);
+
+/// The most of a dependency's answer the cart reads (its answers are a few hundred bytes).
+const MAX_REPLY_BYTES: usize = 64 * 1024;
+
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{service} unavailable: {reason}")]
@@ -31,26 +46,109 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(rand::rng().random_range(0..cap_ms))
 }
 
-/// Sends the request built by `make` up to `1 + retries` times; returns the first response that is
-/// not a 5xx, or the last failure.
+/// A dependency's complete answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+enum CallError {
+    TimedOut,
+    Failed(String),
+}
+
+/// Plain-HTTP keep-alive client shared by both dependencies.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl HttpClient {
+    pub fn new(connect_timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(50))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Self { inner }
+    }
+
+    /// One attempt: the request, then the whole (bounded) body, within `timeout`.
+    async fn call(
+        &self,
+        method: Method,
+        uri: Uri,
+        body: Option<Bytes>,
+        request_id: &str,
+        timeout: Duration,
+    ) -> Result<Reply, CallError> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(ACCEPT, APPLICATION_JSON);
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            request = request.header(REQUEST_ID, id);
+        }
+        if body.is_some() {
+            request = request.header(CONTENT_TYPE, APPLICATION_JSON);
+        }
+        let request = request
+            .body(Full::new(body.unwrap_or_default()))
+            .map_err(|e| CallError::Failed(e.to_string()))?;
+        let exchange = async {
+            let response = self
+                .inner
+                .request(request)
+                .await
+                .map_err(|e| CallError::Failed(root_cause(&e)))?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_REPLY_BYTES)
+                .collect()
+                .await
+                .map_err(|e| CallError::Failed(format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok(Reply { status, body })
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(CallError::TimedOut))
+    }
+}
+
+/// Sends the request up to `1 + retries` times; returns the first answer that is not a 5xx, or
+/// the last failure.
 async fn send_with_retry(
+    client: &HttpClient,
     service: &'static str,
     retries: u32,
-    make: impl Fn() -> reqwest::RequestBuilder,
-) -> Result<reqwest::Response, Unavailable> {
+    request: (Method, &Uri, Option<&Bytes>),
+    request_id: &str,
+    timeout: Duration,
+) -> Result<Reply, Unavailable> {
+    let (method, uri, body) = request;
     let mut attempt = 0;
     loop {
-        let failure = match make().send().await {
-            Ok(resp) if !resp.status().is_server_error() => return Ok(resp),
-            Ok(resp) => format!("answered {}", resp.status()),
-            Err(err) if err.is_timeout() => {
+        let call = client.call(
+            method.clone(),
+            uri.clone(),
+            body.cloned(),
+            request_id,
+            timeout,
+        );
+        let failure = match call.await {
+            Ok(reply) if !reply.status.is_server_error() => return Ok(reply),
+            Ok(reply) => format!("answered {}", reply.status),
+            Err(CallError::TimedOut) => {
                 // A timed-out call may still be running; do not pile more onto a slow service.
                 return Err(Unavailable {
                     service,
                     reason: "timed out".to_string(),
                 });
             }
-            Err(err) => format!("connection failed: {}", root_cause(&err)),
+            Err(CallError::Failed(reason)) => format!("connection failed: {reason}"),
         };
         if attempt >= retries {
             return Err(Unavailable {
@@ -72,40 +170,64 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
+/// `base` + `path` as a URI for the plain-HTTP client; `var` names the setting in the error.
+fn endpoint(var: &str, base: &str, path: &str) -> Result<Uri, String> {
+    if !base.starts_with("http://") {
+        return Err(format!(
+            "{var}: expected an http:// URL (services talk plain HTTP inside the network), got {base}"
+        ));
+    }
+    format!("{base}{path}")
+        .parse()
+        .map_err(|e| format!("{var}: {e}"))
+}
+
 /// Asks the product service whether products exist, remembering the ones that do: products are
 /// never deleted, so a positive answer is good for ever, while a negative one is not cached
 /// (the product may be created a moment later).
 #[derive(Clone)]
 pub struct ProductCatalog {
-    http: reqwest::Client,
+    http: HttpClient,
     base: Arc<str>,
     timeout: Duration,
     known: Arc<DashSet<i32>>,
 }
 
 impl ProductCatalog {
-    pub fn new(http: reqwest::Client, settings: &Settings) -> Self {
-        Self {
+    pub fn new(http: HttpClient, settings: &Settings) -> Result<Self, String> {
+        // Checked once here so a bad PRODUCT_URL fails at start, not on the first add.
+        endpoint("PRODUCT_URL", &settings.product_url, "/products/1")?;
+        Ok(Self {
             http,
             base: settings.product_url.as_str().into(),
             timeout: settings.product_timeout,
             known: Arc::new(DashSet::new()),
-        }
+        })
     }
 
     pub async fn exists(&self, product_id: i32, request_id: &str) -> Result<bool, Unavailable> {
         if self.known.contains(&product_id) {
             return Ok(true);
         }
-        let url = format!("{}/products/{product_id}", self.base);
-        let resp = send_with_retry("product service", 2, || {
-            self.http
-                .get(&url)
-                .timeout(self.timeout)
-                .header(REQUEST_ID, request_id)
-        })
+        let uri = endpoint(
+            "PRODUCT_URL",
+            &self.base,
+            &format!("/products/{product_id}"),
+        )
+        .map_err(|reason| Unavailable {
+            service: "product service",
+            reason,
+        })?;
+        let reply = send_with_retry(
+            &self.http,
+            "product service",
+            2,
+            (Method::GET, &uri, None),
+            request_id,
+            self.timeout,
+        )
         .await?;
-        match resp.status() {
+        match reply.status {
             StatusCode::OK => {
                 self.known.insert(product_id);
                 Ok(true)
@@ -131,20 +253,22 @@ pub enum Verdict {
 
 #[derive(Clone)]
 pub struct Authorizer {
-    http: reqwest::Client,
-    /// Parsed once: reqwest would otherwise parse (and IDNA-check) the string on every call.
-    url: reqwest::Url,
+    http: HttpClient,
+    /// Built once; a `Uri` clone is a reference-count bump.
+    uri: Uri,
     timeout: Duration,
     retries: u32,
 }
 
 impl Authorizer {
-    pub fn new(http: reqwest::Client, settings: &Settings) -> Result<Self, String> {
+    pub fn new(http: HttpClient, settings: &Settings) -> Result<Self, String> {
         Ok(Self {
             http,
-            url: format!("{}/credit-card-authorizer/authorize", settings.cca_url)
-                .parse()
-                .map_err(|e| format!("CCA_URL: {e}"))?,
+            uri: endpoint(
+                "CCA_URL",
+                &settings.cca_url,
+                "/credit-card-authorizer/authorize",
+            )?,
             timeout: settings.cca_timeout,
             retries: settings.cca_retries,
         })
@@ -155,24 +279,29 @@ impl Authorizer {
         card_number: &str,
         request_id: &str,
     ) -> Result<Verdict, Unavailable> {
-        let body = serde_json::json!({ "credit_card_number": card_number });
-        let resp = send_with_retry("card authorizer", self.retries, || {
-            self.http
-                .post(self.url.clone())
-                .timeout(self.timeout)
-                .header(REQUEST_ID, request_id)
-                .json(&body)
-        })
+        let body = serde_json::to_vec(&serde_json::json!({ "credit_card_number": card_number }))
+            .map(Bytes::from)
+            .map_err(|e| Unavailable {
+                service: "card authorizer",
+                reason: e.to_string(),
+            })?;
+        let reply = send_with_retry(
+            &self.http,
+            "card authorizer",
+            self.retries,
+            (Method::POST, &self.uri, Some(&body)),
+            request_id,
+            self.timeout,
+        )
         .await?;
-        let status = resp.status();
-        match status {
+        match reply.status {
             s if s.is_success() => Ok(Verdict::Approved),
-            StatusCode::PAYMENT_REQUIRED => Ok(Verdict::Declined(
-                error_body(resp, "PAYMENT_DECLINED").await,
-            )),
-            StatusCode::BAD_REQUEST => Ok(Verdict::Rejected(
-                error_body(resp, "INVALID_CARD_NUMBER").await,
-            )),
+            StatusCode::PAYMENT_REQUIRED => {
+                Ok(Verdict::Declined(error_body(&reply, "PAYMENT_DECLINED")))
+            }
+            StatusCode::BAD_REQUEST => {
+                Ok(Verdict::Rejected(error_body(&reply, "INVALID_CARD_NUMBER")))
+            }
             other => Err(Unavailable {
                 service: "card authorizer",
                 reason: format!("unexpected status {other}"),
@@ -182,8 +311,8 @@ impl Authorizer {
 }
 
 /// The dependency's error body, or a stand-in if it sent something else.
-async fn error_body(resp: reqwest::Response, fallback: &str) -> ErrorBody {
-    match resp.json::<ErrorBody>().await {
+fn error_body(reply: &Reply, fallback: &str) -> ErrorBody {
+    match serde_json::from_slice::<ErrorBody>(&reply.body) {
         Ok(body) => body,
         Err(_) => ErrorBody {
             error: fallback.to_string(),
@@ -195,8 +324,19 @@ async fn error_body(resp: reqwest::Response, fallback: &str) -> ErrorBody {
 
 #[cfg(test)]
 mod tests {
-    use super::backoff;
+    use super::{backoff, endpoint};
     use std::time::Duration;
+
+    #[test]
+    fn endpoints_are_plain_http_and_name_their_setting() {
+        let uri = endpoint("CCA_URL", "http://cca:8083", "/credit-card-authorizer/authorize");
+        assert_eq!(
+            uri.map(|u| u.to_string()),
+            Ok("http://cca:8083/credit-card-authorizer/authorize".to_string())
+        );
+        let err = endpoint("CCA_URL", "https://cca:8083", "/x").unwrap_err();
+        assert!(err.starts_with("CCA_URL: expected an http:// URL"), "{err}");
+    }
 
     #[test]
     fn backoff_is_bounded_and_grows() {

@@ -48,13 +48,13 @@ impl Application {
     /// reports the broker's state, so the service starts, says it is not ready, and heals.
     pub async fn build(settings: Settings) -> Result<Self, Box<dyn std::error::Error>> {
         let metrics = Metrics::new();
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .build()?;
+        // Connecting is part of each call's own timeout; this only stops a connect from outliving
+        // the shorter of the two.
+        let http = clients::HttpClient::new(settings.cca_timeout.min(settings.product_timeout));
         let publisher = OrderPublisher::new(&settings, &metrics)?;
         let state = Arc::new(AppState {
             carts: Arc::new(CartStore::default()),
-            products: ProductCatalog::new(http.clone(), &settings),
+            products: ProductCatalog::new(http.clone(), &settings)?,
             authorizer: Authorizer::new(http, &settings)?,
             publisher: publisher.clone(),
             outcomes: routes::CheckoutOutcomes::register(&metrics),
