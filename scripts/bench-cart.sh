@@ -5,25 +5,29 @@
 # Builds the release binaries and services/cart/examples/publish_ceiling.rs; starts
 # product-service (SEED_PRODUCTS=1000), credit-card-authorizer (DECLINE_RATE=0) and cart-service
 # (ORDER_QUEUE=bench_orders_<pid>) on free loopback ports (never the stack's defaults); runs
-# publish_ceiling (N real orders, 20 channels, pipelined confirms, fresh queue); then
-# `loadtest checkout` with N carts against the cart directly; samples the cart's VmRSS idle and
-# under load. Prints checkout/s, ceiling msg/s, the ratio (target >= 0.5) and the RSS, and at the
-# end machine-readable `BENCH key=value` lines. Stops everything and deletes its queues on exit.
+# R rounds, each: publish_ceiling (N real orders, 20 channels, pipelined confirms, fresh queue),
+# then `loadtest checkout` with N fresh carts against the cart directly (its queue emptied first,
+# as the ceiling's is fresh). Alternating the two within a round and taking the median of the
+# rounds' ratios keeps a noisy shared host from deciding the result. Samples the cart's VmRSS
+# idle and under load. Prints every round, the median ratio (target >= 0.5) and the RSS, and at
+# the end machine-readable `BENCH key=value` lines. Stops everything and deletes its queues on exit.
 #
-# Usage: scripts/bench-cart.sh [-n REQUESTS] [-c CONCURRENCY] [-d MAX_SECONDS]
-# Defaults: 20000 checkouts, concurrency 64, at most 30 s timed. AMQP_URL for the broker.
+# Usage: scripts/bench-cart.sh [-n REQUESTS] [-c CONCURRENCY] [-d MAX_SECONDS] [-r ROUNDS]
+# Defaults: 20000 checkouts, concurrency 64, at most 30 s timed, 3 rounds. AMQP_URL for the broker.
 # BENCH_NO_BUILD=1 skips the build.
 set -euo pipefail
 
 REQUESTS=20000
 CONCURRENCY=64
 MAX_SECONDS=30
+ROUNDS=3
 
-while getopts "n:c:d:h" opt; do
+while getopts "n:c:d:r:h" opt; do
   case "$opt" in
     n) REQUESTS=$OPTARG ;;
     c) CONCURRENCY=$OPTARG ;;
     d) MAX_SECONDS=$OPTARG ;;
+    r) ROUNDS=$OPTARG ;;
     *) sed -n '2,15p' "$0"; exit 2 ;;
   esac
 done
@@ -86,13 +90,7 @@ IDLE_CCA=$(rss_kb "$CCA_PID")
 echo "machine: $(nproc) cores, $(uname -sr); load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "cart :$CART_PORT (queue $QUEUE) -> product :$PRODUCT_PORT, cca :$CCA_PORT; everything shares the cores"
 
-# 1. The broker ceiling with the same message count (its own fresh queue, deleted after).
-timeout 300 "$BIN/examples/publish_ceiling" --messages "$REQUESTS" --channels 20 \
-  >"$WORK/ceiling.out" 2>"$WORK/ceiling.err" || { cat "$WORK/ceiling.err" >&2; exit 1; }
-cat "$WORK/ceiling.out"
-CEILING=$(sed -n 's/^publish_ceiling: .* = \([0-9.]*\) msg\/s$/\1/p' "$WORK/ceiling.out")
-
-# 2. Checkout through the cart, RSS sampled meanwhile (max over setup and timed phase).
+# Checkout through the cart, RSS sampled meanwhile (max over every round, setup included).
 (
   max_cart=0 max_product=0 max_cca=0
   while :; do
@@ -104,23 +102,41 @@ CEILING=$(sed -n 's/^publish_ceiling: .* = \([0-9.]*\) msg\/s$/\1/p' "$WORK/ceil
   done
 ) &
 SAMPLER=$!
-timeout $((MAX_SECONDS + 240)) "$BIN/loadtest" checkout --base-url "http://127.0.0.1:$CART_PORT" \
-  --requests "$REQUESTS" --concurrency "$CONCURRENCY" --duration "${MAX_SECONDS}s" \
-  --products 1000 --json --quiet >"$WORK/checkout.json" 2>"$WORK/checkout.err" ||
-  { cat "$WORK/checkout.err" >&2; exit 1; }
+
+: >"$WORK/rounds"
+for round in $(seq 1 "$ROUNDS"); do
+  # 1. The broker ceiling with the same message count (its own fresh queue, deleted after).
+  timeout 300 "$BIN/examples/publish_ceiling" --messages "$REQUESTS" --channels 20 \
+    >"$WORK/ceiling.out" 2>"$WORK/ceiling.err" || { cat "$WORK/ceiling.err" >&2; exit 1; }
+  CEILING=$(sed -n 's/^publish_ceiling: .* = \([0-9.]*\) msg\/s$/\1/p' "$WORK/ceiling.out")
+  # 2. The same number of checkouts into the cart's emptied queue.
+  timeout 60 "$BIN/examples/publish_ceiling" --purge "$QUEUE" >/dev/null 2>"$WORK/purge.err" ||
+    { cat "$WORK/purge.err" >&2; exit 1; }
+  timeout $((MAX_SECONDS + 240)) "$BIN/loadtest" checkout --base-url "http://127.0.0.1:$CART_PORT" \
+    --requests "$REQUESTS" --concurrency "$CONCURRENCY" --duration "${MAX_SECONDS}s" \
+    --products 1000 --json --quiet >"$WORK/checkout.json" 2>"$WORK/checkout.err" ||
+    { cat "$WORK/checkout.err" >&2; exit 1; }
+  CHECKOUT=$(jq -r '.throughput_per_s' "$WORK/checkout.json")
+  OK=$(jq -r '.iterations.statuses."2xx" // .iterations.statuses.ok_2xx // "?"' "$WORK/checkout.json")
+  COUNT=$(jq -r '.iterations.count // "?"' "$WORK/checkout.json")
+  P99=$(jq -r '.iterations.latency_ms.p99 // "?"' "$WORK/checkout.json")
+  RATIO=$(awk -v a="$CHECKOUT" -v b="$CEILING" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "nan" }')
+  printf 'round %s: checkout %.0f /s (%s of %s 2xx, p99 %s ms), ceiling %.0f msg/s, ratio %s\n' \
+    "$round" "$CHECKOUT" "$OK" "$COUNT" "$P99" "$CEILING" "$RATIO"
+  echo "$RATIO $CHECKOUT $CEILING $OK $COUNT $P99" >>"$WORK/rounds"
+done
 sleep 0.3
 kill "$SAMPLER" 2>/dev/null || true
 wait "$SAMPLER" 2>/dev/null || true
 SAMPLER=""
 read -r LOAD_CART LOAD_PRODUCT LOAD_CCA <"$WORK/rss.max"
 
-CHECKOUT=$(jq -r '.throughput_per_s' "$WORK/checkout.json")
-OK=$(jq -r '.iterations.statuses."2xx" // .iterations.statuses.ok_2xx // "?"' "$WORK/checkout.json")
-COUNT=$(jq -r '.iterations.count // "?"' "$WORK/checkout.json")
-P99=$(jq -r '.iterations.latency_ms.p99 // "?"' "$WORK/checkout.json")
-RATIO=$(awk -v a="$CHECKOUT" -v b="$CEILING" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "nan" }')
+# The median round by ratio (the middle one of an odd count, the lower middle of an even one).
+read -r RATIO CHECKOUT CEILING OK COUNT P99 < <(sort -g "$WORK/rounds" | sed -n "$(((ROUNDS + 1) / 2))p")
+ALL_RATIOS=$(awk '{ printf "%s%s", (NR > 1 ? "," : ""), $1 }' "$WORK/rounds")
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
+echo "median round of $ROUNDS (ratios $ALL_RATIOS):"
 printf 'checkout : %.0f /s (%s of %s 2xx, p99 %s ms, concurrency %s)\n' "$CHECKOUT" "$OK" "$COUNT" "$P99" "$CONCURRENCY"
 printf 'ceiling  : %.0f msg/s (publish+confirm, 20 channels)\n' "$CEILING"
 echo "ratio checkout/ceiling: $RATIO (target >= 0.5)"
@@ -128,6 +144,7 @@ echo "cart RSS: idle $(mb "$IDLE_CART") MB, under load $(mb "$LOAD_CART") MB"
 echo "BENCH cart_checkout_per_s=$CHECKOUT"
 echo "BENCH cart_ceiling_msg_per_s=$CEILING"
 echo "BENCH cart_ratio=$RATIO"
+echo "BENCH cart_ratios=$ALL_RATIOS"
 echo "BENCH cart_checkout_ok=$OK cart_checkout_count=$COUNT cart_checkout_p99_ms=$P99 concurrency=$CONCURRENCY"
 # shellcheck disable=SC2154 # set by start via eval
 {

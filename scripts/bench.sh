@@ -2,30 +2,35 @@
 # The benchmark suite in one go; writes BENCHMARKS.md at the repo root.
 #
 #   1. HTTP: http-ceiling (bare axum) vs product-service GET /products/{id} directly vs through
-#      the gateway — wrk, same threads/concurrency/duration for all three; and `loadtest product`
-#      against http-ceiling at the same settings (loadtest vs wrk).
-#   2. Broker: checkout through the cart vs raw confirmed publishes (scripts/bench-cart.sh).
+#      the gateway — wrk, same threads/concurrency/duration for all three, in R alternating
+#      rounds (ceiling, direct, gateway; ceiling, direct, gateway; ...) with the median of the
+#      rounds' ratios reported, so one noisy moment on a shared host cannot decide a verdict;
+#      and `loadtest product` against http-ceiling at the same settings (loadtest vs wrk).
+#   2. Broker: checkout through the cart vs raw confirmed publishes, R alternating rounds
+#      (scripts/bench-cart.sh).
 #   3. Warehouse: drain vs raw consume+ack, 100k messages (scripts/bench-warehouse.sh).
 #   4. The warehouse service itself: time to /ready, RSS idle and while draining 50k orders.
 #   RSS (VmRSS) of every service idle and under load, and time from process start to /ready 200.
 #
-# Usage: scripts/bench.sh [-c CONCURRENCY] [-d SECONDS] [-n CHECKOUTS] [-m WAREHOUSE_MESSAGES] [-o FILE]
-# Defaults: -c 64 -d 10 -n 20000 -m 100000 -o BENCHMARKS.md. Loopback only; everything started
-# is stopped on exit and every queue created is deleted. Takes ~5 minutes after the build.
+# Usage: scripts/bench.sh [-c CONCURRENCY] [-d SECONDS] [-r ROUNDS] [-n CHECKOUTS] [-m WAREHOUSE_MESSAGES] [-o FILE]
+# Defaults: -c 64 -d 8 -r 3 -n 20000 -m 100000 -o BENCHMARKS.md. Loopback only; everything
+# started is stopped on exit and every queue created is deleted. Takes ~6 minutes after the build.
 set -euo pipefail
 
 CONCURRENCY=64
-SECS=10
+SECS=8
+ROUNDS=3
 CHECKOUTS=20000
 WH_MESSAGES=100000
 OUT=BENCHMARKS.md
 THREADS=2
 COMMAND="scripts/bench.sh${*:+ $*}"
 
-while getopts "c:d:n:m:o:h" opt; do
+while getopts "c:d:r:n:m:o:h" opt; do
   case "$opt" in
     c) CONCURRENCY=$OPTARG ;;
     d) SECS=$OPTARG ;;
+    r) ROUNDS=$OPTARG ;;
     n) CHECKOUTS=$OPTARG ;;
     m) WH_MESSAGES=$OPTARG ;;
     o) OUT=$OPTARG ;;
@@ -54,6 +59,7 @@ cargo build --release -q --bins -p product-service -p credit-card-authorizer -p 
   -p warehouse -p gateway -p loadtest
 cargo build --release -q -p cart-service --example publish_ceiling
 cargo build --release -q -p warehouse --example drain_bench
+cargo build --release -q -p gateway --example bare_proxy
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -146,7 +152,7 @@ wrk_rps() {
 }
 
 # ---------------------------------------------------------------------------------------------
-echo "== 1/4 HTTP: http-ceiling vs product direct vs through the gateway (wrk -t$THREADS -c$CONCURRENCY -d${SECS}s)" >&2
+echo "== 1/4 HTTP: http-ceiling vs product direct vs through the gateway (wrk -t$THREADS -c$CONCURRENCY -d${SECS}s, $ROUNDS rounds)" >&2
 "$BIN/http-ceiling" --port 0 >"$WORK/ceiling.log" 2>&1 &
 PIDS+=($!)
 CEIL_PORT=""
@@ -162,6 +168,15 @@ start product-service "$PRODUCT_PORT" product-service SEED_PRODUCTS=1000 FAILURE
 # gateway can report ready; it gets no traffic here.
 start gateway "$GATEWAY_PORT" gateway PRODUCT_TARGETS="http://127.0.0.1:$PRODUCT_PORT" \
   CART_TARGETS="http://127.0.0.1:$CEIL_PORT" || true
+# The floor under any proxy built on hyper's server and pooled client: forwarding and nothing else.
+"$BIN/examples/bare_proxy" "127.0.0.1:$PRODUCT_PORT" >"$WORK/bare_proxy.log" 2>&1 &
+PIDS+=($!)
+BARE_PORT=""
+for _ in $(seq 1 100); do
+  BARE_PORT=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$WORK/bare_proxy.log")
+  [[ -n $BARE_PORT ]] && break
+  sleep 0.1
+done
 for _ in $(seq 1 100); do
   [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GATEWAY_PORT/products/1") == 200 ]] && break
   sleep 0.1
@@ -171,13 +186,38 @@ put rss_idle.product-service "$(rss_kb "$(get pid.product-service)")"
 put rss_idle.gateway "$(rss_kb "$(get pid.gateway)")"
 
 if command -v wrk >/dev/null 2>&1 && [[ -n $CEIL_PORT ]]; then
-  put http_ceiling "$(wrk_rps ceiling "http://127.0.0.1:$CEIL_PORT")"
-  sample_start direct product-service
-  put http_direct "$(wrk_rps direct "http://127.0.0.1:$PRODUCT_PORT")"
-  sample_stop direct
-  sample_start gw product-service gateway
-  put http_gateway "$(wrk_rps gateway "http://127.0.0.1:$GATEWAY_PORT")"
-  sample_stop gw
+  sample_start http product-service gateway
+  : >"$WORK/http.rounds"
+  for round in $(seq 1 "$ROUNDS"); do
+    c=$(wrk_rps ceiling "http://127.0.0.1:$CEIL_PORT")
+    d=$(wrk_rps direct "http://127.0.0.1:$PRODUCT_PORT")
+    b=$(wrk_rps bare_proxy "http://127.0.0.1:$BARE_PORT")
+    g=$(wrk_rps gateway "http://127.0.0.1:$GATEWAY_PORT")
+    echo "   round $round: ceiling $c, direct $d, bare proxy $b, gateway $g req/s" >&2
+    echo "${c:-0} ${d:-0} ${g:-0} ${b:-0}" >>"$WORK/http.rounds"
+  done
+  sample_stop http
+  # Per round: direct/ceiling and gateway/direct; the round with the median ratio gives the figures.
+  median_round() { # FIELD_A FIELD_B: prints "ratio a b" of the median round by a/b
+    awk -v i="$1" -v j="$2" '{ printf "%.4f %s %s\n", ($j > 0 ? $i / $j : 0), $i, $j }' "$WORK/http.rounds" |
+      sort -g | sed -n "$(((ROUNDS + 1) / 2))p"
+  }
+  read -r _ DIRECT CEILING < <(median_round 2 1)
+  read -r _ GATEWAY GW_DIRECT < <(median_round 3 2)
+  read -r _ BARE BARE_DIRECT < <(median_round 4 2)
+  read -r _ GW_BARE_G GW_BARE_B < <(median_round 3 4)
+  put http_ceiling "$CEILING"
+  put http_direct "$DIRECT"
+  put http_gateway "$GATEWAY"
+  put http_gw_direct "$GW_DIRECT"
+  put http_bare "$BARE"
+  put http_bare_direct "$BARE_DIRECT"
+  put http_gw_vs_bare_g "$GW_BARE_G"
+  put http_gw_vs_bare_b "$GW_BARE_B"
+  put http_rounds_direct "$(awk '{ printf "%s%.2f", (NR > 1 ? "," : ""), ($1 > 0 ? $2 / $1 : 0) }' "$WORK/http.rounds")"
+  put http_rounds_gateway "$(awk '{ printf "%s%.2f", (NR > 1 ? "," : ""), ($2 > 0 ? $3 / $2 : 0) }' "$WORK/http.rounds")"
+  put http_rounds_bare "$(awk '{ printf "%s%.2f", (NR > 1 ? "," : ""), ($2 > 0 ? $4 / $2 : 0) }' "$WORK/http.rounds")"
+  put http_rounds_gw_bare "$(awk '{ printf "%s%.2f", (NR > 1 ? "," : ""), ($4 > 0 ? $3 / $4 : 0) }' "$WORK/http.rounds")"
   # loadtest vs wrk, same server (http-ceiling) and settings.
   timeout $((SECS + 30)) "$BIN/loadtest" product --base-url "http://127.0.0.1:$CEIL_PORT" \
     --concurrency "$CONCURRENCY" --duration "${SECS}s" --threads "$THREADS" --products 1000 \
@@ -190,10 +230,12 @@ stop_all
 echo "   ceiling $(get http_ceiling), direct $(get http_direct), gateway $(get http_gateway), loadtest $(get loadtest_ceiling) req/s" >&2
 
 # ---------------------------------------------------------------------------------------------
-echo "== 2/4 cart: checkout vs the broker's publish+confirm ceiling (scripts/bench-cart.sh -n $CHECKOUTS -c $CONCURRENCY)" >&2
-if BENCH_NO_BUILD=1 timeout 600 scripts/bench-cart.sh -n "$CHECKOUTS" -c "$CONCURRENCY" >"$WORK/cart.out" 2>&1; then
+echo "== 2/4 cart: checkout vs the broker's publish+confirm ceiling (scripts/bench-cart.sh -n $CHECKOUTS -c $CONCURRENCY -r $ROUNDS)" >&2
+if BENCH_NO_BUILD=1 timeout 900 scripts/bench-cart.sh -n "$CHECKOUTS" -c "$CONCURRENCY" -r "$ROUNDS" >"$WORK/cart.out" 2>&1; then
   put cart_checkout "$(sed -n 's/^BENCH cart_checkout_per_s=//p' "$WORK/cart.out")"
   put cart_ceiling "$(sed -n 's/^BENCH cart_ceiling_msg_per_s=//p' "$WORK/cart.out")"
+  put cart_ratio "$(sed -n 's/^BENCH cart_ratio=//p' "$WORK/cart.out")"
+  put cart_rounds "$(sed -n 's/^BENCH cart_ratios=//p' "$WORK/cart.out")"
   put cart_detail "$(sed -n 's/^BENCH cart_checkout_ok=\([0-9]*\) cart_checkout_count=\([0-9]*\) cart_checkout_p99_ms=\([0-9.]*\).*/\1\/\2_2xx,_p99_\3_ms/p' "$WORK/cart.out")"
   while read -r _ _ svc idle load; do
     put "rss_idle.${svc#service=}" "${idle#idle=}"
@@ -252,7 +294,9 @@ verdict() { # ratio target
 mb() { [[ -n $1 && $1 != 0 ]] && awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }' || echo "n/a"; }
 
 R_DIRECT=$(ratio "$(get http_direct)" "$(get http_ceiling)")
-R_GW=$(ratio "$(get http_gateway)" "$(get http_direct)")
+R_GW=$(ratio "$(get http_gateway)" "$(get http_gw_direct)")
+R_BARE=$(ratio "$(get http_bare)" "$(get http_bare_direct)")
+R_GW_BARE=$(ratio "$(get http_gw_vs_bare_g)" "$(get http_gw_vs_bare_b)")
 R_CART=$(ratio "$(get cart_checkout)" "$(get cart_ceiling)")
 R_WH=$(ratio "$(get wh_drain)" "$(get wh_raw)")
 R_LT=$(ratio "$(get loadtest_ceiling)" "$(get http_ceiling)")
@@ -283,15 +327,20 @@ host (loopback), $RUSTC, release profile. Load average at the end of the run: $(
 
 | measurement | figure | ceiling | ratio | target | verdict |
 | --- | ---: | ---: | ---: | --- | --- |
-| product GET /products/{id}, direct (wrk) | $(num "$(get http_direct)") req/s | $(num "$(get http_ceiling)") req/s bare axum (http-ceiling, wrk) | ${R_DIRECT:-n/a} | ≥ 0.85 of bare axum | $(verdict "$R_DIRECT" 0.85) |
-| product GET through the gateway (wrk) | $(num "$(get http_gateway)") req/s | $(num "$(get http_direct)") req/s direct | ${R_GW:-n/a} | ≥ 0.5 of direct | $(verdict "$R_GW" 0.5) |
-| checkout, cart direct (loadtest checkout, $(get cart_detail | tr '_' ' ')) | $(num "$(get cart_checkout)") checkouts/s | $(num "$(get cart_ceiling)") msg/s raw confirmed publishes (publish_ceiling, 20 channels) | ${R_CART:-n/a} | ≥ 0.5 of raw publishes | $(verdict "$R_CART" 0.5) |
+| product GET /products/{id}, direct (wrk; rounds $(get http_rounds_direct)) | $(num "$(get http_direct)") req/s | $(num "$(get http_ceiling)") req/s bare axum (http-ceiling, wrk) | ${R_DIRECT:-n/a} | ≥ 0.85 of bare axum | $(verdict "$R_DIRECT" 0.85) |
+| product GET through the gateway (wrk; rounds $(get http_rounds_gateway)) | $(num "$(get http_gateway)") req/s | $(num "$(get http_gw_direct)") req/s direct | ${R_GW:-n/a} | ≥ 0.5 of direct | $(verdict "$R_GW" 0.5) |
+| for reference: a bare hyper reverse proxy (examples/bare_proxy.rs; rounds $(get http_rounds_bare)) | $(num "$(get http_bare)") req/s | $(num "$(get http_bare_direct)") req/s direct | ${R_BARE:-n/a} | none: the floor of the extra hop | — |
+| gateway against that bare proxy (rounds $(get http_rounds_gw_bare)) | $(num "$(get http_gw_vs_bare_g)") req/s | $(num "$(get http_gw_vs_bare_b)") req/s bare proxy | ${R_GW_BARE:-n/a} | none: the gateway's own overhead | — |
+| checkout, cart direct (loadtest checkout, $(get cart_detail | tr '_' ' '); rounds $(get cart_rounds)) | $(num "$(get cart_checkout)") checkouts/s | $(num "$(get cart_ceiling)") msg/s raw confirmed publishes (publish_ceiling, 20 channels) | ${R_CART:-n/a} | ≥ 0.5 of raw publishes | $(verdict "$R_CART" 0.5) |
 | warehouse drain, $WH_MESSAGES orders | $(num "$(get wh_drain)") msg/s | $(num "$(get wh_raw)") msg/s raw consume+ack | ${R_WH:-n/a} | ≥ 0.9 of raw | $(verdict "$R_WH" 0.9) |
 | loadtest product vs wrk, against http-ceiling | $(num "$(get loadtest_ceiling)") req/s | $(num "$(get http_ceiling)") req/s wrk | ${R_LT:-n/a} | ≥ 0.9 of wrk | $(verdict "$R_LT" 0.9) |
 
+Each ratio is the median of $ROUNDS rounds; a round measures a figure and its ceiling back to back
+(HTTP: ceiling, direct, gateway; checkout: ceiling, then checkouts), and the row shows the median
+round's two figures, with every round's ratio in the first column.
 HTTP: wrk -t$THREADS -c$CONCURRENCY -d${SECS}s (2 s warm-up each), ids 1..1000 round-robin, the same
 settings for all three servers; loadtest product --threads $THREADS -c $CONCURRENCY -d ${SECS}s.
-Checkout: $CHECKOUTS one-item carts prepared untimed, concurrency $CONCURRENCY, DECLINE_RATE=0,
+Checkout: $CHECKOUTS one-item carts prepared untimed per round, concurrency $CONCURRENCY, DECLINE_RATE=0,
 against the cart directly (product-service and credit-card-authorizer behind it, all on loopback);
 the ceiling publishes the same number of real \`OrderMessage\`s (persistent, mandatory, confirms,
 window 64 per channel) over 20 channels, like the cart's \`CHANNEL_POOL_SIZE\`.
@@ -314,14 +363,10 @@ EOF
     ready=$(get "ready_ms.$svc")
     echo "| $svc | $(mb "$idle") | $(mb "$(get_max "rss_load.$svc")") | $ok | ${ready:-n/a} |"
   done
-  if [[ -f services/warehouse/BENCH-NOTES.md || -f services/gateway/BENCH-NOTES.md || -f loadtest/BENCH-NOTES.md ]]; then
+  if [[ -f services/warehouse/BENCH-NOTES.md || -f loadtest/BENCH-NOTES.md ]]; then
     echo
     echo "## Earlier runs (from the BENCH-NOTES.md files)"
     echo
-    [[ -f services/gateway/BENCH-NOTES.md ]] && cat <<'EOF'
-- Gateway (services/gateway/BENCH-NOTES.md, `scripts/bench-gateway.sh`, wrk -t2 -c64 -d10s):
-  direct 19 956 req/s (p99 10.88 ms), through the gateway 11 632 req/s (p99 22.82 ms), ratio 0.58.
-EOF
     [[ -f services/warehouse/BENCH-NOTES.md ]] && cat <<'EOF'
 - Warehouse (services/warehouse/BENCH-NOTES.md, `scripts/bench-warehouse.sh -n 100000 -r 2`):
   raw 11 285 / 10 677 msg/s, warehouse 11 234 / 10 412 msg/s, mean ratio 0.985.

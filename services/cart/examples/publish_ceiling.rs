@@ -17,12 +17,13 @@
 //! cargo run --release -p cart-service --example publish_ceiling -- --delete bench_orders_123
 //! ```
 //! `--delete Q` only deletes the queue Q, `Q.dlq` and `Q.dlx` (cleanup for scripts/bench-cart.sh)
-//! and exits. The broker comes from `AMQP_URL`.
+//! and exits; `--purge Q` only empties Q. The broker comes from `AMQP_URL`.
 
 use clap::Parser;
 use common::messaging::{self, OrderItem, OrderMessage, QueueType, Topology};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+    QueuePurgeOptions,
 };
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use std::collections::VecDeque;
@@ -49,6 +50,10 @@ struct Args {
     /// Only delete this queue (and its .dlq/.dlx), then exit.
     #[arg(long, value_name = "QUEUE")]
     delete: Option<String>,
+    /// Only empty this queue, then exit (between benchmark rounds, so each round's checkouts
+    /// land in an empty queue as the ceiling's publishes do).
+    #[arg(long, value_name = "QUEUE")]
+    purge: Option<String>,
 }
 
 /// One order as the cart builds it for a one-item cart, with its properties.
@@ -206,6 +211,16 @@ async fn main() -> anyhow::Result<()> {
         ConnectionProperties::default().with_connection_name("publish-ceiling".into()),
     )
     .await?;
+
+    if let Some(queue) = &args.purge {
+        let channel = connection.create_channel().await?;
+        let purged = channel
+            .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
+            .await?;
+        println!("publish_ceiling: purged {purged} messages from {queue}");
+        let _ = connection.close(200, "done".into()).await;
+        return Ok(());
+    }
 
     if let Some(queue) = &args.delete {
         let topology = Topology::new(queue, QueueType::Classic);
