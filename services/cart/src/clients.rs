@@ -329,7 +329,11 @@ mod tests {
 
     #[test]
     fn endpoints_are_plain_http_and_name_their_setting() {
-        let uri = endpoint("CCA_URL", "http://cca:8083", "/credit-card-authorizer/authorize");
+        let uri = endpoint(
+            "CCA_URL",
+            "http://cca:8083",
+            "/credit-card-authorizer/authorize",
+        );
         assert_eq!(
             uri.map(|u| u.to_string()),
             Ok("http://cca:8083/credit-card-authorizer/authorize".to_string())
