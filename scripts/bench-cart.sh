@@ -8,7 +8,8 @@
 # R rounds, each: publish_ceiling (N real orders, 20 channels, pipelined confirms, fresh queue),
 # then `loadtest checkout` with N fresh carts against the cart directly (its queue emptied first,
 # as the ceiling's is fresh). Alternating the two within a round and taking the median of the
-# rounds' ratios keeps a noisy shared host from deciding the result. Samples the cart's VmRSS
+# rounds' ratios keeps a noisy shared host from deciding the result. Each round also measures the
+# broker with only about as many publishes in flight as the checkout's concurrency, for reference. Samples the cart's VmRSS
 # idle and under load. Prints every round, the median ratio (target >= 0.5) and the RSS, and at
 # the end machine-readable `BENCH key=value` lines. Stops everything and deletes its queues on exit.
 #
@@ -104,11 +105,20 @@ echo "cart :$CART_PORT (queue $QUEUE) -> product :$PRODUCT_PORT, cca :$CCA_PORT;
 SAMPLER=$!
 
 : >"$WORK/rounds"
+: >"$WORK/shallow.rounds"
 for round in $(seq 1 "$ROUNDS"); do
   # 1. The broker ceiling with the same message count (its own fresh queue, deleted after).
   timeout 300 "$BIN/examples/publish_ceiling" --messages "$REQUESTS" --channels 20 \
     >"$WORK/ceiling.out" 2>"$WORK/ceiling.err" || { cat "$WORK/ceiling.err" >&2; exit 1; }
   CEILING=$(sed -n 's/^publish_ceiling: .* = \([0-9.]*\) msg\/s$/\1/p' "$WORK/ceiling.out")
+  # For reference, the broker at about the checkout's depth: 20 channels x 3 = 60 publishes in
+  # flight, where a closed-model checkout at concurrency 64 can never have more than 64.
+  SHALLOW_WINDOW=$((CONCURRENCY / 20))
+  ((SHALLOW_WINDOW >= 1)) || SHALLOW_WINDOW=1
+  timeout 300 "$BIN/examples/publish_ceiling" --messages "$REQUESTS" --channels 20 \
+    --window "$SHALLOW_WINDOW" >"$WORK/shallow.out" 2>"$WORK/shallow.err" ||
+    { cat "$WORK/shallow.err" >&2; exit 1; }
+  SHALLOW=$(sed -n 's/^publish_ceiling: .* = \([0-9.]*\) msg\/s$/\1/p' "$WORK/shallow.out")
   # 2. The same number of checkouts into the cart's emptied queue.
   timeout 60 "$BIN/examples/publish_ceiling" --purge "$QUEUE" >/dev/null 2>"$WORK/purge.err" ||
     { cat "$WORK/purge.err" >&2; exit 1; }
@@ -121,9 +131,11 @@ for round in $(seq 1 "$ROUNDS"); do
   COUNT=$(jq -r '.iterations.count // "?"' "$WORK/checkout.json")
   P99=$(jq -r '.iterations.latency_ms.p99 // "?"' "$WORK/checkout.json")
   RATIO=$(awk -v a="$CHECKOUT" -v b="$CEILING" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "nan" }')
-  printf 'round %s: checkout %.0f /s (%s of %s 2xx, p99 %s ms), ceiling %.0f msg/s, ratio %s\n' \
-    "$round" "$CHECKOUT" "$OK" "$COUNT" "$P99" "$CEILING" "$RATIO"
+  SHALLOW_RATIO=$(awk -v a="$CHECKOUT" -v b="$SHALLOW" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "nan" }')
+  printf 'round %s: checkout %.0f /s (%s of %s 2xx, p99 %s ms), ceiling %.0f msg/s, ratio %s; broker at %s in flight %.0f msg/s, ratio %s\n' \
+    "$round" "$CHECKOUT" "$OK" "$COUNT" "$P99" "$CEILING" "$RATIO" "$((SHALLOW_WINDOW * 20))" "$SHALLOW" "$SHALLOW_RATIO"
   echo "$RATIO $CHECKOUT $CEILING $OK $COUNT $P99" >>"$WORK/rounds"
+  echo "$SHALLOW_RATIO $CHECKOUT $SHALLOW" >>"$WORK/shallow.rounds"
 done
 sleep 0.3
 kill "$SAMPLER" 2>/dev/null || true
@@ -134,17 +146,21 @@ read -r LOAD_CART LOAD_PRODUCT LOAD_CCA <"$WORK/rss.max"
 # The median round by ratio (the middle one of an odd count, the lower middle of an even one).
 read -r RATIO CHECKOUT CEILING OK COUNT P99 < <(sort -g "$WORK/rounds" | sed -n "$(((ROUNDS + 1) / 2))p")
 ALL_RATIOS=$(awk '{ printf "%s%s", (NR > 1 ? "," : ""), $1 }' "$WORK/rounds")
+read -r SHALLOW_RATIO SHALLOW_CHECKOUT SHALLOW < <(sort -g "$WORK/shallow.rounds" | sed -n "$(((ROUNDS + 1) / 2))p")
+SHALLOW_RATIOS=$(awk '{ printf "%s%s", (NR > 1 ? "," : ""), $1 }' "$WORK/shallow.rounds")
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 echo "median round of $ROUNDS (ratios $ALL_RATIOS):"
 printf 'checkout : %.0f /s (%s of %s 2xx, p99 %s ms, concurrency %s)\n' "$CHECKOUT" "$OK" "$COUNT" "$P99" "$CONCURRENCY"
 printf 'ceiling  : %.0f msg/s (publish+confirm, 20 channels)\n' "$CEILING"
 echo "ratio checkout/ceiling: $RATIO (target >= 0.5)"
+echo "for reference, against the broker at $((SHALLOW_WINDOW * 20)) publishes in flight: median ratio $SHALLOW_RATIO (rounds $SHALLOW_RATIOS)"
 echo "cart RSS: idle $(mb "$IDLE_CART") MB, under load $(mb "$LOAD_CART") MB"
 echo "BENCH cart_checkout_per_s=$CHECKOUT"
 echo "BENCH cart_ceiling_msg_per_s=$CEILING"
 echo "BENCH cart_ratio=$RATIO"
 echo "BENCH cart_ratios=$ALL_RATIOS"
+echo "BENCH cart_shallow in_flight=$((SHALLOW_WINDOW * 20)) checkout=$SHALLOW_CHECKOUT ceiling=$SHALLOW ratio=$SHALLOW_RATIO ratios=$SHALLOW_RATIOS"
 echo "BENCH cart_checkout_ok=$OK cart_checkout_count=$COUNT cart_checkout_p99_ms=$P99 concurrency=$CONCURRENCY"
 # shellcheck disable=SC2154 # set by start via eval
 {

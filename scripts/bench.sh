@@ -236,6 +236,11 @@ if BENCH_NO_BUILD=1 timeout 900 scripts/bench-cart.sh -n "$CHECKOUTS" -c "$CONCU
   put cart_ceiling "$(sed -n 's/^BENCH cart_ceiling_msg_per_s=//p' "$WORK/cart.out")"
   put cart_ratio "$(sed -n 's/^BENCH cart_ratio=//p' "$WORK/cart.out")"
   put cart_rounds "$(sed -n 's/^BENCH cart_ratios=//p' "$WORK/cart.out")"
+  read -r _ _ SH_DEPTH SH_CHECKOUT SH_CEILING _ SH_RATIOS < <(grep '^BENCH cart_shallow ' "$WORK/cart.out" || true)
+  put cart_shallow_depth "${SH_DEPTH#in_flight=}"
+  put cart_shallow_checkout "${SH_CHECKOUT#checkout=}"
+  put cart_shallow_ceiling "${SH_CEILING#ceiling=}"
+  put cart_shallow_rounds "${SH_RATIOS#ratios=}"
   put cart_detail "$(sed -n 's/^BENCH cart_checkout_ok=\([0-9]*\) cart_checkout_count=\([0-9]*\) cart_checkout_p99_ms=\([0-9.]*\).*/\1\/\2_2xx,_p99_\3_ms/p' "$WORK/cart.out")"
   while read -r _ _ svc idle load; do
     put "rss_idle.${svc#service=}" "${idle#idle=}"
@@ -298,6 +303,7 @@ R_GW=$(ratio "$(get http_gateway)" "$(get http_gw_direct)")
 R_BARE=$(ratio "$(get http_bare)" "$(get http_bare_direct)")
 R_GW_BARE=$(ratio "$(get http_gw_vs_bare_g)" "$(get http_gw_vs_bare_b)")
 R_CART=$(ratio "$(get cart_checkout)" "$(get cart_ceiling)")
+R_CART_SHALLOW=$(ratio "$(get cart_shallow_checkout)" "$(get cart_shallow_ceiling)")
 R_WH=$(ratio "$(get wh_drain)" "$(get wh_raw)")
 R_LT=$(ratio "$(get loadtest_ceiling)" "$(get http_ceiling)")
 
@@ -332,6 +338,7 @@ host (loopback), $RUSTC, release profile. Load average at the end of the run: $(
 | for reference: a bare hyper reverse proxy (examples/bare_proxy.rs; rounds $(get http_rounds_bare)) | $(num "$(get http_bare)") req/s | $(num "$(get http_bare_direct)") req/s direct | ${R_BARE:-n/a} | none: the floor of the extra hop | — |
 | gateway against that bare proxy (rounds $(get http_rounds_gw_bare)) | $(num "$(get http_gw_vs_bare_g)") req/s | $(num "$(get http_gw_vs_bare_b)") req/s bare proxy | ${R_GW_BARE:-n/a} | none: the gateway's own overhead | — |
 | checkout, cart direct (loadtest checkout, $(get cart_detail | tr '_' ' '); rounds $(get cart_rounds)) | $(num "$(get cart_checkout)") checkouts/s | $(num "$(get cart_ceiling)") msg/s raw confirmed publishes (publish_ceiling, 20 channels) | ${R_CART:-n/a} | ≥ 0.5 of raw publishes | $(verdict "$R_CART" 0.5) |
+| for reference: checkout against the broker with $(get cart_shallow_depth) publishes in flight (20 channels; rounds $(get cart_shallow_rounds)) | $(num "$(get cart_shallow_checkout)") checkouts/s | $(num "$(get cart_shallow_ceiling)") msg/s | ${R_CART_SHALLOW:-n/a} | none: the broker at the checkout's depth | — |
 | warehouse drain, $WH_MESSAGES orders | $(num "$(get wh_drain)") msg/s | $(num "$(get wh_raw)") msg/s raw consume+ack | ${R_WH:-n/a} | ≥ 0.9 of raw | $(verdict "$R_WH" 0.9) |
 | loadtest product vs wrk, against http-ceiling | $(num "$(get loadtest_ceiling)") req/s | $(num "$(get http_ceiling)") req/s wrk | ${R_LT:-n/a} | ≥ 0.9 of wrk | $(verdict "$R_LT" 0.9) |
 
@@ -343,7 +350,9 @@ settings for all three servers; loadtest product --threads $THREADS -c $CONCURRE
 Checkout: $CHECKOUTS one-item carts prepared untimed per round, concurrency $CONCURRENCY, DECLINE_RATE=0,
 against the cart directly (product-service and credit-card-authorizer behind it, all on loopback);
 the ceiling publishes the same number of real \`OrderMessage\`s (persistent, mandatory, confirms,
-window 64 per channel) over 20 channels, like the cart's \`CHANNEL_POOL_SIZE\`.
+window 64 per channel) over 20 channels, like the cart's \`CHANNEL_POOL_SIZE\`. The broker costs more
+CPU per message the fewer publishes it has in flight, and a closed-model checkout at concurrency
+$CONCURRENCY never has more than $CONCURRENCY; the reference row measures the broker at that depth.
 Warehouse: 10 channels × prefetch 10, fresh queue filled with confirms, then drained raw and by
 the warehouse's consumer (services/warehouse/examples/drain_bench.rs, round 1).
 
