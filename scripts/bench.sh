@@ -155,12 +155,7 @@ wrk_rps() {
 echo "== 1/4 HTTP: http-ceiling vs product direct vs through the gateway (wrk -t$THREADS -c$CONCURRENCY -d${SECS}s, $ROUNDS rounds)" >&2
 "$BIN/http-ceiling" --port 0 >"$WORK/ceiling.log" 2>&1 &
 PIDS+=($!)
-CEIL_PORT=""
-for _ in $(seq 1 100); do
-  CEIL_PORT=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$WORK/ceiling.log")
-  [[ -n $CEIL_PORT ]] && break
-  sleep 0.1
-done
+CEIL_PORT=$(port_from_log "$WORK/ceiling.log")
 PRODUCT_PORT=$(free_port)
 GATEWAY_PORT=$(free_port)
 start product-service "$PRODUCT_PORT" product-service SEED_PRODUCTS=1000 FAILURE_RATE=0
@@ -171,12 +166,7 @@ start gateway "$GATEWAY_PORT" gateway PRODUCT_TARGETS="http://127.0.0.1:$PRODUCT
 # The floor under any proxy built on hyper's server and pooled client: forwarding and nothing else.
 "$BIN/examples/bare_proxy" "127.0.0.1:$PRODUCT_PORT" >"$WORK/bare_proxy.log" 2>&1 &
 PIDS+=($!)
-BARE_PORT=""
-for _ in $(seq 1 100); do
-  BARE_PORT=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$WORK/bare_proxy.log")
-  [[ -n $BARE_PORT ]] && break
-  sleep 0.1
-done
+BARE_PORT=$(port_from_log "$WORK/bare_proxy.log")
 for _ in $(seq 1 100); do
   [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GATEWAY_PORT/products/1") == 200 ]] && break
   sleep 0.1

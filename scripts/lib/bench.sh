@@ -14,6 +14,18 @@ free_port() {
   return 1
 }
 
+# port_from_log LOG: waits (at most 10 s) for a "listening on 127.0.0.1:PORT" line in LOG (what
+# http-ceiling and the bare proxy print when started on port 0) and prints PORT (empty if none).
+port_from_log() {
+  local port=""
+  for _ in $(seq 1 100); do
+    port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$1")
+    [[ -n $port ]] && break
+    sleep 0.1
+  done
+  echo "$port"
+}
+
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 now_ms() { date +%s%3N; }
 
