@@ -73,17 +73,17 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
         };
         match params.iter().next() {
             Some((_, raw)) => parse_id(raw).map(PathId),
-            None => Err(ApiError::bad_request(
-                "INVALID_ID",
-                "the path does not carry a valid id",
-            )),
+            None => Err(no_id_in_path()),
         }
     }
 }
 
-fn path_rejection(rejection: RawPathParamsRejection) -> ApiError {
+fn no_id_in_path() -> ApiError {
     ApiError::bad_request("INVALID_ID", "the path does not carry a valid id")
-        .with_details(rejection.body_text())
+}
+
+fn path_rejection(rejection: RawPathParamsRejection) -> ApiError {
+    no_id_in_path().with_details(rejection.body_text())
 }
 
 /// Parses an id the contract allows: an integer in `1..=2147483647`.
