@@ -76,27 +76,20 @@ impl HttpClient {
         Self { inner }
     }
 
-    /// One attempt: the request, then the whole (bounded) body, within `timeout`.
-    async fn call(
-        &self,
-        method: Method,
-        uri: Uri,
-        body: Option<Bytes>,
-        request_id: &str,
-        timeout: Duration,
-    ) -> Result<Reply, CallError> {
+    /// One attempt: the request, then the whole (bounded) body, within the call's timeout.
+    async fn attempt(&self, call: &Call<'_>) -> Result<Reply, CallError> {
         let mut request = Request::builder()
-            .method(method)
-            .uri(uri)
+            .method(call.method.clone())
+            .uri(call.uri.clone())
             .header(ACCEPT, APPLICATION_JSON);
-        if let Ok(id) = HeaderValue::from_str(request_id) {
+        if let Ok(id) = HeaderValue::from_str(call.request_id) {
             request = request.header(REQUEST_ID, id);
         }
-        if body.is_some() {
+        if call.body.is_some() {
             request = request.header(CONTENT_TYPE, APPLICATION_JSON);
         }
         let request = request
-            .body(Full::new(body.unwrap_or_default()))
+            .body(Full::new(call.body.cloned().unwrap_or_default()))
             .map_err(|e| CallError::Failed(e.to_string()))?;
         let exchange = async {
             let response = self
@@ -112,54 +105,53 @@ impl HttpClient {
                 .to_bytes();
             Ok(Reply { status, body })
         };
-        tokio::time::timeout(timeout, exchange)
+        tokio::time::timeout(call.timeout, exchange)
             .await
             .unwrap_or(Err(CallError::TimedOut))
     }
-}
 
-/// Sends the request up to `1 + retries` times; returns the first answer that is not a 5xx, or
-/// the last failure.
-async fn send_with_retry(
-    client: &HttpClient,
-    service: &'static str,
-    retries: u32,
-    request: (Method, &Uri, Option<&Bytes>),
-    request_id: &str,
-    timeout: Duration,
-) -> Result<Reply, Unavailable> {
-    let (method, uri, body) = request;
-    let mut attempt = 0;
-    loop {
-        let call = client.call(
-            method.clone(),
-            uri.clone(),
-            body.cloned(),
-            request_id,
-            timeout,
-        );
-        let failure = match call.await {
-            Ok(reply) if !reply.status.is_server_error() => return Ok(reply),
-            Ok(reply) => format!("answered {}", reply.status),
-            Err(CallError::TimedOut) => {
-                // A timed-out call may still be running; do not pile more onto a slow service.
+    /// Makes `call` up to `1 + retries` times; returns the first answer that is not a 5xx, or
+    /// the last failure.
+    async fn send_with_retry(
+        &self,
+        service: &'static str,
+        retries: u32,
+        call: Call<'_>,
+    ) -> Result<Reply, Unavailable> {
+        let mut attempt = 0;
+        loop {
+            let failure = match self.attempt(&call).await {
+                Ok(reply) if !reply.status.is_server_error() => return Ok(reply),
+                Ok(reply) => format!("answered {}", reply.status),
+                Err(CallError::TimedOut) => {
+                    // A timed-out call may still be running; do not pile more onto a slow service.
+                    return Err(Unavailable {
+                        service,
+                        reason: "timed out".to_string(),
+                    });
+                }
+                Err(CallError::Failed(reason)) => format!("connection failed: {reason}"),
+            };
+            if attempt >= retries {
                 return Err(Unavailable {
                     service,
-                    reason: "timed out".to_string(),
+                    reason: failure,
                 });
             }
-            Err(CallError::Failed(reason)) => format!("connection failed: {reason}"),
-        };
-        if attempt >= retries {
-            return Err(Unavailable {
-                service,
-                reason: failure,
-            });
+            tracing::debug!(service, attempt, %failure, "retrying");
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
         }
-        tracing::debug!(service, attempt, %failure, "retrying");
-        tokio::time::sleep(backoff(attempt)).await;
-        attempt += 1;
     }
+}
+
+/// One request to a dependency, as each attempt sends it.
+struct Call<'a> {
+    method: Method,
+    uri: &'a Uri,
+    body: Option<&'a Bytes>,
+    request_id: &'a str,
+    timeout: Duration,
 }
 
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
@@ -209,24 +201,24 @@ impl ProductCatalog {
         if self.known.contains(&product_id) {
             return Ok(true);
         }
-        let uri = endpoint(
-            "PRODUCT_URL",
-            &self.base,
-            &format!("/products/{product_id}"),
-        )
-        .map_err(|reason| Unavailable {
-            service: "product service",
-            reason,
-        })?;
-        let reply = send_with_retry(
-            &self.http,
-            "product service",
-            2,
-            (Method::GET, &uri, None),
+        // The base was checked at start; only the id is new here.
+        let uri: Uri = format!("{}/products/{product_id}", self.base)
+            .parse()
+            .map_err(|e| Unavailable {
+                service: "product service",
+                reason: format!("PRODUCT_URL: {e}"),
+            })?;
+        let call = Call {
+            method: Method::GET,
+            uri: &uri,
+            body: None,
             request_id,
-            self.timeout,
-        )
-        .await?;
+            timeout: self.timeout,
+        };
+        let reply = self
+            .http
+            .send_with_retry("product service", 2, call)
+            .await?;
         match reply.status {
             StatusCode::OK => {
                 self.known.insert(product_id);
@@ -285,15 +277,17 @@ impl Authorizer {
                 service: "card authorizer",
                 reason: e.to_string(),
             })?;
-        let reply = send_with_retry(
-            &self.http,
-            "card authorizer",
-            self.retries,
-            (Method::POST, &self.uri, Some(&body)),
+        let call = Call {
+            method: Method::POST,
+            uri: &self.uri,
+            body: Some(&body),
             request_id,
-            self.timeout,
-        )
-        .await?;
+            timeout: self.timeout,
+        };
+        let reply = self
+            .http
+            .send_with_retry("card authorizer", self.retries, call)
+            .await?;
         match reply.status {
             s if s.is_success() => Ok(Verdict::Approved),
             StatusCode::PAYMENT_REQUIRED => {
