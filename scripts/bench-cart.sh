@@ -9,8 +9,8 @@
 # then `loadtest checkout` with N fresh carts against the cart directly (its queue emptied first,
 # as the ceiling's is fresh). Alternating the two within a round and taking the median of the
 # rounds' ratios keeps a noisy shared host from deciding the result. Each round also measures the
-# broker with only about as many publishes in flight as the checkout's concurrency, for reference. Samples the cart's VmRSS
-# idle and under load. Prints every round, the median ratio (target >= 0.5) and the RSS, and at
+# broker with only about as many publishes in flight as the checkout's concurrency, for reference.
+# Samples the cart's VmRSS idle and under load. Prints every round, the median ratio (target >= 0.5) and the RSS, and at
 # the end machine-readable `BENCH key=value` lines. Stops everything and deletes its queues on exit.
 #
 # Usage: scripts/bench-cart.sh [-n REQUESTS] [-c CONCURRENCY] [-d MAX_SECONDS] [-r ROUNDS]
@@ -104,21 +104,29 @@ echo "cart :$CART_PORT (queue $QUEUE) -> product :$PRODUCT_PORT, cca :$CCA_PORT;
 ) &
 SAMPLER=$!
 
+# publish_rate ARGS... : runs publish_ceiling with N messages over 20 channels (its own fresh queue,
+# deleted after) and prints its msg/s; exits the script if it fails.
+publish_rate() {
+  timeout 300 "$BIN/examples/publish_ceiling" --messages "$REQUESTS" --channels 20 "$@" \
+    >"$WORK/publish.out" 2>"$WORK/publish.err" || { cat "$WORK/publish.err" >&2; exit 1; }
+  sed -n 's/^publish_ceiling: .* = \([0-9.]*\) msg\/s$/\1/p' "$WORK/publish.out"
+}
+# The median line of a file of "ratio ..." lines (the lower middle one for an even count).
+median_line() { sort -g "$1" | sed -n "$(((ROUNDS + 1) / 2))p"; }
+# All the ratios (first fields) of such a file, comma-separated, in round order.
+ratios_of() { awk '{ printf "%s%s", (NR > 1 ? "," : ""), $1 }' "$1"; }
+
+# For reference, the broker at about the checkout's depth: 20 channels x 3 = 60 publishes in
+# flight, where a closed-model checkout at concurrency 64 can never have more than 64.
+SHALLOW_WINDOW=$((CONCURRENCY / 20))
+((SHALLOW_WINDOW >= 1)) || SHALLOW_WINDOW=1
+
 : >"$WORK/rounds"
 : >"$WORK/shallow.rounds"
 for round in $(seq 1 "$ROUNDS"); do
-  # 1. The broker ceiling with the same message count (its own fresh queue, deleted after).
-  timeout 300 "$BIN/examples/publish_ceiling" --messages "$REQUESTS" --channels 20 \
-    >"$WORK/ceiling.out" 2>"$WORK/ceiling.err" || { cat "$WORK/ceiling.err" >&2; exit 1; }
-  CEILING=$(sed -n 's/^publish_ceiling: .* = \([0-9.]*\) msg\/s$/\1/p' "$WORK/ceiling.out")
-  # For reference, the broker at about the checkout's depth: 20 channels x 3 = 60 publishes in
-  # flight, where a closed-model checkout at concurrency 64 can never have more than 64.
-  SHALLOW_WINDOW=$((CONCURRENCY / 20))
-  ((SHALLOW_WINDOW >= 1)) || SHALLOW_WINDOW=1
-  timeout 300 "$BIN/examples/publish_ceiling" --messages "$REQUESTS" --channels 20 \
-    --window "$SHALLOW_WINDOW" >"$WORK/shallow.out" 2>"$WORK/shallow.err" ||
-    { cat "$WORK/shallow.err" >&2; exit 1; }
-  SHALLOW=$(sed -n 's/^publish_ceiling: .* = \([0-9.]*\) msg\/s$/\1/p' "$WORK/shallow.out")
+  # 1. The broker: its ceiling (window 64 per channel), then at the checkout's depth.
+  CEILING=$(publish_rate) || exit 1
+  SHALLOW=$(publish_rate --window "$SHALLOW_WINDOW") || exit 1
   # 2. The same number of checkouts into the cart's emptied queue.
   timeout 60 "$BIN/examples/publish_ceiling" --purge "$QUEUE" >/dev/null 2>"$WORK/purge.err" ||
     { cat "$WORK/purge.err" >&2; exit 1; }
@@ -143,11 +151,11 @@ wait "$SAMPLER" 2>/dev/null || true
 SAMPLER=""
 read -r LOAD_CART LOAD_PRODUCT LOAD_CCA <"$WORK/rss.max"
 
-# The median round by ratio (the middle one of an odd count, the lower middle of an even one).
-read -r RATIO CHECKOUT CEILING OK COUNT P99 < <(sort -g "$WORK/rounds" | sed -n "$(((ROUNDS + 1) / 2))p")
-ALL_RATIOS=$(awk '{ printf "%s%s", (NR > 1 ? "," : ""), $1 }' "$WORK/rounds")
-read -r SHALLOW_RATIO SHALLOW_CHECKOUT SHALLOW < <(sort -g "$WORK/shallow.rounds" | sed -n "$(((ROUNDS + 1) / 2))p")
-SHALLOW_RATIOS=$(awk '{ printf "%s%s", (NR > 1 ? "," : ""), $1 }' "$WORK/shallow.rounds")
+# The median round by ratio, and the same for the reference.
+read -r RATIO CHECKOUT CEILING OK COUNT P99 < <(median_line "$WORK/rounds")
+ALL_RATIOS=$(ratios_of "$WORK/rounds")
+read -r SHALLOW_RATIO SHALLOW_CHECKOUT SHALLOW < <(median_line "$WORK/shallow.rounds")
+SHALLOW_RATIOS=$(ratios_of "$WORK/shallow.rounds")
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 echo "median round of $ROUNDS (ratios $ALL_RATIOS):"
