@@ -187,10 +187,14 @@ if command -v wrk >/dev/null 2>&1 && [[ -n $CEIL_PORT ]]; then
     echo "${c:-0} ${d:-0} ${g:-0} ${b:-0}" >>"$WORK/http.rounds"
   done
   sample_stop http
-  # Per round: direct/ceiling and gateway/direct; the round with the median ratio gives the figures.
+  # Fields of http.rounds: 1 ceiling, 2 direct, 3 gateway, 4 bare proxy. Each ratio A/B is judged
+  # by its median round, whose two figures are reported.
   median_round() { # FIELD_A FIELD_B: prints "ratio a b" of the median round by a/b
     awk -v i="$1" -v j="$2" '{ printf "%.4f %s %s\n", ($j > 0 ? $i / $j : 0), $i, $j }' "$WORK/http.rounds" |
       sort -g | sed -n "$(((ROUNDS + 1) / 2))p"
+  }
+  round_ratios() { # FIELD_A FIELD_B: every round's a/b, comma-separated, in round order
+    awk -v i="$1" -v j="$2" '{ printf "%s%.2f", (NR > 1 ? "," : ""), ($j > 0 ? $i / $j : 0) }' "$WORK/http.rounds"
   }
   read -r _ DIRECT CEILING < <(median_round 2 1)
   read -r _ GATEWAY GW_DIRECT < <(median_round 3 2)
@@ -204,10 +208,10 @@ if command -v wrk >/dev/null 2>&1 && [[ -n $CEIL_PORT ]]; then
   put http_bare_direct "$BARE_DIRECT"
   put http_gw_vs_bare_g "$GW_BARE_G"
   put http_gw_vs_bare_b "$GW_BARE_B"
-  put http_rounds_direct "$(awk '{ printf "%s%.2f", (NR > 1 ? "," : ""), ($1 > 0 ? $2 / $1 : 0) }' "$WORK/http.rounds")"
-  put http_rounds_gateway "$(awk '{ printf "%s%.2f", (NR > 1 ? "," : ""), ($2 > 0 ? $3 / $2 : 0) }' "$WORK/http.rounds")"
-  put http_rounds_bare "$(awk '{ printf "%s%.2f", (NR > 1 ? "," : ""), ($2 > 0 ? $4 / $2 : 0) }' "$WORK/http.rounds")"
-  put http_rounds_gw_bare "$(awk '{ printf "%s%.2f", (NR > 1 ? "," : ""), ($4 > 0 ? $3 / $4 : 0) }' "$WORK/http.rounds")"
+  put http_rounds_direct "$(round_ratios 2 1)"
+  put http_rounds_gateway "$(round_ratios 3 2)"
+  put http_rounds_bare "$(round_ratios 4 2)"
+  put http_rounds_gw_bare "$(round_ratios 3 4)"
   # loadtest vs wrk, same server (http-ceiling) and settings.
   timeout $((SECS + 30)) "$BIN/loadtest" product --base-url "http://127.0.0.1:$CEIL_PORT" \
     --concurrency "$CONCURRENCY" --duration "${SECS}s" --threads "$THREADS" --products 1000 \
