@@ -54,6 +54,19 @@ where
     })
 }
 
+/// A count that must be at least 1 (a pool size, a threshold, a number of channels).
+pub fn positive<T>(name: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialEq + From<u8>,
+    T::Err: Display,
+{
+    let value = var(name, default)?;
+    if value == T::from(0) {
+        return Err(ConfigError::new(name, "0", "must be at least 1"));
+    }
+    Ok(value)
+}
+
 /// A string variable with a default.
 pub fn string(name: &str, default: &str) -> String {
     raw(name).unwrap_or_else(|| default.to_string())
@@ -210,6 +223,21 @@ mod tests {
         );
         assert!(parse_base_url("localhost:8081").is_err());
         assert!(parse_base_url("http://").is_err());
+    }
+
+    #[test]
+    fn counts_must_be_at_least_one() {
+        // Variable names of this test alone: the process environment is shared by the tests.
+        std::env::set_var("COMMON_TEST_POSITIVE_ZERO", "0");
+        std::env::set_var("COMMON_TEST_POSITIVE_SEVEN", "7");
+        let zero = positive("COMMON_TEST_POSITIVE_ZERO", 5u16).unwrap_err();
+        assert!(
+            zero.to_string().contains("COMMON_TEST_POSITIVE_ZERO"),
+            "{zero}"
+        );
+        assert!(zero.to_string().contains("must be at least 1"), "{zero}");
+        assert_eq!(positive("COMMON_TEST_POSITIVE_SEVEN", 5usize).ok(), Some(7));
+        assert_eq!(positive("COMMON_TEST_POSITIVE_UNSET", 5u32).ok(), Some(5));
     }
 
     #[test]

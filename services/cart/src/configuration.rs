@@ -34,14 +34,7 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let channel_pool_size = config::var("CHANNEL_POOL_SIZE", 20usize)?;
-        if channel_pool_size == 0 {
-            return Err(ConfigError::new(
-                "CHANNEL_POOL_SIZE",
-                "0",
-                "must be at least 1",
-            ));
-        }
+        let channel_pool_size = config::positive("CHANNEL_POOL_SIZE", 20usize)?;
         let cca_retries = config::var("CCA_RETRIES", 2u32)?;
         if cca_retries > 10 {
             return Err(ConfigError::new(
@@ -58,7 +51,7 @@ impl Settings {
             topology: Topology::from_env()?,
             channel_pool_size,
             channel_wait: config::millis("CHANNEL_WAIT_MS", Duration::from_millis(1000))?,
-            max_pending_confirms: positive("MAX_PENDING_CONFIRMS", 1000)?,
+            max_pending_confirms: config::positive("MAX_PENDING_CONFIRMS", 1000usize)?,
             confirm_timeout: config::millis("CONFIRM_TIMEOUT_MS", Duration::from_secs(5))?,
             connect_timeout: config::millis("AMQP_CONNECT_TIMEOUT_MS", Duration::from_secs(3))?,
             cca_timeout: config::millis("CCA_TIMEOUT_MS", Duration::from_secs(2))?,
@@ -66,12 +59,4 @@ impl Settings {
             product_timeout: config::millis("PRODUCT_TIMEOUT_MS", Duration::from_secs(2))?,
         })
     }
-}
-
-fn positive(name: &'static str, default: usize) -> Result<usize, ConfigError> {
-    let value = config::var(name, default)?;
-    if value == 0 {
-        return Err(ConfigError::new(name, "0", "must be at least 1"));
-    }
-    Ok(value)
 }

@@ -53,14 +53,6 @@ fn targets(name: &'static str, default: &str) -> Result<Vec<TargetUrl>, ConfigEr
     parse_targets(value).map_err(|reason| ConfigError::new(name, value, reason))
 }
 
-fn positive_u32(name: &'static str, default: u32) -> Result<u32, ConfigError> {
-    let v: u32 = env::var(name, default)?;
-    if v == 0 {
-        return Err(ConfigError::new(name, "0", "must be at least 1"));
-    }
-    Ok(v)
-}
-
 fn positive_millis(name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
     let d = env::millis(name, default)?;
     if d.is_zero() {
@@ -177,8 +169,11 @@ impl GatewayConfig {
             path: env::string("HEALTH_PATH", &defaults.path),
             interval: positive_millis("HEALTH_INTERVAL_MS", defaults.interval)?,
             timeout: positive_millis("HEALTH_TIMEOUT_MS", defaults.timeout)?,
-            healthy_threshold: positive_u32("HEALTHY_THRESHOLD", defaults.healthy_threshold)?,
-            unhealthy_threshold: positive_u32("UNHEALTHY_THRESHOLD", defaults.unhealthy_threshold)?,
+            healthy_threshold: env::positive("HEALTHY_THRESHOLD", defaults.healthy_threshold)?,
+            unhealthy_threshold: env::positive(
+                "UNHEALTHY_THRESHOLD",
+                defaults.unhealthy_threshold,
+            )?,
         };
         if !health.path.starts_with('/') {
             return Err(ConfigError::new(
@@ -191,7 +186,7 @@ impl GatewayConfig {
         let atw = AtwConfig {
             enabled: env::flag("ATW_ENABLED", d.enabled)?,
             tick: positive_millis("ATW_TICK_MS", d.tick)?,
-            window_ticks: positive_u32("ATW_WINDOW_TICKS", 30)? as usize,
+            window_ticks: env::positive("ATW_WINDOW_TICKS", 30u32)? as usize,
             min_requests: env::var("ATW_MIN_REQUESTS", d.min_requests)?,
             margin: f64_in("ATW_MARGIN", d.margin, 0.0, 1.0)?,
             ratio: f64_in("ATW_RATIO", d.ratio, 1.0, 1000.0)?,

@@ -56,14 +56,6 @@ pub struct Settings {
     pub consumer: ConsumerSettings,
 }
 
-fn positive(name: &'static str, default: u16) -> Result<u16, ConfigError> {
-    let value: u16 = config::var(name, default)?;
-    if value == 0 {
-        return Err(ConfigError::new(name, "0", "must be at least 1"));
-    }
-    Ok(value)
-}
-
 impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
         let service = ServiceConfig::from_env("warehouse", DEFAULT_PORT)?;
@@ -79,8 +71,8 @@ impl Settings {
         let consumer = ConsumerSettings {
             amqp_url: messaging::amqp_url_from_env()?,
             topology: Topology::from_env()?,
-            channels: positive("WAREHOUSE_CHANNELS", DEFAULT_CHANNELS)?,
-            prefetch: positive("WAREHOUSE_PREFETCH", DEFAULT_PREFETCH)?,
+            channels: config::positive("WAREHOUSE_CHANNELS", DEFAULT_CHANNELS)?,
+            prefetch: config::positive("WAREHOUSE_PREFETCH", DEFAULT_PREFETCH)?,
             connection_name: service.instance_id.clone(),
             reconnect_min,
             reconnect_max,
