@@ -55,12 +55,9 @@ if [ -n "$SERVER_WORKERS" ]; then SERVER_ARGS+=(--workers "$SERVER_WORKERS"); fi
 "$TARGET_DIR/release/http-ceiling" "${SERVER_ARGS[@]}" >"$WORK/server.out" 2>&1 &
 SERVER_PID=$!
 
-PORT=""
-for _ in $(seq 1 50); do
-  PORT=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$WORK/server.out")
-  [ -n "$PORT" ] && break
-  sleep 0.1
-done
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
+PORT=$(port_from_log "$WORK/server.out")
 if [ -z "$PORT" ]; then
   echo "http-ceiling did not start:" >&2
   cat "$WORK/server.out" >&2
