@@ -5,11 +5,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use loadtest::{output, run, Cli, RunConfig};
 
-// glibc malloc was about a tenth of the cart's CPU under load (perf); mimalloc is cheaper. Every
-// benchmarked binary, the reference ceilings included, uses it, so ratios compare like with like.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -13,10 +13,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use clap::Parser;
 
-// The services' allocator, so a service cannot beat its reference by an allocator swap alone.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Same size/shape as a product of the demo catalog.
 const PRODUCT_JSON: &[u8] = br#"{"product_id":1,"sku":"SKU0000001","manufacturer":"Acme Corporation","category_id":12,"weight":1250,"some_other_id":7}"#;
 

@@ -29,10 +29,6 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-// The services' allocator, so a service cannot beat its reference by an allocator swap alone.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser, Debug)]
 #[command(about = "RabbitMQ publish+confirm ceiling with real order messages")]
 struct Args {

@@ -1,10 +1,5 @@
 use credit_card_authorizer::{configuration::Settings, Application};
 
-// glibc malloc was about a tenth of the cart's CPU under load (perf); mimalloc is cheaper. Every
-// benchmarked binary, the reference ceilings included, uses it, so ratios compare like with like.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     common::healthcheck::exit_if_requested(credit_card_authorizer::DEFAULT_PORT);
     if let Err(err) = run() {

@@ -23,10 +23,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-// The services' allocator, so a service cannot beat its reference by an allocator swap alone.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 type Upstream = (Client<HttpConnector, Body>, http::uri::Authority);
 
 async fn forward(State((client, upstream)): State<Upstream>, mut req: Request) -> Response {

@@ -2,11 +2,6 @@ use gateway::config::GatewayConfig;
 use gateway::Application;
 use std::process::ExitCode;
 
-// glibc malloc was about a tenth of the cart's CPU under load (perf); mimalloc is cheaper. Every
-// benchmarked binary, the reference ceilings included, uses it, so ratios compare like with like.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     common::healthcheck::exit_if_requested(8080);

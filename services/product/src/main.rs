@@ -1,10 +1,5 @@
 use product_service::{configuration::Settings, Application};
 
-// glibc malloc was about a tenth of the cart's CPU under load (perf); mimalloc is cheaper. Every
-// benchmarked binary, the reference ceilings included, uses it, so ratios compare like with like.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     common::healthcheck::exit_if_requested(product_service::DEFAULT_PORT);
     if let Err(err) = run() {

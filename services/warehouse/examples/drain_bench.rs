@@ -31,10 +31,6 @@ use warehouse::configuration::ConsumerSettings;
 use warehouse::consumer::{ConsumerState, OrderConsumer};
 use warehouse::ledger::Ledger;
 
-// The services' allocator, so a service cannot beat its reference by an allocator swap alone.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Publishes in flight at once before waiting for the oldest confirm.
 const CONFIRM_WINDOW: usize = 2000;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
