@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Where the CPU goes: CPU microseconds per request (per message) of every process on a path,
+# read from /proc/PID/stat (utime+stime) and /proc/stat (softirq, idle) around each run.
+# On 2 shared cores a throughput ratio is roughly a ratio of total CPU per operation, so this
+# shows what a target such as "gateway >= 0.5 of direct" demands of each process.
+#
+#   http   : wrk GET /products/{id} direct to product-service, through the gateway and through
+#            the bare hyper proxy (services/gateway/examples/bare_proxy.rs); R rounds.
+#   broker : publish_ceiling (20 channels) with 64, 3 and 1 unconfirmed publishes per channel:
+#            the broker's CPU per confirmed message against how many are in flight.
+#
+# Usage: scripts/cpu-per-request.sh [-d SECONDS] [-r ROUNDS] [-n MESSAGES] [http|broker]...
+# Defaults: -d 5 -r 3 -n 40000, both parts. Builds nothing: run scripts/bench.sh (or the
+# release build) first. Loopback only; everything started is stopped on exit.
+set -euo pipefail
+
+SECS=5
+ROUNDS=3
+MESSAGES=40000
+while getopts "d:r:n:h" opt; do
+  case "$opt" in
+    d) SECS=$OPTARG ;;
+    r) ROUNDS=$OPTARG ;;
+    n) MESSAGES=$OPTARG ;;
+    *) sed -n '2,15p' "$0"; exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
+PARTS=(http broker)
+if (($#)); then PARTS=("$@"); fi
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
+
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# softirq and idle ticks of the whole machine
+sys_ticks() { awk '/^cpu / { print $8, $5 }' /proc/stat; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+echo "machine: $(nproc) cores; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+http_part() {
+  command -v wrk >/dev/null || { echo "wrk is missing (apt-get install wrk)" >&2; exit 1; }
+  local product_port gateway_port bare_port product gateway bare
+  product_port=$(free_port)
+  gateway_port=$(free_port)
+  spawn_ready product "$product_port" product-service SEED_PRODUCTS=1000 FAILURE_RATE=0
+  product=$SPAWNED_PID
+  spawn_ready gateway "$gateway_port" gateway PRODUCT_TARGETS="http://127.0.0.1:$product_port" \
+    CART_TARGETS="http://127.0.0.1:$product_port"
+  gateway=$SPAWNED_PID
+  "$BIN/examples/bare_proxy" "127.0.0.1:$product_port" >"$WORK/bare.log" 2>&1 &
+  bare=$!
+  PIDS+=("$bare")
+  bare_port=$(port_from_log "$WORK/bare.log")
+  cat >"$WORK/ids.lua" <<'LUA'
+local counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", "/products/" .. ((counter % 1000) + 1))
+end
+LUA
+  sleep 2 # the gateway's first health checks
+  # one NAME PORT PROXY_PID: a 2 s warm-up, then a measured wrk run.
+  one() {
+    local url="http://127.0.0.1:$2" p0 p1 x0=0 x1=0 s0 s1 rps
+    wrk -t2 -c64 -d2s -s "$WORK/ids.lua" "$url" >/dev/null 2>&1 || true
+    p0=$(ticks "$product"); [[ -n ${3:-} ]] && x0=$(ticks "$3"); s0=$(sys_ticks)
+    /usr/bin/time -f "%U %S" -o "$WORK/wrk.time" \
+      wrk -t2 -c64 -d"${SECS}s" -s "$WORK/ids.lua" "$url" >"$WORK/wrk.out" 2>&1
+    p1=$(ticks "$product"); [[ -n ${3:-} ]] && x1=$(ticks "$3"); s1=$(sys_ticks)
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' "$WORK/wrk.out")
+    awk -v name="$1" -v rps="$rps" -v secs="$SECS" -v tick="$TICK_US" -v p=$((p1 - p0)) \
+      -v x=$((x1 - x0)) -v s0="$s0" -v s1="$s1" -v wrk="$(cat "$WORK/wrk.time")" 'BEGIN {
+        n = rps * secs; split(wrk, w, " "); split(s0, a, " "); split(s1, b, " ")
+        wk = (w[1] + w[2]) * 1e6 / n; pr = p * tick / n; px = x * tick / n
+        sq = (b[1] - a[1]) * tick / n; id = (b[2] - a[2]) * tick / n
+        printf "  %-13s %7.0f req/s | CPU us/request: wrk %5.1f, product %5.1f, proxy %5.1f, softirq %4.1f (idle %4.1f) = %5.1f\n",
+          name, rps, wk, pr, px, sq, id, wk + pr + px + sq }'
+  }
+  echo "== http: wrk -t2 -c64 -d${SECS}s, GET /products/{1..1000}, $ROUNDS rounds"
+  for _ in $(seq 1 "$ROUNDS"); do
+    one direct "$product_port"
+    one gateway "$gateway_port" "$gateway"
+    one "bare proxy" "$bare_port" "$bare"
+  done
+}
+
+broker_part() {
+  # shellcheck source=scripts/lib/rabbitmq.sh
+  source scripts/lib/rabbitmq.sh
+  ensure_rabbitmq
+  local beam b0 b1 s0 s1 window
+  beam=$(pgrep -f beam.smp | head -1)
+  [[ -n $beam ]] || { echo "no local RabbitMQ process (beam.smp) to measure" >&2; exit 1; }
+  echo "== broker: publish_ceiling, $MESSAGES persistent order messages over 20 confirm channels"
+  for window in 64 3 1; do
+    b0=$(ticks "$beam"); s0=$(sys_ticks)
+    /usr/bin/time -f "%U %S" -o "$WORK/pc.time" "$BIN/examples/publish_ceiling" \
+      --messages "$MESSAGES" --channels 20 --window "$window" >"$WORK/pc.out" 2>&1
+    b1=$(ticks "$beam"); s1=$(sys_ticks)
+    awk -v w="$window" -v n="$MESSAGES" -v tick="$TICK_US" -v b=$((b1 - b0)) -v s0="$s0" -v s1="$s1" \
+      -v rate="$(sed -n 's/^publish_ceiling: .* = \([0-9.]*\) msg\/s$/\1/p' "$WORK/pc.out")" \
+      -v pub="$(cat "$WORK/pc.time")" 'BEGIN {
+        split(pub, p, " "); split(s0, a, " "); split(s1, c, " ")
+        printf "  %4d in flight %6.0f msg/s | CPU us/message: RabbitMQ %5.1f, publisher %5.1f, softirq %4.1f (idle %5.1f)\n",
+          w * 20, rate, b * tick / n, (p[1] + p[2]) * 1e6 / n, (c[1] - a[1]) * tick / n, (c[2] - a[2]) * tick / n }'
+  done
+}
+
+for part in "${PARTS[@]}"; do
+  case "$part" in
+    http) http_part ;;
+    broker) broker_part ;;
+    *) echo "unknown part: $part (http or broker)" >&2; exit 2 ;;
+  esac
+done
