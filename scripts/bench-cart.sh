@@ -47,14 +47,15 @@ if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
 fi
 
 QUEUE="bench_orders_$$"
+# shellcheck source=scripts/lib/bench.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/bench.sh"
 WORK=$(mktemp -d)
 PIDS=()
 SAMPLER=""
 QUEUE_CREATED=0
 cleanup() {
   if [[ -n $SAMPLER ]]; then kill "$SAMPLER" 2>/dev/null || true; fi
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  stop_pids
   if [[ $QUEUE_CREATED == 1 ]]; then
     timeout 30 "$BIN/examples/publish_ceiling" --delete "$QUEUE" >/dev/null 2>&1 ||
       echo "warning: could not delete $QUEUE (rabbitmqctl delete_queue $QUEUE)" >&2
@@ -63,8 +64,6 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# shellcheck source=scripts/lib/bench.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/bench.sh"
 
 # start NAME PORT BIN ENV... : spawn_ready, then PID_<name> and READY_<name> (ms to /ready).
 start() {

@@ -16,17 +16,16 @@ CONNS="${BENCH_CONNECTIONS:-64}"
 THREADS="${BENCH_THREADS:-2}"
 PRODUCT_PORT="${BENCH_PRODUCT_PORT:-18081}"
 GATEWAY_PORT="${BENCH_GATEWAY_PORT:-18080}"
+# shellcheck source=scripts/lib/bench.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/bench.sh"
 WORK=$(mktemp -d)
 PIDS=()
 
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    stop_pids
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 if ! command -v wrk >/dev/null 2>&1; then
     echo "wrk is missing; installing it with apt-get"
@@ -61,13 +60,7 @@ done
     { echo "the gateway does not serve /products/1:" >&2; cat "$WORK/gateway.log" "$WORK/product.log" >&2; exit 1; }
 
 # Requests spread over the seeded ids.
-cat >"$WORK/ids.lua" <<'EOF'
-local counter = 0
-request = function()
-  counter = counter + 1
-  return wrk.format("GET", "/products/" .. ((counter % 1000) + 1))
-end
-EOF
+write_ids_lua "$WORK/ids.lua"
 
 run() {
     local name=$1 url=$2

@@ -61,14 +61,15 @@ cargo build --release -q -p cart-service --example publish_ceiling
 cargo build --release -q -p warehouse --example drain_bench
 cargo build --release -q -p gateway --example bare_proxy
 
+# shellcheck source=scripts/lib/bench.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/bench.sh"
 WORK=$(mktemp -d)
 PIDS=()
 SAMPLER=""
 WH_QUEUE=""
 cleanup() {
   if [[ -n $SAMPLER ]]; then kill "$SAMPLER" 2>/dev/null || true; fi
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  stop_pids
   if [[ -n $WH_QUEUE ]]; then
     timeout 30 "$BIN/examples/publish_ceiling" --delete "$WH_QUEUE" >/dev/null 2>&1 ||
       echo "warning: could not delete $WH_QUEUE" >&2
@@ -76,9 +77,6 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
-
-# shellcheck source=scripts/lib/bench.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/bench.sh"
 
 # Results: one "key value" per line in $WORK/results.
 RES="$WORK/results"
@@ -124,19 +122,8 @@ sample_stop() {
   SAMPLER=""
   while read -r n kb; do put "rss_load.$n" "$kb"; done <"$WORK/rss.$tag"
 }
-stop_all() {
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  PIDS=()
-}
 
-cat >"$WORK/ids.lua" <<'EOF'
-local counter = 0
-request = function()
-  counter = counter + 1
-  return wrk.format("GET", "/products/" .. ((counter % 1000) + 1))
-end
-EOF
+write_ids_lua "$WORK/ids.lua"
 
 # wrk_rps NAME URL: 2 s warm-up, then the measured run; prints requests/s (empty on failure).
 wrk_rps() {
@@ -220,7 +207,7 @@ if command -v wrk >/dev/null 2>&1 && [[ -n $CEIL_PORT ]]; then
 else
   echo "wrk or http-ceiling unavailable: HTTP figures will be n/a" >&2
 fi
-stop_all
+stop_pids
 echo "   ceiling $(get http_ceiling), direct $(get http_direct), gateway $(get http_gateway), loadtest $(get loadtest_ceiling) req/s" >&2
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +266,7 @@ if start warehouse "$WH_PORT" warehouse ORDER_QUEUE="$WH_QUEUE"; then
   sample_stop wh
   echo "   warehouse processed $done_n of $WH_LOAD orders published to it" >&2
 fi
-stop_all
+stop_pids
 
 # ---------------------------------------------------------------------------------------------
 T_TOTAL=$(($(date +%s) - T_START))

@@ -34,14 +34,13 @@ cd "$ROOT"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 WORK=$(mktemp -d)
 PIDS=()
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  stop_pids
   rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
-# shellcheck source=scripts/lib/bench.sh
-source scripts/lib/bench.sh
 
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # softirq and idle ticks of the whole machine
@@ -63,13 +62,7 @@ http_part() {
   bare=$!
   PIDS+=("$bare")
   bare_port=$(port_from_log "$WORK/bare.log")
-  cat >"$WORK/ids.lua" <<'LUA'
-local counter = 0
-request = function()
-  counter = counter + 1
-  return wrk.format("GET", "/products/" .. ((counter % 1000) + 1))
-end
-LUA
+  write_ids_lua "$WORK/ids.lua"
   sleep 2 # the gateway's first health checks
   # one NAME PORT PROXY_PID: a 2 s warm-up, then a measured wrk run.
   one() {

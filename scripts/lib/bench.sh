@@ -1,8 +1,30 @@
 # shellcheck shell=bash
-# Helpers shared by the benchmark scripts (bench.sh, bench-cart.sh). The caller sets BIN (the
-# release binaries), WORK (a scratch directory for logs) and PIDS (an array its cleanup kills).
+# Helpers shared by the benchmark scripts (bench*.sh, cpu-per-request.sh). The caller sets BIN
+# (the release binaries; spawn_ready only), WORK (a scratch directory for logs) and PIDS (the
+# processes it started, which stop_pids stops).
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Stops every process in PIDS (TERM, so services drain and exit cleanly), waits for them and
+# empties PIDS.
+stop_pids() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+}
+
+# write_ids_lua FILE: a wrk script sending GET /products/{id}, ids 1..1000 round-robin (the
+# seeded catalog), so no benchmark hits one cached id.
+write_ids_lua() {
+  cat >"$1" <<'LUA'
+local counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", "/products/" .. ((counter % 1000) + 1))
+end
+LUA
+}
 
 # A free port from a range the stack does not use (808x), picked at random.
 free_port() {
