@@ -39,7 +39,7 @@ impl ConsumerSettings {
     /// Defaults for a queue on the local broker (tests and benchmarks).
     pub fn local(queue: &str) -> Self {
         Self {
-            amqp_url: messaging::DEFAULT_AMQP_URL.to_string(),
+            amqp_url: messaging::with_frame_max(messaging::DEFAULT_AMQP_URL),
             topology: Topology::new(queue, QueueType::Classic),
             channels: DEFAULT_CHANNELS,
             prefetch: DEFAULT_PREFETCH,

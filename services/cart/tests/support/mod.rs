@@ -78,7 +78,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         cca_url: options.cca_url.unwrap_or(cca_url),
         amqp_url: options
             .amqp_url
-            .unwrap_or_else(|| DEFAULT_AMQP_URL.to_string()),
+            .unwrap_or_else(|| common::messaging::with_frame_max(DEFAULT_AMQP_URL)),
         topology: Topology::new(&queue, QueueType::Classic),
         channel_pool_size: 4,
         channel_wait: Duration::from_secs(1),
