@@ -59,7 +59,7 @@ cargo build --release -q --bins -p product-service -p credit-card-authorizer -p 
   -p warehouse -p gateway -p loadtest
 cargo build --release -q -p cart-service --example publish_ceiling
 cargo build --release -q -p warehouse --example drain_bench
-cargo build --release -q -p gateway --example bare_proxy
+cargo build --release -q -p gateway --example bare_proxy --example tcp_relay
 
 # shellcheck source=scripts/lib/bench.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/bench.sh"
@@ -154,6 +154,10 @@ start gateway "$GATEWAY_PORT" gateway PRODUCT_TARGETS="http://127.0.0.1:$PRODUCT
 "$BIN/examples/bare_proxy" "127.0.0.1:$PRODUCT_PORT" >"$WORK/bare_proxy.log" 2>&1 &
 PIDS+=($!)
 BARE_PORT=$(port_from_log "$WORK/bare_proxy.log")
+# The floor under any proxy at all: a layer-4 relay copying bytes, no HTTP parsing.
+"$BIN/examples/tcp_relay" "127.0.0.1:$PRODUCT_PORT" >"$WORK/tcp_relay.log" 2>&1 &
+PIDS+=($!)
+RELAY_PORT=$(port_from_log "$WORK/tcp_relay.log")
 for _ in $(seq 1 100); do
   [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GATEWAY_PORT/products/1") == 200 ]] && break
   sleep 0.1
@@ -168,13 +172,14 @@ if command -v wrk >/dev/null 2>&1 && [[ -n $CEIL_PORT ]]; then
   for round in $(seq 1 "$ROUNDS"); do
     c=$(wrk_rps ceiling "http://127.0.0.1:$CEIL_PORT")
     d=$(wrk_rps direct "http://127.0.0.1:$PRODUCT_PORT")
+    r=$(wrk_rps tcp_relay "http://127.0.0.1:$RELAY_PORT")
     b=$(wrk_rps bare_proxy "http://127.0.0.1:$BARE_PORT")
     g=$(wrk_rps gateway "http://127.0.0.1:$GATEWAY_PORT")
-    echo "   round $round: ceiling $c, direct $d, bare proxy $b, gateway $g req/s" >&2
-    echo "${c:-0} ${d:-0} ${g:-0} ${b:-0}" >>"$WORK/http.rounds"
+    echo "   round $round: ceiling $c, direct $d, tcp relay $r, bare proxy $b, gateway $g req/s" >&2
+    echo "${c:-0} ${d:-0} ${g:-0} ${b:-0} ${r:-0}" >>"$WORK/http.rounds"
   done
   sample_stop http
-  # Fields of http.rounds: 1 ceiling, 2 direct, 3 gateway, 4 bare proxy. Each ratio A/B is judged
+  # Fields of http.rounds: 1 ceiling, 2 direct, 3 gateway, 4 bare proxy, 5 tcp relay. Each ratio A/B is judged
   # by its median round, whose two figures are reported.
   median_round() { # FIELD_A FIELD_B: prints "ratio a b" of the median round by a/b
     awk -v i="$1" -v j="$2" '{ printf "%.4f %s %s\n", ($j > 0 ? $i / $j : 0), $i, $j }' "$WORK/http.rounds" |
@@ -187,6 +192,7 @@ if command -v wrk >/dev/null 2>&1 && [[ -n $CEIL_PORT ]]; then
   read -r _ GATEWAY GW_DIRECT < <(median_round 3 2)
   read -r _ BARE BARE_DIRECT < <(median_round 4 2)
   read -r _ GW_BARE_G GW_BARE_B < <(median_round 3 4)
+  read -r _ RELAY RELAY_DIRECT < <(median_round 5 2)
   put http_ceiling "$CEILING"
   put http_direct "$DIRECT"
   put http_gateway "$GATEWAY"
@@ -195,10 +201,13 @@ if command -v wrk >/dev/null 2>&1 && [[ -n $CEIL_PORT ]]; then
   put http_bare_direct "$BARE_DIRECT"
   put http_gw_vs_bare_g "$GW_BARE_G"
   put http_gw_vs_bare_b "$GW_BARE_B"
+  put http_relay "$RELAY"
+  put http_relay_direct "$RELAY_DIRECT"
   put http_rounds_direct "$(round_ratios 2 1)"
   put http_rounds_gateway "$(round_ratios 3 2)"
   put http_rounds_bare "$(round_ratios 4 2)"
   put http_rounds_gw_bare "$(round_ratios 3 4)"
+  put http_rounds_relay "$(round_ratios 5 2)"
   # loadtest vs wrk, same server (http-ceiling) and settings.
   timeout $((SECS + 30)) "$BIN/loadtest" product --base-url "http://127.0.0.1:$CEIL_PORT" \
     --concurrency "$CONCURRENCY" --duration "${SECS}s" --threads "$THREADS" --products 1000 \
@@ -282,6 +291,7 @@ mb() { [[ -n $1 && $1 != 0 ]] && awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 
 R_DIRECT=$(ratio "$(get http_direct)" "$(get http_ceiling)")
 R_GW=$(ratio "$(get http_gateway)" "$(get http_gw_direct)")
 R_BARE=$(ratio "$(get http_bare)" "$(get http_bare_direct)")
+R_RELAY=$(ratio "$(get http_relay)" "$(get http_relay_direct)")
 R_GW_BARE=$(ratio "$(get http_gw_vs_bare_g)" "$(get http_gw_vs_bare_b)")
 R_CART=$(ratio "$(get cart_checkout)" "$(get cart_ceiling)")
 R_CART_SHALLOW=$(ratio "$(get cart_shallow_checkout)" "$(get cart_shallow_ceiling)")
@@ -316,7 +326,8 @@ host (loopback), $RUSTC, release profile. Load average at the end of the run: $(
 | --- | ---: | ---: | ---: | --- | --- |
 | product GET /products/{id}, direct (wrk; rounds $(get http_rounds_direct)) | $(num "$(get http_direct)") req/s | $(num "$(get http_ceiling)") req/s bare axum (http-ceiling, wrk) | ${R_DIRECT:-n/a} | ≥ 0.85 of bare axum | $(verdict "$R_DIRECT" 0.85) |
 | product GET through the gateway (wrk; rounds $(get http_rounds_gateway)) | $(num "$(get http_gateway)") req/s | $(num "$(get http_gw_direct)") req/s direct | ${R_GW:-n/a} | ≥ 0.5 of direct | $(verdict "$R_GW" 0.5) |
-| for reference: a bare hyper reverse proxy (examples/bare_proxy.rs; rounds $(get http_rounds_bare)) | $(num "$(get http_bare)") req/s | $(num "$(get http_bare_direct)") req/s direct | ${R_BARE:-n/a} | none: the floor of the extra hop | — |
+| for reference: a layer-4 TCP relay (examples/tcp_relay.rs; rounds $(get http_rounds_relay)) | $(num "$(get http_relay)") req/s | $(num "$(get http_relay_direct)") req/s direct | ${R_RELAY:-n/a} | none: the floor of the extra hop, for any proxy | — |
+| for reference: a bare hyper reverse proxy (examples/bare_proxy.rs; rounds $(get http_rounds_bare)) | $(num "$(get http_bare)") req/s | $(num "$(get http_bare_direct)") req/s direct | ${R_BARE:-n/a} | none: the floor of a proxy on hyper | — |
 | gateway against that bare proxy (rounds $(get http_rounds_gw_bare)) | $(num "$(get http_gw_vs_bare_g)") req/s | $(num "$(get http_gw_vs_bare_b)") req/s bare proxy | ${R_GW_BARE:-n/a} | none: the gateway's own overhead | — |
 | checkout, cart direct (loadtest checkout, $(get cart_detail | tr '_' ' '); rounds $(get cart_rounds)) | $(num "$(get cart_checkout)") checkouts/s | $(num "$(get cart_ceiling)") msg/s raw confirmed publishes (publish_ceiling, 20 channels) | ${R_CART:-n/a} | ≥ 0.5 of raw publishes | $(verdict "$R_CART" 0.5) |
 | for reference: checkout against the broker with $(get cart_shallow_depth) publishes in flight (20 channels; rounds $(get cart_shallow_rounds)) | $(num "$(get cart_shallow_checkout)") checkouts/s | $(num "$(get cart_shallow_ceiling)") msg/s | ${R_CART_SHALLOW:-n/a} | none: the broker at the checkout's depth | — |
@@ -324,10 +335,10 @@ host (loopback), $RUSTC, release profile. Load average at the end of the run: $(
 | loadtest product vs wrk, against http-ceiling | $(num "$(get loadtest_ceiling)") req/s | $(num "$(get http_ceiling)") req/s wrk | ${R_LT:-n/a} | ≥ 0.9 of wrk | $(verdict "$R_LT" 0.9) |
 
 Each ratio is the median of $ROUNDS rounds; a round measures a figure and its ceiling back to back
-(HTTP: ceiling, direct, gateway; checkout: ceiling, then checkouts), and the row shows the median
+(HTTP: ceiling, direct, TCP relay, bare proxy, gateway; checkout: ceiling, then checkouts), and the row shows the median
 round's two figures, with every round's ratio in the first column.
 HTTP: wrk -t$THREADS -c$CONCURRENCY -d${SECS}s (2 s warm-up each), ids 1..1000 round-robin, the same
-settings for all three servers; loadtest product --threads $THREADS -c $CONCURRENCY -d ${SECS}s.
+settings for every server; loadtest product --threads $THREADS -c $CONCURRENCY -d ${SECS}s.
 Checkout: $CHECKOUTS one-item carts prepared untimed per round, concurrency $CONCURRENCY, DECLINE_RATE=0,
 against the cart directly (product-service and credit-card-authorizer behind it, all on loopback);
 the ceiling publishes the same number of real \`OrderMessage\`s (persistent, mandatory, confirms,

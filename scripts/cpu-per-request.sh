@@ -4,8 +4,9 @@
 # On 2 shared cores a throughput ratio is roughly a ratio of total CPU per operation, so this
 # shows what a target such as "gateway >= 0.5 of direct" demands of each process.
 #
-#   http   : wrk GET /products/{id} direct to product-service, through the gateway and through
-#            the bare hyper proxy (services/gateway/examples/bare_proxy.rs); R rounds.
+#   http   : wrk GET /products/{id} direct to product-service, through the gateway, through
+#            the bare hyper proxy (services/gateway/examples/bare_proxy.rs) and through a
+#            layer-4 byte relay (services/gateway/examples/tcp_relay.rs); R rounds.
 #   broker : publish_ceiling (20 channels) with 64, 3 and 1 unconfirmed publishes per channel:
 #            the broker's CPU per confirmed message against how many are in flight.
 #
@@ -50,7 +51,7 @@ echo "machine: $(nproc) cores; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 http_part() {
   command -v wrk >/dev/null || { echo "wrk is missing (apt-get install wrk)" >&2; exit 1; }
-  local product_port gateway_port bare_port product gateway bare
+  local product_port gateway_port bare_port relay_port product gateway bare relay
   product_port=$(free_port)
   gateway_port=$(free_port)
   spawn_ready product "$product_port" product-service SEED_PRODUCTS=1000 FAILURE_RATE=0
@@ -62,6 +63,10 @@ http_part() {
   bare=$!
   PIDS+=("$bare")
   bare_port=$(port_from_log "$WORK/bare.log")
+  "$BIN/examples/tcp_relay" "127.0.0.1:$product_port" >"$WORK/relay.log" 2>&1 &
+  relay=$!
+  PIDS+=("$relay")
+  relay_port=$(port_from_log "$WORK/relay.log")
   write_ids_lua "$WORK/ids.lua"
   sleep 2 # the gateway's first health checks
   # one NAME PORT PROXY_PID: a 2 s warm-up, then a measured wrk run.
@@ -86,6 +91,7 @@ http_part() {
     one direct "$product_port"
     one gateway "$gateway_port" "$gateway"
     one "bare proxy" "$bare_port" "$bare"
+    one "tcp relay" "$relay_port" "$relay"
   done
 }
 

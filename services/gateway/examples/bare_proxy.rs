@@ -4,10 +4,11 @@
 //! The least such a proxy can do: accept a request, send it to one fixed upstream over hyper-util's
 //! pooled keep-alive client, stream the answer back. No routing, health checks, balancing,
 //! header rewriting, metrics or request ids. `scripts/bench.sh` measures it beside the gateway,
-//! so the gateway's own overhead (what this project controls) is told apart from the cost of the
-//! extra hop itself (two more socket writes and reads per request, which no proxy avoids). A proxy
-//! that drives its upstream connection inside the client's task can do a little better (an
-//! uncommitted experiment: 0.44-0.45 of direct against this one's 0.42).
+//! so the gateway's own overhead (what this project controls) is told apart from the cost of
+//! hyper's HTTP/1 machinery, and beside `tcp_relay`, the cost of the extra hop itself (two more
+//! socket writes and reads per request, which no proxy avoids). A proxy that drives its upstream
+//! connection inside the client's task can do a little better (an uncommitted experiment:
+//! 0.44-0.45 of direct against this one's 0.42).
 //!
 //! ```text
 //! cargo run --release -p gateway --example bare_proxy -- 127.0.0.1:8081
