@@ -75,7 +75,7 @@ pub struct Edge<S> {
 }
 
 /// A fresh request id: a v4 UUID, hyphenated, encoded on the stack (no formatter, no `String`).
-fn new_request_id() -> HeaderValue {
+pub fn new_request_id() -> HeaderValue {
     let mut buf = uuid::Uuid::encode_buffer();
     let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
     HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))

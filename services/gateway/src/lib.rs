@@ -3,13 +3,18 @@
 //! - [`config`]: target groups and tuning from the environment.
 //! - [`targets`]: target groups, active health checks, the per-target sliding window.
 //! - [`balancer`]: weighted random choice and the automatic-target-weights rule (pure).
-//! - [`proxy`]: the streaming reverse proxy.
-//! - [`routes`]: the path rules and `GET /gateway/targets`.
+//! - [`h1`]: HTTP/1.1 message heads, body framing and chunked bodies on the wire.
+//! - [`proxy`]: one client connection: the path rules, the streaming forwarding, the gateway's
+//!   own routes.
+//! - [`server`]: the listener and the graceful drain.
+//! - [`routes`]: the gateway's own routes (`GET /gateway/targets`).
 
 pub mod balancer;
 pub mod config;
+pub mod h1;
 pub mod proxy;
 pub mod routes;
+pub mod server;
 pub mod targets;
 
 use crate::config::GatewayConfig;
@@ -64,6 +69,26 @@ impl Gateway {
         }
     }
 
+    /// The path rules, as on the ALB: `/product*` → product, `/shopping-cart*` → cart, and
+    /// `/credit-card-authorizer*` → authorizer only when exposed. Matched as whole segments
+    /// (`/product`, `/products`, `/product/...`, `/products/...`), which covers every path of the
+    /// contract; anything else is the gateway's own (its routes, or 404 with the error body).
+    pub fn group_for(&self, path: &str) -> Option<&Arc<TargetGroup>> {
+        let under = |prefix: &str| {
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        if under("/product") || under("/products") {
+            Some(&self.product)
+        } else if under("/shopping-cart") || under("/shopping-carts") {
+            Some(&self.cart)
+        } else if under("/credit-card-authorizer") {
+            self.cca.as_ref()
+        } else {
+            None
+        }
+    }
+
     pub fn groups(&self) -> Vec<Arc<TargetGroup>> {
         let mut groups = vec![Arc::clone(&self.product), Arc::clone(&self.cart)];
         if let Some(cca) = &self.cca {
@@ -93,7 +118,7 @@ impl Gateway {
     }
 }
 
-/// The whole app: the gateway's routes with the common layers.
+/// The gateway's own routes with the common layers (proxied paths never reach them).
 pub fn app(gateway: Arc<Gateway>, metrics: &Metrics) -> Router {
     let for_ready = Arc::clone(&gateway);
     let readiness = Readiness::new().check("targets", move || {
@@ -121,6 +146,7 @@ pub struct Application {
     port: u16,
     gateway: Arc<Gateway>,
     router: Router,
+    metrics: Metrics,
 }
 
 impl Application {
@@ -130,12 +156,14 @@ impl Application {
         let port = listener.local_addr()?.port();
         let gateway = Arc::new(Gateway::new(config));
         targets::initial_checks(&gateway.groups(), &gateway.client, &gateway.config.health).await;
-        let router = app(Arc::clone(&gateway), &Metrics::new());
+        let metrics = Metrics::new();
+        let router = app(Arc::clone(&gateway), &metrics);
         Ok(Self {
             listener,
             port,
             gateway,
             router,
+            metrics,
         })
     }
 
@@ -151,6 +179,12 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         self.gateway.spawn_background(&shutdown);
         let drain = self.gateway.config.service.shutdown_timeout;
-        common::shutdown::serve(self.listener, self.router, shutdown, drain).await
+        let shared = Arc::new(proxy::Shared::new(
+            Arc::clone(&self.gateway),
+            self.router,
+            self.metrics,
+            shutdown,
+        ));
+        server::serve(self.listener, shared, drain).await
     }
 }

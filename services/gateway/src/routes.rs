@@ -1,60 +1,19 @@
-//! The listener rules (as on the ALB) and `GET /gateway/targets`.
+//! The gateway's own route: `GET /gateway/targets`.
 
 use crate::config::AtwConfig;
-use crate::proxy;
-use crate::targets::{GroupSnapshot, TargetGroup};
+use crate::targets::GroupSnapshot;
 use crate::Gateway;
-use axum::extract::{Request, State};
-use axum::response::Response;
-use axum::routing::{any, get};
+use axum::extract::State;
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use std::sync::Arc;
 
-/// Path rules: `/product*` → product, `/shopping-cart*` → cart, and `/credit-card-authorizer*`
-/// → authorizer only when exposed. Matched as whole segments (`/product`, `/products`,
-/// `/product/...`, `/products/...`), which covers every path of the contract; anything else falls
-/// through to the common 404 with the error body.
+/// The gateway's own route; the path rules live in [`Gateway::group_for`].
 pub fn router(gateway: Arc<Gateway>) -> Router {
-    let mut router = Router::new().route("/gateway/targets", get(targets));
-    for prefix in ["/product", "/products"] {
-        router = router
-            .route(prefix, any(product))
-            .route(&format!("{prefix}/{{*rest}}"), any(product));
-    }
-    for prefix in ["/shopping-cart", "/shopping-carts"] {
-        router = router
-            .route(prefix, any(cart))
-            .route(&format!("{prefix}/{{*rest}}"), any(cart));
-    }
-    if gateway.cca.is_some() {
-        router = router
-            .route("/credit-card-authorizer", any(cca))
-            .route("/credit-card-authorizer/{*rest}", any(cca));
-    }
-    router.with_state(gateway)
-}
-
-async fn to_group(gateway: &Gateway, group: &TargetGroup, req: Request) -> Response {
-    proxy::forward(&gateway.client, gateway.upstream_timeout, group, req).await
-}
-
-async fn product(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    to_group(&gw, &gw.product, req).await
-}
-
-async fn cart(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    to_group(&gw, &gw.cart, req).await
-}
-
-async fn cca(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    match &gw.cca {
-        Some(group) => to_group(&gw, group, req).await,
-        None => axum::response::IntoResponse::into_response(common::ApiError::not_found(
-            "NOT_FOUND",
-            "no such route",
-        )),
-    }
+    Router::new()
+        .route("/gateway/targets", get(targets))
+        .with_state(gateway)
 }
 
 #[derive(Debug, Serialize)]

@@ -98,7 +98,17 @@ async fn upstream_echo(State(s): State<Arc<Upstream>>, req: Request) -> Response
         .into_response()
 }
 
+/// A chunked answer (hyper chunks a body of unknown length): three pieces, then the end.
+async fn upstream_stream() -> Response {
+    let pieces = ["alpha-", "beta-", "gamma"].map(|p| Ok::<_, std::io::Error>(p.to_string()));
+    Response::new(axum::body::Body::from_stream(futures::stream::iter(pieces)))
+}
+
 async fn start_upstream(id: &str) -> UpstreamHandle {
+    start_upstream_on(id, "127.0.0.1:0").await
+}
+
+async fn start_upstream_on(id: &str, addr: &str) -> UpstreamHandle {
     let state = Arc::new(Upstream {
         id: id.to_string(),
         healthy: AtomicBool::new(true),
@@ -108,9 +118,10 @@ async fn start_upstream(id: &str) -> UpstreamHandle {
     });
     let app = Router::new()
         .route("/health", get(upstream_health))
+        .route("/products/stream", get(upstream_stream))
         .fallback(upstream_echo)
         .with_state(Arc::clone(&state));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
         .expect("bind upstream");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
@@ -638,4 +649,146 @@ async fn fewer_than_three_healthy_targets_keep_equal_weights() {
     let (counts, _) = drive(&gw.base, 600, 4).await;
     assert!(share(&counts, "bad") > 0.3, "{counts:?}");
     assert_eq!(gw.gateway.product.targets[1].weight(), 1.0);
+}
+
+// ---------------------------------------------------------------- the wire, byte by byte
+
+/// Writes `request` on a fresh connection and reads until the gateway closes it.
+async fn raw(base: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the gateway closes the connection")
+        .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn pipelined_requests_chunked_bodies_and_http_1_0_clients_are_framed_correctly() {
+    let (p, c) = (
+        start_upstream("product-x").await,
+        start_upstream("cart-x").await,
+    );
+    let gw = start_gateway(config(&[&p], &[&c], &[&c])).await;
+    // A chunked request body, then a second request in the same write, then one that closes.
+    let answer = raw(
+        &gw.base,
+        "POST /shopping-carts/1/addItem HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: chunked\r\n\r\n\
+         4\r\nwiki\r\n6;ext=1\r\npedia!\r\n0\r\n\r\n\
+         GET /products/2?x=y HTTP/1.1\r\nHost: shop\r\n\r\n\
+         GET /products/stream HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let answers: Vec<&str> = answer.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 3, "{answer}");
+    assert!(answers[0].starts_with("200 OK\r\n"), "{answer}");
+    assert!(answers[0].contains(r#""body_len":10"#), "{answer}");
+    assert!(
+        answers[0].contains(r#""body_head":"wikipedia!""#),
+        "{answer}"
+    );
+    assert!(answers[1].contains(r#""path":"/products/2""#), "{answer}");
+    assert!(answers[1].contains(r#""query":"x=y""#), "{answer}");
+    assert!(
+        answers[2]
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{answer}"
+    );
+    assert!(
+        answers[2]
+            .to_ascii_lowercase()
+            .contains("connection: close"),
+        "{answer}"
+    );
+    assert!(
+        answers[2].ends_with("6\r\nalpha-\r\n5\r\nbeta-\r\n5\r\ngamma\r\n0\r\n\r\n"),
+        "{answer}"
+    );
+
+    // HTTP/1.0 cannot take chunks: the gateway sends the bare data and closes.
+    let answer = raw(&gw.base, "GET /products/stream HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("transfer-encoding"),
+        "{answer}"
+    );
+    assert!(answer.ends_with("\r\n\r\nalpha-beta-gamma"), "{answer}");
+
+    // reqwest decodes the passed-through chunks like any client.
+    let r = http()
+        .get(format!("{}/products/stream", gw.base))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.expect("body"), "alpha-beta-gamma");
+}
+
+#[tokio::test]
+async fn ambiguous_or_malformed_requests_get_a_4xx_error_body_and_reach_no_target() {
+    let (p, c) = (
+        start_upstream("product-x").await,
+        start_upstream("cart-x").await,
+    );
+    let gw = start_gateway(config(&[&p], &[&c], &[&c])).await;
+    let hits_before = p.hits() + c.hits();
+    for (request, status) in [
+        // the classic smuggling shapes
+        ("POST /products/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "400"),
+        ("POST /products/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", "400"),
+        ("POST /products/1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", "400"),
+        ("GET /products/1 HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n", "400"),
+        ("GET /products/1 HTTP/1.1\r\nHost: a\r\nX: a\r\n folded\r\n\r\n", "400"),
+        ("POST /products/1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "400"),
+    ] {
+        let answer = raw(&gw.base, request).await;
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status} ")), "{request:?}: {answer}");
+        assert!(answer.contains("connection: close\r\n"), "{answer}");
+        assert!(answer.contains("x-served-by: gateway-test\r\n"), "{answer}");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+        let body: serde_json::Value = serde_json::from_str(body).expect("error body");
+        assert!(body["error"].is_string() && body["message"].is_string(), "{body}");
+    }
+    let big = format!(
+        "GET /products/1 HTTP/1.1\r\nX: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    assert!(raw(&gw.base, &big).await.starts_with("HTTP/1.1 431 "));
+    assert_eq!(p.hits() + c.hits(), hits_before, "nothing reached a target");
+}
+
+#[tokio::test]
+async fn a_restarted_target_is_reconnected_without_a_client_visible_error() {
+    let (p, c) = (
+        start_upstream("product-1").await,
+        start_upstream("cart-x").await,
+    );
+    let addr = p.url.trim_start_matches("http://").to_string();
+    let gw = start_gateway(config(&[&p], &[&c], &[&c])).await;
+    let client = http();
+    let get = || client.get(format!("{}/products/1", gw.base)).send();
+    assert_eq!(served_by(&get().await.expect("request")), "product-1");
+    // The target goes away and comes back on the same address; the gateway's kept connection to
+    // the old one is dead.
+    p.stop.cancel();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let p2 = start_upstream_on("product-2", &addr).await;
+    let g = Arc::clone(&gw.gateway);
+    eventually(
+        "the target is healthy again",
+        Duration::from_secs(10),
+        || g.product.targets[0].is_healthy(),
+    )
+    .await;
+    for _ in 0..3 {
+        let r = get().await.expect("request");
+        assert_eq!(r.status(), 200);
+        assert_eq!(served_by(&r), "product-2");
+    }
+    assert_eq!(p2.hits(), 3);
 }
