@@ -149,6 +149,9 @@ pub struct Connection {
     resp_out: Vec<u8>,
     request_id: Vec<u8>,
     upstreams: Vec<Upstream>,
+    /// A child of the gateway's shutdown token. Waiting on the shared token itself would take its
+    /// lock from every connection on both cores for every request; a child has its own.
+    shutdown: CancellationToken,
 }
 
 fn reserve(buf: &mut BytesMut) {
@@ -173,6 +176,7 @@ fn timed_out(what: &str) -> io::Error {
 impl Connection {
     pub fn new(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) -> Self {
         Self {
+            shutdown: shared.shutdown.child_token(),
             shared,
             client,
             peer,
@@ -228,7 +232,7 @@ impl Connection {
                 // Between requests: shutdown closes an idle connection at once.
                 tokio::select! {
                     read = read_some(&mut self.client, &mut self.buf) => read?,
-                    () = self.shared.shutdown.cancelled() => return Ok(false),
+                    () = self.shutdown.cancelled() => return Ok(false),
                 }
             } else {
                 self.read_client().await?
@@ -368,7 +372,7 @@ impl Connection {
         keep_alive: bool,
         route: Option<&str>,
     ) -> Result<bool, Abort> {
-        let keep_alive = keep_alive && !self.shared.shutdown.is_cancelled();
+        let keep_alive = keep_alive && !self.shutdown.is_cancelled();
         let (parts, body) = response.into_parts();
         let body = body
             .collect()
@@ -667,7 +671,7 @@ impl Connection {
                                     .await
                             }
                         };
-                        let shutting_down = self.shared.shutdown.is_cancelled();
+                        let shutting_down = self.shutdown.is_cancelled();
                         let keep_alive = exchange.keep_alive
                             && !shutting_down
                             && framing != Framing::UntilClose
@@ -852,11 +856,13 @@ fn write_response_head(
     out.extend_from_slice(b"\r\n");
     let (mut has_id, mut has_served_by) = (false, false);
     let mut length: Option<&[u8]> = None;
+    let named = head.headers.iter().any(|h| h1::is(h, "connection"));
     for h in head.headers {
         if h1::is(h, "content-length") {
             length = Some(h.value);
         }
-        if h1::is_connection_specific(head.headers, h.name) {
+        if h1::is_hop_by_hop(h.name) || (named && h1::is_connection_specific(head.headers, h.name))
+        {
             continue;
         }
         has_id |= h1::is(h, "x-request-id");
@@ -967,6 +973,7 @@ fn prepare(
     let mut host: Option<&[u8]> = None;
     let mut forwarded_for: Vec<&[u8]> = Vec::new();
     let mut has_id = false;
+    let named = head.headers.iter().any(|h| h1::is(h, "connection"));
     for h in head.headers {
         if h1::is(h, "host") {
             host = Some(h.value);
@@ -974,7 +981,10 @@ fn prepare(
             forwarded_for.push(h.value.trim_ascii());
         }
         has_id |= h1::is(h, "x-request-id") && !h.value.is_empty();
-        if h1::is_connection_specific(head.headers, h.name) || is_forwarded_field(h.name) {
+        if h1::is_hop_by_hop(h.name)
+            || is_forwarded_field(h.name)
+            || (named && h1::is_connection_specific(head.headers, h.name))
+        {
             continue;
         }
         if h1::is(h, "x-request-id") && h.value.is_empty() {
