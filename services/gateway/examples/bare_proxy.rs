@@ -3,12 +3,12 @@
 //!
 //! The least such a proxy can do: accept a request, send it to one fixed upstream over hyper-util's
 //! pooled keep-alive client, stream the answer back. No routing, health checks, balancing,
-//! header rewriting, metrics or request ids. `scripts/bench.sh` measures it beside the gateway,
-//! so the gateway's own overhead (what this project controls) is told apart from the cost of
-//! hyper's HTTP/1 machinery, and beside `tcp_relay`, the cost of the extra hop itself (two more
-//! socket writes and reads per request, which no proxy avoids). A proxy that drives its upstream
-//! connection inside the client's task can do a little better (an uncommitted experiment:
-//! 0.44-0.45 of direct against this one's 0.42).
+//! header rewriting, metrics or request ids. `scripts/bench.sh` measures it beside the gateway
+//! and `tcp_relay` (the cost of the extra hop itself: two more socket writes and reads per
+//! request, which no proxy avoids). It is why the gateway forwards HTTP/1.1 by hand instead: on
+//! the 2-core bench machine this proxy reaches about 0.42 of direct, the gateway about the relay's
+//! ratio (docs/performance.md). A proxy that drives its upstream connection inside the client's
+//! task does only a little better (an uncommitted experiment: 0.44-0.45).
 //!
 //! ```text
 //! cargo run --release -p gateway --example bare_proxy -- 127.0.0.1:8081
