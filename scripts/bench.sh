@@ -172,10 +172,11 @@ if command -v wrk >/dev/null 2>&1 && [[ -n $CEIL_PORT ]]; then
   for round in $(seq 1 "$ROUNDS"); do
     c=$(wrk_rps ceiling "http://127.0.0.1:$CEIL_PORT")
     d=$(wrk_rps direct "http://127.0.0.1:$PRODUCT_PORT")
+    # The gateway right after direct: the pair with a target is measured closest together.
+    g=$(wrk_rps gateway "http://127.0.0.1:$GATEWAY_PORT")
     r=$(wrk_rps tcp_relay "http://127.0.0.1:$RELAY_PORT")
     b=$(wrk_rps bare_proxy "http://127.0.0.1:$BARE_PORT")
-    g=$(wrk_rps gateway "http://127.0.0.1:$GATEWAY_PORT")
-    echo "   round $round: ceiling $c, direct $d, tcp relay $r, bare proxy $b, gateway $g req/s" >&2
+    echo "   round $round: ceiling $c, direct $d, gateway $g, tcp relay $r, bare proxy $b req/s" >&2
     echo "${c:-0} ${d:-0} ${g:-0} ${b:-0} ${r:-0}" >>"$WORK/http.rounds"
   done
   sample_stop http
@@ -191,7 +192,7 @@ if command -v wrk >/dev/null 2>&1 && [[ -n $CEIL_PORT ]]; then
   read -r _ DIRECT CEILING < <(median_round 2 1)
   read -r _ GATEWAY GW_DIRECT < <(median_round 3 2)
   read -r _ BARE BARE_DIRECT < <(median_round 4 2)
-  read -r _ GW_BARE_G GW_BARE_B < <(median_round 3 4)
+  read -r _ GW_RELAY_G GW_RELAY_R < <(median_round 3 5)
   read -r _ RELAY RELAY_DIRECT < <(median_round 5 2)
   put http_ceiling "$CEILING"
   put http_direct "$DIRECT"
@@ -199,14 +200,14 @@ if command -v wrk >/dev/null 2>&1 && [[ -n $CEIL_PORT ]]; then
   put http_gw_direct "$GW_DIRECT"
   put http_bare "$BARE"
   put http_bare_direct "$BARE_DIRECT"
-  put http_gw_vs_bare_g "$GW_BARE_G"
-  put http_gw_vs_bare_b "$GW_BARE_B"
+  put http_gw_vs_relay_g "$GW_RELAY_G"
+  put http_gw_vs_relay_r "$GW_RELAY_R"
   put http_relay "$RELAY"
   put http_relay_direct "$RELAY_DIRECT"
   put http_rounds_direct "$(round_ratios 2 1)"
   put http_rounds_gateway "$(round_ratios 3 2)"
   put http_rounds_bare "$(round_ratios 4 2)"
-  put http_rounds_gw_bare "$(round_ratios 3 4)"
+  put http_rounds_gw_relay "$(round_ratios 3 5)"
   put http_rounds_relay "$(round_ratios 5 2)"
   # loadtest vs wrk, same server (http-ceiling) and settings.
   timeout $((SECS + 30)) "$BIN/loadtest" product --base-url "http://127.0.0.1:$CEIL_PORT" \
@@ -292,7 +293,7 @@ R_DIRECT=$(ratio "$(get http_direct)" "$(get http_ceiling)")
 R_GW=$(ratio "$(get http_gateway)" "$(get http_gw_direct)")
 R_BARE=$(ratio "$(get http_bare)" "$(get http_bare_direct)")
 R_RELAY=$(ratio "$(get http_relay)" "$(get http_relay_direct)")
-R_GW_BARE=$(ratio "$(get http_gw_vs_bare_g)" "$(get http_gw_vs_bare_b)")
+R_GW_RELAY=$(ratio "$(get http_gw_vs_relay_g)" "$(get http_gw_vs_relay_r)")
 R_CART=$(ratio "$(get cart_checkout)" "$(get cart_ceiling)")
 R_CART_SHALLOW=$(ratio "$(get cart_shallow_checkout)" "$(get cart_shallow_ceiling)")
 R_WH=$(ratio "$(get wh_drain)" "$(get wh_raw)")
@@ -328,14 +329,14 @@ host (loopback), $RUSTC, release profile. Load average at the end of the run: $(
 | product GET through the gateway (wrk; rounds $(get http_rounds_gateway)) | $(num "$(get http_gateway)") req/s | $(num "$(get http_gw_direct)") req/s direct | ${R_GW:-n/a} | ≥ 0.5 of direct | $(verdict "$R_GW" 0.5) |
 | for reference: a layer-4 TCP relay (examples/tcp_relay.rs; rounds $(get http_rounds_relay)) | $(num "$(get http_relay)") req/s | $(num "$(get http_relay_direct)") req/s direct | ${R_RELAY:-n/a} | none: the floor of the extra hop, for any proxy | — |
 | for reference: a bare hyper reverse proxy (examples/bare_proxy.rs; rounds $(get http_rounds_bare)) | $(num "$(get http_bare)") req/s | $(num "$(get http_bare_direct)") req/s direct | ${R_BARE:-n/a} | none: the floor of a proxy on hyper | — |
-| gateway against that bare proxy (rounds $(get http_rounds_gw_bare)) | $(num "$(get http_gw_vs_bare_g)") req/s | $(num "$(get http_gw_vs_bare_b)") req/s bare proxy | ${R_GW_BARE:-n/a} | none: the gateway's own overhead | — |
+| gateway against the TCP relay (rounds $(get http_rounds_gw_relay)) | $(num "$(get http_gw_vs_relay_g)") req/s | $(num "$(get http_gw_vs_relay_r)") req/s TCP relay | ${R_GW_RELAY:-n/a} | none: the gateway's cost beyond the hop | — |
 | checkout, cart direct (loadtest checkout, $(get cart_detail | tr '_' ' '); rounds $(get cart_rounds)) | $(num "$(get cart_checkout)") checkouts/s | $(num "$(get cart_ceiling)") msg/s raw confirmed publishes (publish_ceiling, 20 channels) | ${R_CART:-n/a} | ≥ 0.5 of raw publishes | $(verdict "$R_CART" 0.5) |
 | for reference: checkout against the broker with $(get cart_shallow_depth) publishes in flight (20 channels; rounds $(get cart_shallow_rounds)) | $(num "$(get cart_shallow_checkout)") checkouts/s | $(num "$(get cart_shallow_ceiling)") msg/s | ${R_CART_SHALLOW:-n/a} | none: the broker at the checkout's depth | — |
 | warehouse drain, $WH_MESSAGES orders | $(num "$(get wh_drain)") msg/s | $(num "$(get wh_raw)") msg/s raw consume+ack | ${R_WH:-n/a} | ≥ 0.9 of raw | $(verdict "$R_WH" 0.9) |
 | loadtest product vs wrk, against http-ceiling | $(num "$(get loadtest_ceiling)") req/s | $(num "$(get http_ceiling)") req/s wrk | ${R_LT:-n/a} | ≥ 0.9 of wrk | $(verdict "$R_LT" 0.9) |
 
 Each ratio is the median of $ROUNDS rounds; a round measures a figure and its ceiling back to back
-(HTTP: ceiling, direct, TCP relay, bare proxy, gateway; checkout: ceiling, then checkouts), and the row shows the median
+(HTTP: ceiling, direct, gateway, TCP relay, bare proxy; checkout: ceiling, then checkouts), and the row shows the median
 round's two figures, with every round's ratio in the first column.
 HTTP: wrk -t$THREADS -c$CONCURRENCY -d${SECS}s (2 s warm-up each), ids 1..1000 round-robin, the same
 settings for every server; loadtest product --threads $THREADS -c $CONCURRENCY -d ${SECS}s.
