@@ -529,226 +529,177 @@ impl Connection {
 
         let upstream_timeout = self.shared.gateway.upstream_timeout;
         let mut attempt = 0;
-        let (mut upstream, head_len, framing, status, reuse_upstream, keep_alive) = 'attempt: loop {
-            attempt += 1;
-            let (mut upstream, reused) = match self.upstream_for(&target).await {
-                Ok(u) => u,
-                Err(e) => {
-                    let keep = body_done && exchange.keep_alive;
-                    return self
-                        .upstream_failed(
-                            &exchange,
-                            group,
-                            &target,
-                            Failure::Io(e.to_string()),
-                            keep,
+        // Every way the attempt can fail before the answer starts is one `Step::Failed`, answered
+        // (502/504, counted) in one place below.
+        // A failure before the body was sent whole leaves the client's stream in an unknown place.
+        let keep_before_body = body_done && exchange.keep_alive;
+        let attempted: Result<(Upstream, usize, Framing, u16, bool, bool), Step> = async {
+            Ok('attempt: loop {
+                attempt += 1;
+                let (mut upstream, reused) = match self.upstream_for(&target).await {
+                    Ok(u) => u,
+                    Err(e) => {
+                        return Err(Step::Failed(Failure::Io(e.to_string()), keep_before_body));
+                    }
+                };
+                // Retry on a fresh connection only when nothing can have been processed twice.
+                let may_retry = reused && body_done && exchange.idempotent() && attempt == 1;
+                let sent = tokio::time::timeout(
+                    upstream_timeout,
+                    upstream.stream.write_all(&self.req_out),
+                )
+                .await;
+                match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) if may_retry => continue 'attempt,
+                    Ok(Err(e)) => {
+                        return Err(Step::Failed(Failure::Io(e.to_string()), keep_before_body));
+                    }
+                    Err(_) => return Err(Step::Failed(Failure::Timeout, keep_before_body)),
+                }
+                // The rest of the body, as the client sends it.
+                if !body_done {
+                    loop {
+                        if self.buf.is_empty() && self.read_client().await? == 0 {
+                            return Err(Step::Abort);
+                        }
+                        let used = match exchange.framing {
+                            Framing::Chunked => scanner.scan(&self.buf, None).map_err(|_| Abort)?,
+                            _ => usize::try_from(left)
+                                .unwrap_or(usize::MAX)
+                                .min(self.buf.len()),
+                        };
+                        let wrote = tokio::time::timeout(
+                            upstream_timeout,
+                            upstream.stream.write_all(&self.buf[..used]),
                         )
                         .await;
+                        self.buf.advance(used);
+                        if matches!(exchange.framing, Framing::Length(_)) {
+                            left -= used as u64;
+                        }
+                        match wrote {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                return Err(Step::Failed(Failure::Io(e.to_string()), false));
+                            }
+                            Err(_) => {
+                                return Err(Step::Failed(Failure::Timeout, false));
+                            }
+                        }
+                        let finished = match exchange.framing {
+                            Framing::Chunked => scanner.is_done(),
+                            _ => left == 0,
+                        };
+                        if finished {
+                            break;
+                        }
+                    }
                 }
-            };
-            // Retry on a fresh connection only when nothing can have been processed twice.
-            let may_retry = reused && body_done && exchange.idempotent() && attempt == 1;
-            let sent =
-                tokio::time::timeout(upstream_timeout, upstream.stream.write_all(&self.req_out))
-                    .await;
-            match sent {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) if may_retry => continue 'attempt,
-                Ok(Err(e)) => {
-                    let keep = body_done && exchange.keep_alive;
-                    return self
-                        .upstream_failed(
-                            &exchange,
-                            group,
-                            &target,
-                            Failure::Io(e.to_string()),
-                            keep,
-                        )
-                        .await;
-                }
-                Err(_) => {
-                    let keep = body_done && exchange.keep_alive;
-                    return self
-                        .upstream_failed(&exchange, group, &target, Failure::Timeout, keep)
-                        .await;
-                }
-            }
-            // The rest of the body, as the client sends it.
-            if !body_done {
+                // The response head; informational answers are passed on (or dropped for HTTP/1.0).
+                let deadline = tokio::time::Instant::now() + upstream_timeout;
                 loop {
-                    if self.buf.is_empty() && self.read_client().await? == 0 {
-                        return Err(Abort);
-                    }
-                    let used = match exchange.framing {
-                        Framing::Chunked => scanner.scan(&self.buf, None).map_err(|_| Abort)?,
-                        _ => usize::try_from(left)
-                            .unwrap_or(usize::MAX)
-                            .min(self.buf.len()),
-                    };
-                    let wrote = tokio::time::timeout(
-                        upstream_timeout,
-                        upstream.stream.write_all(&self.buf[..used]),
-                    )
-                    .await;
-                    self.buf.advance(used);
-                    if matches!(exchange.framing, Framing::Length(_)) {
-                        left -= used as u64;
-                    }
-                    match wrote {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            return self
-                                .upstream_failed(
-                                    &exchange,
-                                    group,
-                                    &target,
-                                    Failure::Io(e.to_string()),
-                                    false,
-                                )
-                                .await
+                    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    let parsed = h1::parse_response(&upstream.buf, &mut storage);
+                    match parsed {
+                        Ok(Some(head))
+                            if (100..200).contains(&head.status) && head.status != 101 =>
+                        {
+                            let len = head.len;
+                            if !exchange.http10 {
+                                self.resp_out.clear();
+                                self.resp_out.extend_from_slice(&upstream.buf[..len]);
+                                upstream.buf.advance(len);
+                                self.write_client().await?;
+                            } else {
+                                upstream.buf.advance(len);
+                            }
+                            continue;
                         }
-                        Err(_) => {
-                            return self
-                                .upstream_failed(&exchange, group, &target, Failure::Timeout, false)
-                                .await
+                        Ok(Some(head)) if head.status == 101 => {
+                            let detail = "the target switched protocols unasked".to_string();
+                            return Err(Step::Failed(Failure::Io(detail), exchange.keep_alive));
                         }
-                    }
-                    let finished = match exchange.framing {
-                        Framing::Chunked => scanner.is_done(),
-                        _ => left == 0,
-                    };
-                    if finished {
-                        break;
-                    }
-                }
-            }
-            // The response head; informational answers are passed on (or dropped for HTTP/1.0).
-            let deadline = tokio::time::Instant::now() + upstream_timeout;
-            loop {
-                let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let parsed = h1::parse_response(&upstream.buf, &mut storage);
-                match parsed {
-                    Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {
-                        let len = head.len;
-                        if !exchange.http10 {
-                            self.resp_out.clear();
-                            self.resp_out.extend_from_slice(&upstream.buf[..len]);
-                            upstream.buf.advance(len);
-                            self.write_client().await?;
-                        } else {
-                            upstream.buf.advance(len);
-                        }
-                        continue;
-                    }
-                    Ok(Some(head)) if head.status == 101 => {
-                        let detail = "the target switched protocols unasked".to_string();
-                        return self
-                            .upstream_failed(
-                                &exchange,
-                                group,
-                                &target,
-                                Failure::Io(detail),
-                                exchange.keep_alive,
-                            )
-                            .await;
-                    }
-                    Ok(Some(head)) => {
-                        let framing = match h1::response_framing(
-                            head.headers,
-                            head.status,
-                            exchange.method == Method::HEAD,
-                        ) {
-                            Ok(f) => f,
-                            Err(e) => {
-                                return self
-                                    .upstream_failed(
-                                        &exchange,
-                                        group,
-                                        &target,
+                        Ok(Some(head)) => {
+                            let framing = match h1::response_framing(
+                                head.headers,
+                                head.status,
+                                exchange.method == Method::HEAD,
+                            ) {
+                                Ok(f) => f,
+                                Err(e) => {
+                                    return Err(Step::Failed(
                                         Failure::Io(e.to_string()),
                                         exchange.keep_alive,
-                                    )
-                                    .await
-                            }
-                        };
-                        let shutting_down = self.shutdown.is_cancelled();
-                        let keep_alive = exchange.keep_alive
-                            && !shutting_down
-                            && framing != Framing::UntilClose
-                            && !(framing == Framing::Chunked && exchange.http10);
-                        let reuse = !head.http10
-                            && h1::keep_alive(head.headers, false)
-                            && framing != Framing::UntilClose;
-                        write_response_head(
-                            &mut self.resp_out,
-                            &head,
-                            framing,
-                            &exchange,
-                            keep_alive,
-                            &self.request_id,
-                            &self.shared.served_by,
-                        );
-                        let (len, status) = (head.len, head.status);
-                        break 'attempt (upstream, len, framing, status, reuse, keep_alive);
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        return self
-                            .upstream_failed(
+                                    ));
+                                }
+                            };
+                            let shutting_down = self.shutdown.is_cancelled();
+                            let keep_alive = exchange.keep_alive
+                                && !shutting_down
+                                && framing != Framing::UntilClose
+                                && !(framing == Framing::Chunked && exchange.http10);
+                            let reuse = !head.http10
+                                && h1::keep_alive(head.headers, false)
+                                && framing != Framing::UntilClose;
+                            write_response_head(
+                                &mut self.resp_out,
+                                &head,
+                                framing,
                                 &exchange,
-                                group,
-                                &target,
+                                keep_alive,
+                                &self.request_id,
+                                &self.shared.served_by,
+                            );
+                            let (len, status) = (head.len, head.status);
+                            break 'attempt (upstream, len, framing, status, reuse, keep_alive);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            return Err(Step::Failed(
                                 Failure::Io(e.to_string()),
                                 exchange.keep_alive,
-                            )
-                            .await
+                            ));
+                        }
                     }
-                }
-                reserve(&mut upstream.buf);
-                let read =
-                    tokio::time::timeout_at(deadline, upstream.stream.read_buf(&mut upstream.buf))
-                        .await;
-                match read {
-                    Ok(Ok(0)) | Ok(Err(_)) if may_retry && upstream.buf.is_empty() => {
-                        continue 'attempt
-                    }
-                    Ok(Ok(0)) => {
-                        let detail =
-                            "the target closed the connection before answering".to_string();
-                        return self
-                            .upstream_failed(
-                                &exchange,
-                                group,
-                                &target,
-                                Failure::Io(detail),
-                                exchange.keep_alive,
-                            )
-                            .await;
-                    }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        return self
-                            .upstream_failed(
-                                &exchange,
-                                group,
-                                &target,
+                    reserve(&mut upstream.buf);
+                    let read = tokio::time::timeout_at(
+                        deadline,
+                        upstream.stream.read_buf(&mut upstream.buf),
+                    )
+                    .await;
+                    match read {
+                        Ok(Ok(0)) | Ok(Err(_)) if may_retry && upstream.buf.is_empty() => {
+                            continue 'attempt
+                        }
+                        Ok(Ok(0)) => {
+                            let detail =
+                                "the target closed the connection before answering".to_string();
+                            return Err(Step::Failed(Failure::Io(detail), exchange.keep_alive));
+                        }
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            return Err(Step::Failed(
                                 Failure::Io(e.to_string()),
                                 exchange.keep_alive,
-                            )
-                            .await
-                    }
-                    Err(_) => {
-                        return self
-                            .upstream_failed(
-                                &exchange,
-                                group,
-                                &target,
-                                Failure::Timeout,
-                                exchange.keep_alive,
-                            )
-                            .await
+                            ));
+                        }
+                        Err(_) => {
+                            return Err(Step::Failed(Failure::Timeout, exchange.keep_alive));
+                        }
                     }
                 }
+            })
+        }
+        .await;
+        let (mut upstream, head_len, framing, status, reuse_upstream, keep_alive) = match attempted
+        {
+            Ok(answer) => answer,
+            Err(Step::Abort) => return Err(Abort),
+            Err(Step::Failed(failure, keep)) => {
+                return self
+                    .upstream_failed(&exchange, group, &target, failure, keep)
+                    .await
             }
         };
         target.record(status >= 500);
@@ -828,6 +779,19 @@ impl Connection {
 enum Failure {
     Timeout,
     Io(String),
+}
+
+/// How an attempt at a target ended without an answer to pass on.
+enum Step {
+    /// Answer the client with the failure (`bool`: whether its connection can stay open).
+    Failed(Failure, bool),
+    Abort,
+}
+
+impl From<Abort> for Step {
+    fn from(_: Abort) -> Self {
+        Self::Abort
+    }
 }
 
 fn push_connection(out: &mut Vec<u8>, keep_alive: bool, http10: bool) {
