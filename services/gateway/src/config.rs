@@ -157,6 +157,9 @@ pub struct GatewayConfig {
     pub upstream_timeout: Duration,
     /// `CONNECT_TIMEOUT_MS` (default 1000): TCP connect to a target, else 502.
     pub connect_timeout: Duration,
+    /// `HEADER_TIMEOUT_MS` (default 30000): from a request head's first byte to its last, else
+    /// 408 and the connection closes, so a client trickling a head cannot hold a connection.
+    pub header_timeout: Duration,
     pub health: HealthCheckConfig,
     pub atw: AtwConfig,
 }
@@ -202,6 +205,7 @@ impl GatewayConfig {
             expose_cca: env::flag("EXPOSE_CCA", false)?,
             upstream_timeout: positive_millis("UPSTREAM_TIMEOUT_MS", Duration::from_secs(10))?,
             connect_timeout: positive_millis("CONNECT_TIMEOUT_MS", Duration::from_secs(1))?,
+            header_timeout: positive_millis("HEADER_TIMEOUT_MS", Duration::from_secs(30))?,
             health,
             atw,
         })
@@ -218,6 +222,7 @@ impl GatewayConfig {
             expose_cca: false,
             upstream_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_millis(500),
+            header_timeout: Duration::from_secs(30),
             health: HealthCheckConfig {
                 interval: Duration::from_millis(100),
                 timeout: Duration::from_millis(500),

@@ -41,6 +41,8 @@ pub enum HeadError {
     Malformed(httparse::Error),
     #[error("ambiguous or unsupported body framing: {0}")]
     Framing(&'static str),
+    #[error("the request head did not arrive whole within {0:?}")]
+    TimedOut(std::time::Duration),
 }
 
 impl From<httparse::Error> for HeadError {

@@ -12,7 +12,8 @@
 //!   before reuse; an idempotent request that meets a closed reused connection is retried once on a
 //!   fresh one (RFC 9110 §9.2.2), anything else gets a 502.
 //! - Time limits: connecting (502), the upstream's response head (504) and each upstream read
-//!   after it; the client gets [`CLIENT_IDLE_TIMEOUT`] per read or write, as the ALB's idle timeout.
+//!   after it; the client gets [`CLIENT_IDLE_TIMEOUT`] per read or write, as the ALB's idle timeout,
+//!   and `HEADER_TIMEOUT_MS` for a whole request head once it has started (408).
 //! - Every proxied answer counts against its target ([`Target::record`]): 5xx, connection errors
 //!   and timeouts as errors, which drives the automatic target weights.
 
@@ -211,6 +212,7 @@ impl Connection {
 
     /// One request and its answer; `Ok(true)` to read another from this connection.
     async fn serve_one(&mut self) -> Result<bool, Abort> {
+        let mut head_deadline = None;
         let (exchange, route) = loop {
             if !self.buf.is_empty() {
                 match prepare(
@@ -235,7 +237,16 @@ impl Connection {
                     () = self.shutdown.cancelled() => return Ok(false),
                 }
             } else {
-                self.read_client().await?
+                // Part of a head is here: the rest must follow within the header timeout, or a
+                // client sending a byte now and then would hold the connection indefinitely
+                // (each read alone stays within the idle timeout).
+                let limit = self.shared.gateway.config.header_timeout;
+                let deadline =
+                    *head_deadline.get_or_insert_with(|| tokio::time::Instant::now() + limit);
+                match tokio::time::timeout_at(deadline, self.read_client()).await {
+                    Ok(read) => read?,
+                    Err(_) => return self.refuse_head(HeadError::TimedOut(limit)).await,
+                }
             };
             if read == 0 {
                 return Ok(false);
@@ -274,6 +285,11 @@ impl Connection {
             HeadError::Malformed(_) | HeadError::Framing(_) => {
                 ApiError::bad_request("BAD_REQUEST", e.to_string())
             }
+            HeadError::TimedOut(_) => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "REQUEST_TIMEOUT",
+                e.to_string(),
+            ),
         };
         let exchange = Exchange {
             started: Instant::now(),

@@ -763,6 +763,61 @@ async fn ambiguous_or_malformed_requests_get_a_4xx_error_body_and_reach_no_targe
 }
 
 #[tokio::test]
+async fn a_request_head_trickled_byte_by_byte_gets_408_at_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (p, c) = (
+        start_upstream("product-x").await,
+        start_upstream("cart-x").await,
+    );
+    let mut cfg = config(&[&p], &[&c], &[&c]);
+    cfg.header_timeout = Duration::from_millis(400);
+    let gw = start_gateway(cfg).await;
+    let addr = gw.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut reader, mut writer) = stream.split();
+    let started = std::time::Instant::now();
+    // One byte every 50 ms: each read is well within the idle timeout, the head never ends.
+    let trickle = async {
+        for byte in b"GET /products/1 HTTP/1.1\r\nHost: shop\r\nX-Slow: "
+            .iter()
+            .cycle()
+        {
+            if writer.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let mut answer = Vec::new();
+    let read = async {
+        let _ = reader.read_to_end(&mut answer).await;
+    };
+    tokio::select! {
+        () = read => {}
+        () = trickle => {}
+        () = tokio::time::sleep(Duration::from_secs(5)) => panic!("no answer after 5 s"),
+    }
+    let elapsed = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    assert!(answer.contains(r#""error":"REQUEST_TIMEOUT""#), "{answer}");
+    assert!(
+        elapsed >= Duration::from_millis(400) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+    assert_eq!(p.hits(), 0, "nothing reached a target");
+
+    // A head that arrives whole in time is served as usual.
+    let answer = raw(
+        &gw.base,
+        "GET /products/1 HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+}
+
+#[tokio::test]
 async fn a_restarted_target_is_reconnected_without_a_client_visible_error() {
     let (p, c) = (
         start_upstream("product-1").await,
