@@ -40,6 +40,7 @@ use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::error::Elapsed;
 use tower::ServiceExt;
 
 /// The ALB's default idle timeout: how long a client may keep the gateway waiting on a read or a
@@ -103,6 +104,15 @@ impl Upstream {
     fn is_stale(&self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         !self.buf.is_empty() || self.stream.poll_read_ready(&mut cx).is_ready()
+    }
+
+    /// Reads more of the target's answer into `buf` by `deadline`; `Ok(Ok(0))` at its EOF.
+    async fn read_more(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> Result<io::Result<usize>, Elapsed> {
+        reserve(&mut self.buf);
+        tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await
     }
 }
 
@@ -678,12 +688,7 @@ impl Connection {
                             ));
                         }
                     }
-                    reserve(&mut upstream.buf);
-                    let read = tokio::time::timeout_at(
-                        deadline,
-                        upstream.stream.read_buf(&mut upstream.buf),
-                    )
-                    .await;
+                    let read = upstream.read_more(deadline).await;
                     match read {
                         Ok(Ok(0)) | Ok(Err(_)) if may_retry && upstream.buf.is_empty() => {
                             continue 'attempt
@@ -767,12 +772,9 @@ impl Connection {
             if finished {
                 break;
             }
-            reserve(&mut upstream.buf);
-            let read = tokio::time::timeout(
-                upstream_timeout,
-                upstream.stream.read_buf(&mut upstream.buf),
-            )
-            .await;
+            let read = upstream
+                .read_more(tokio::time::Instant::now() + upstream_timeout)
+                .await;
             match read {
                 Ok(Ok(0)) if framing == Framing::UntilClose => break,
                 Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(Abort),
