@@ -161,6 +161,17 @@ fn config(
     GatewayConfig::for_tests(&urls(product), &urls(cart), &urls(cca)).expect("valid targets")
 }
 
+/// Targets "product-x" (the product group) and "cart-x" (the cart group, and the authorizer's
+/// should it be exposed), with a test configuration pointing at them.
+async fn product_and_cart() -> (UpstreamHandle, UpstreamHandle, GatewayConfig) {
+    let (p, c) = (
+        start_upstream("product-x").await,
+        start_upstream("cart-x").await,
+    );
+    let cfg = config(&[&p], &[&c], &[&c]);
+    (p, c, cfg)
+}
+
 async fn start_gateway(config: GatewayConfig) -> TestGateway {
     let app = Application::build(config).await.expect("gateway builds");
     let base = format!("http://127.0.0.1:{}", app.port());
@@ -317,11 +328,8 @@ async fn expose_cca_routes_the_authorizer() {
 
 #[tokio::test]
 async fn method_path_query_headers_and_body_are_preserved_and_forwarded_for_is_added() {
-    let (p, c) = (
-        start_upstream("product-x").await,
-        start_upstream("cart-x").await,
-    );
-    let gw = start_gateway(config(&[&p], &[&c], &[&c])).await;
+    let (_p, _c, cfg) = product_and_cart().await;
+    let gw = start_gateway(cfg).await;
     // Bigger than any socket buffer, so it has to stream through.
     let body: Vec<u8> = std::iter::repeat_n(b"0123456789abcdef".as_slice(), 32 * 1024)
         .flatten()
@@ -382,11 +390,7 @@ async fn method_path_query_headers_and_body_are_preserved_and_forwarded_for_is_a
 
 #[tokio::test]
 async fn slow_upstream_gets_504_and_dead_upstream_gets_502_both_counted_as_errors() {
-    let (p, c) = (
-        start_upstream("product-x").await,
-        start_upstream("cart-x").await,
-    );
-    let mut cfg = config(&[&p], &[&c], &[&c]);
+    let (p, c, mut cfg) = product_and_cart().await;
     cfg.upstream_timeout = Duration::from_millis(300);
     // Slow health checks, so the dead target is still registered healthy when we call it.
     cfg.health.interval = Duration::from_secs(30);
@@ -669,11 +673,8 @@ async fn raw(base: &str, request: &str) -> String {
 
 #[tokio::test]
 async fn pipelined_requests_chunked_bodies_and_http_1_0_clients_are_framed_correctly() {
-    let (p, c) = (
-        start_upstream("product-x").await,
-        start_upstream("cart-x").await,
-    );
-    let gw = start_gateway(config(&[&p], &[&c], &[&c])).await;
+    let (_p, _c, cfg) = product_and_cart().await;
+    let gw = start_gateway(cfg).await;
     // A chunked request body, then a second request in the same write, then one that closes.
     let answer = raw(
         &gw.base,
@@ -731,11 +732,8 @@ async fn pipelined_requests_chunked_bodies_and_http_1_0_clients_are_framed_corre
 
 #[tokio::test]
 async fn ambiguous_or_malformed_requests_get_a_4xx_error_body_and_reach_no_target() {
-    let (p, c) = (
-        start_upstream("product-x").await,
-        start_upstream("cart-x").await,
-    );
-    let gw = start_gateway(config(&[&p], &[&c], &[&c])).await;
+    let (p, c, cfg) = product_and_cart().await;
+    let gw = start_gateway(cfg).await;
     let hits_before = p.hits() + c.hits();
     for (request, status) in [
         // the classic smuggling shapes
@@ -765,17 +763,13 @@ async fn ambiguous_or_malformed_requests_get_a_4xx_error_body_and_reach_no_targe
 #[tokio::test]
 async fn a_request_head_trickled_byte_by_byte_gets_408_at_the_header_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (p, c) = (
-        start_upstream("product-x").await,
-        start_upstream("cart-x").await,
-    );
-    let mut cfg = config(&[&p], &[&c], &[&c]);
+    let (p, _c, mut cfg) = product_and_cart().await;
     cfg.header_timeout = Duration::from_millis(400);
     let gw = start_gateway(cfg).await;
     let addr = gw.base.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut reader, mut writer) = stream.split();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     // One byte every 50 ms: each read is well within the idle timeout, the head never ends.
     let trickle = async {
         for byte in b"GET /products/1 HTTP/1.1\r\nHost: shop\r\nX-Slow: "
