@@ -9,9 +9,13 @@
 #            layer-4 byte relay (services/gateway/examples/tcp_relay.rs); R rounds.
 #   broker : publish_ceiling (20 channels) with 64, 3 and 1 unconfirmed publishes per channel:
 #            the broker's CPU per confirmed message against how many are in flight.
+#   checkout: `loadtest checkout -c 64` against cart-service (with product-service and the
+#            authorizer, DECLINE_RATE=0, its own queue): CPU per confirmed checkout of RabbitMQ,
+#            the cart, the authorizer and the load tester, over SECONDS of steady checkouts
+#            (counted by the cart's checkouts_confirmed_total; the untimed setup is left out).
 #
-# Usage: scripts/cpu-per-request.sh [-d SECONDS] [-r ROUNDS] [-n MESSAGES] [http|broker]...
-# Defaults: -d 5 -r 3 -n 40000, both parts. Builds nothing: run scripts/bench.sh (or the
+# Usage: scripts/cpu-per-request.sh [-d SECONDS] [-r ROUNDS] [-n MESSAGES] [http|broker|checkout]...
+# Defaults: -d 5 -r 3 -n 40000, all three parts. Builds nothing: run scripts/bench.sh (or the
 # release build) first. Loopback only; everything started is stopped on exit.
 set -euo pipefail
 
@@ -27,7 +31,7 @@ while getopts "d:r:n:h" opt; do
   esac
 done
 shift $((OPTIND - 1))
-PARTS=(http broker)
+PARTS=(http broker checkout)
 if (($#)); then PARTS=("$@"); fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,8 +41,13 @@ WORK=$(mktemp -d)
 PIDS=()
 # shellcheck source=scripts/lib/bench.sh
 source scripts/lib/bench.sh
+CHECKOUT_QUEUE=""
 cleanup() {
   stop_pids
+  if [[ -n $CHECKOUT_QUEUE ]]; then
+    timeout 30 "$BIN/examples/publish_ceiling" --delete "$CHECKOUT_QUEUE" >/dev/null 2>&1 ||
+      echo "warning: could not delete $CHECKOUT_QUEUE (rabbitmqctl delete_queue $CHECKOUT_QUEUE)" >&2
+  fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
@@ -117,10 +126,65 @@ broker_part() {
   done
 }
 
+# The cart's count of confirmed checkouts (0 before the first).
+confirmed_checkouts() {
+  curl -s "http://127.0.0.1:$1/metrics" | awk '$1 == "checkouts_confirmed_total" { print $2; f = 1 } END { if (!f) print 0 }'
+}
+
+checkout_part() {
+  # shellcheck source=scripts/lib/rabbitmq.sh
+  source scripts/lib/rabbitmq.sh
+  ensure_rabbitmq
+  local beam product_port cca_port cart_port cart cca load n0 n1 b0 b1 c0 c1 a0 a1 l0 l1 s0 s1 t0 t1
+  beam=$(pgrep -f beam.smp | head -1)
+  [[ -n $beam ]] || { echo "no local RabbitMQ process (beam.smp) to measure" >&2; exit 1; }
+  product_port=$(free_port)
+  cca_port=$(free_port)
+  cart_port=$(free_port)
+  spawn_ready product "$product_port" product-service SEED_PRODUCTS=1000 FAILURE_RATE=0
+  spawn_ready cca "$cca_port" credit-card-authorizer DECLINE_RATE=0
+  cca=$SPAWNED_PID
+  CHECKOUT_QUEUE="bench_cpu_$$"
+  spawn_ready cart "$cart_port" cart-service ORDER_QUEUE="$CHECKOUT_QUEUE" \
+    PRODUCT_URL="http://127.0.0.1:$product_port" CCA_URL="http://127.0.0.1:$cca_port"
+  cart=$SPAWNED_PID
+  echo "== checkout: loadtest checkout -c 64 against the cart, ${SECS}s of steady checkouts, $ROUNDS rounds"
+  for _ in $(seq 1 "$ROUNDS"); do
+    timeout 60 "$BIN/examples/publish_ceiling" --purge "$CHECKOUT_QUEUE" >/dev/null
+    # Enough carts for a second of warm-up and SECS measured at up to 10k checkouts/s.
+    "$BIN/loadtest" checkout --base-url "http://127.0.0.1:$cart_port" --requests $(((SECS + 3) * 10000)) \
+      --concurrency 64 --duration "$((SECS + 60))s" --products 1000 --quiet >"$WORK/loadtest.out" 2>&1 &
+    load=$!
+    PIDS+=("$load")
+    # The setup (untimed carts) is over once checkouts are confirmed; then a second of warm-up.
+    n0=$(confirmed_checkouts "$cart_port")
+    for _ in $(seq 1 1200); do
+      [[ $(confirmed_checkouts "$cart_port") != "$n0" ]] && break
+      sleep 0.05
+    done
+    sleep 1
+    n0=$(confirmed_checkouts "$cart_port"); t0=$(now_ms)
+    b0=$(ticks "$beam"); c0=$(ticks "$cart"); a0=$(ticks "$cca"); l0=$(ticks "$load"); s0=$(sys_ticks)
+    sleep "$SECS"
+    n1=$(confirmed_checkouts "$cart_port"); t1=$(now_ms)
+    b1=$(ticks "$beam"); c1=$(ticks "$cart"); a1=$(ticks "$cca"); l1=$(ticks "$load"); s1=$(sys_ticks)
+    kill "$load" 2>/dev/null || true
+    wait "$load" 2>/dev/null || true
+    awk -v n=$((n1 - n0)) -v ms=$((t1 - t0)) -v tick="$TICK_US" -v b=$((b1 - b0)) -v c=$((c1 - c0)) \
+      -v a=$((a1 - a0)) -v l=$((l1 - l0)) -v s0="$s0" -v s1="$s1" 'BEGIN {
+        if (n <= 0) { print "  no checkouts confirmed in the window"; exit 1 }
+        split(s0, x, " "); split(s1, y, " ")
+        sq = (y[1] - x[1]) * tick / n; id = (y[2] - x[2]) * tick / n
+        printf "  %6.0f checkouts/s | CPU us/checkout: RabbitMQ %5.1f, cart %5.1f, authorizer %4.1f, loadtest %4.1f, softirq %4.1f (idle %5.1f) = %5.1f\n",
+          n * 1000 / ms, b * tick / n, c * tick / n, a * tick / n, l * tick / n, sq, id, (b + c + a + l) * tick / n + sq }'
+  done
+}
+
 for part in "${PARTS[@]}"; do
   case "$part" in
     http) http_part ;;
     broker) broker_part ;;
-    *) echo "unknown part: $part (http or broker)" >&2; exit 2 ;;
+    checkout) checkout_part ;;
+    *) echo "unknown part: $part (http, broker or checkout)" >&2; exit 2 ;;
   esac
 done
