@@ -57,8 +57,7 @@ cleanup() {
   if [[ -n $SAMPLER ]]; then kill "$SAMPLER" 2>/dev/null || true; fi
   stop_pids
   if [[ $QUEUE_CREATED == 1 ]]; then
-    timeout 30 "$BIN/examples/publish_ceiling" --delete "$QUEUE" >/dev/null 2>&1 ||
-      echo "warning: could not delete $QUEUE (rabbitmqctl delete_queue $QUEUE)" >&2
+    delete_bench_queue "$QUEUE"
   fi
   rm -rf "$WORK"
 }

@@ -71,8 +71,7 @@ cleanup() {
   if [[ -n $SAMPLER ]]; then kill "$SAMPLER" 2>/dev/null || true; fi
   stop_pids
   if [[ -n $WH_QUEUE ]]; then
-    timeout 30 "$BIN/examples/publish_ceiling" --delete "$WH_QUEUE" >/dev/null 2>&1 ||
-      echo "warning: could not delete $WH_QUEUE" >&2
+    delete_bench_queue "$WH_QUEUE"
   fi
   rm -rf "$WORK"
 }

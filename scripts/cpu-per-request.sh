@@ -45,8 +45,7 @@ CHECKOUT_QUEUE=""
 cleanup() {
   stop_pids
   if [[ -n $CHECKOUT_QUEUE ]]; then
-    timeout 30 "$BIN/examples/publish_ceiling" --delete "$CHECKOUT_QUEUE" >/dev/null 2>&1 ||
-      echo "warning: could not delete $CHECKOUT_QUEUE (rabbitmqctl delete_queue $CHECKOUT_QUEUE)" >&2
+    delete_bench_queue "$CHECKOUT_QUEUE"
   fi
   rm -rf "$WORK"
 }
@@ -104,13 +103,21 @@ http_part() {
   done
 }
 
-broker_part() {
+# Starts the local RabbitMQ if it is down and prints its process id (beam.smp), whose CPU the
+# broker and checkout parts measure; exits if there is no local broker process.
+local_broker_pid() {
   # shellcheck source=scripts/lib/rabbitmq.sh
   source scripts/lib/rabbitmq.sh
-  ensure_rabbitmq
-  local beam b0 b1 s0 s1 window
+  ensure_rabbitmq >&2
+  local beam
   beam=$(pgrep -f beam.smp | head -1)
   [[ -n $beam ]] || { echo "no local RabbitMQ process (beam.smp) to measure" >&2; exit 1; }
+  echo "$beam"
+}
+
+broker_part() {
+  local beam b0 b1 s0 s1 window
+  beam=$(local_broker_pid)
   echo "== broker: publish_ceiling, $MESSAGES persistent order messages over 20 confirm channels"
   for window in 64 3 1; do
     b0=$(ticks "$beam"); s0=$(sys_ticks)
@@ -132,12 +139,8 @@ confirmed_checkouts() {
 }
 
 checkout_part() {
-  # shellcheck source=scripts/lib/rabbitmq.sh
-  source scripts/lib/rabbitmq.sh
-  ensure_rabbitmq
   local beam product_port cca_port cart_port cart cca load n0 n1 b0 b1 c0 c1 a0 a1 l0 l1 s0 s1 t0 t1
-  beam=$(pgrep -f beam.smp | head -1)
-  [[ -n $beam ]] || { echo "no local RabbitMQ process (beam.smp) to measure" >&2; exit 1; }
+  beam=$(local_broker_pid)
   product_port=$(free_port)
   cca_port=$(free_port)
   cart_port=$(free_port)

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Helpers shared by the benchmark scripts (bench*.sh, cpu-per-request.sh). The caller sets BIN
-# (the release binaries; spawn_ready only), WORK (a scratch directory for logs) and PIDS (the
+# (the release binaries: spawn_ready, delete_bench_queue), WORK (a scratch directory for logs) and PIDS (the
 # processes it started, which stop_pids stops).
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -46,6 +46,13 @@ port_from_log() {
     sleep 0.1
   done
   echo "$port"
+}
+
+# delete_bench_queue QUEUE: deletes a benchmark's queue (and its .dlq/.dlx) with
+# $BIN/examples/publish_ceiling; warns, never fails, so a cleanup trap carries on.
+delete_bench_queue() {
+  timeout 30 "$BIN/examples/publish_ceiling" --delete "$1" >/dev/null 2>&1 ||
+    echo "warning: could not delete $1 (rabbitmqctl delete_queue $1)" >&2
 }
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
