@@ -102,4 +102,9 @@ RATIO=$(awk -v l="$L" -v w="$W" 'BEGIN { if (w > 0) printf "%.3f", l / w; else p
 printf 'wrk      : %.0f req/s\n' "$W"
 printf 'loadtest : %.0f req/s\n' "$L"
 echo "ratio loadtest/wrk: $RATIO (target >= 0.9)"
-awk -v r="$RATIO" 'BEGIN { exit !(r >= 0.9) }' && echo "OK" || { echo "BELOW TARGET"; exit 3; }
+if awk -v r="$RATIO" 'BEGIN { exit !(r >= 0.9) }'; then
+  echo "OK"
+else
+  echo "BELOW TARGET"
+  exit 3
+fi

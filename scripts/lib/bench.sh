@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Helpers shared by the benchmark scripts (bench*.sh, cpu-per-request.sh). The caller sets BIN
-# (the release binaries: spawn_ready, delete_bench_queue), WORK (a scratch directory for logs) and PIDS (the
-# processes it started, which stop_pids stops).
+# (the release binaries: spawn_ready, delete_bench_queue), WORK (a scratch directory for logs)
+# and PIDS (the processes it started, which stop_pids stops).
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
