@@ -118,6 +118,44 @@ pub fn parse_amqp_url(v: &str) -> Result<String, String> {
     }
 }
 
+/// Hides the password of a URL (`scheme://user:password@host/...`) for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let creds = &url[scheme_end + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A URL whose scheme is one of `schemes` (e.g. `postgres://`, `redis://`).
+pub fn parse_url_with_scheme(v: &str, schemes: &[&str]) -> Result<String, String> {
+    let ok = schemes.iter().any(|scheme| {
+        v.strip_prefix(scheme)
+            .and_then(|rest| rest.strip_prefix("://"))
+            .is_some_and(|rest| !rest.is_empty())
+    });
+    if ok {
+        Ok(v.to_string())
+    } else {
+        let expected: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
+        Err(format!("expected a {} URL", expected.join(" or ")))
+    }
+}
+
+/// An optional URL variable: unset means "not configured" (`None`), set but wrong is an error.
+/// The error shows the value with its password hidden.
+pub fn optional_url(name: &'static str, schemes: &[&str]) -> Result<Option<String>, ConfigError> {
+    match raw(name) {
+        None => Ok(None),
+        Some(value) => parse_url_with_scheme(value.trim(), schemes)
+            .map(Some)
+            .map_err(|reason| ConfigError::new(name, redact_url(&value), reason)),
+    }
+}
+
 /// A duration in milliseconds, e.g. `CCA_TIMEOUT_MS=2000`.
 pub fn millis(name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
     parse_with(name, raw(name).as_deref(), default, |v| {
@@ -248,5 +286,23 @@ mod tests {
         assert!(parse_bool("maybe").is_err());
         assert!(parse_amqp_url("amqps://u:p@host:5671/%2f").is_ok());
         assert!(parse_amqp_url("http://host").is_err());
+    }
+
+    #[test]
+    fn store_urls_are_checked_and_redacted() {
+        let pg = ["postgres", "postgresql"];
+        assert!(parse_url_with_scheme("postgres://u@h:5432/shop", &pg).is_ok());
+        assert!(parse_url_with_scheme("postgresql://h/shop", &pg).is_ok());
+        assert!(parse_url_with_scheme("postgres://", &pg).is_err());
+        let err = parse_url_with_scheme("mysql://h/shop", &pg).unwrap_err();
+        assert!(err.contains("postgres:// or postgresql://"), "{err}");
+        assert_eq!(
+            redact_url("redis://:s3cret@cache:6379/0"),
+            "redis://:***@cache:6379/0"
+        );
+        std::env::set_var("COMMON_TEST_BAD_URL", "http://user:s3cret@host");
+        let err = optional_url("COMMON_TEST_BAD_URL", &["redis"]).unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        assert_eq!(optional_url("COMMON_TEST_UNSET_URL", &["redis"]), Ok(None));
     }
 }

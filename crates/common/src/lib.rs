@@ -8,6 +8,10 @@
 //!   `/health`, `/ready` and `/metrics`, and a server that drains gracefully on SIGTERM.
 //! - [`messaging`] (feature `amqp`): the order message and the queue topology, declared identically
 //!   by the cart and the warehouse.
+//! - [`store`]: PostgreSQL (feature `postgres`) and Redis (feature `redis`) connections with
+//!   start-up migrations, readiness pings and the one "store unavailable" 503.
+//! - `testing` (feature `test-support`): a database and a Redis key prefix per test, and a TCP
+//!   proxy that cuts a dependency away under a running service.
 
 pub mod card;
 pub mod config;
@@ -18,7 +22,10 @@ pub mod healthcheck;
 pub mod http;
 pub mod metrics;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 #[cfg(feature = "amqp")]
 pub mod messaging;

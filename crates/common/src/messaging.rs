@@ -46,17 +46,8 @@ pub fn with_frame_max(url: &str) -> String {
     }
 }
 
-/// Hides the password of an AMQP URL for logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let creds = &url[scheme_end + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
+/// Hides the password of an AMQP URL for logs (the same redaction as every store URL).
+pub use crate::config::redact_url;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueType {

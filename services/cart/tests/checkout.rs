@@ -241,7 +241,7 @@ fn close_connections_named(fragment: &str) -> usize {
 async fn broker_down_fails_fast_and_recovers_without_a_restart() {
     let proxy = FaultyProxy::start("127.0.0.1:5672").await;
     let app = spawn_app_with(Options {
-        amqp_url: Some(proxy.url()),
+        amqp_url: Some(support::amqp_url_via(&proxy)),
         ..Options::default()
     })
     .await;
@@ -280,7 +280,7 @@ async fn broker_down_fails_fast_and_recovers_without_a_restart() {
 async fn a_retry_after_an_unconfirmed_publish_republishes_the_same_order() {
     let proxy = FaultyProxy::start("127.0.0.1:5672").await;
     let app = spawn_app_with(Options {
-        amqp_url: Some(proxy.url()),
+        amqp_url: Some(support::amqp_url_via(&proxy)),
         confirm_timeout: Duration::from_millis(700),
         ..Options::default()
     })

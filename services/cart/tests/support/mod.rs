@@ -1,7 +1,7 @@
 //! Spawns the real cart with the real product service and card authorizer on ephemeral ports,
 //! publishing to the real RabbitMQ on a queue of its own, plus a TCP proxy in front of the broker
 //! that can stall or cut the connection.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use cart_service::{configuration::Settings, Application};
 use common::config::ServiceConfig;
@@ -12,9 +12,6 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 pub const CARD: &str = "4111-1111-1111-1111";
 
@@ -244,116 +241,9 @@ pub async fn error_body(resp: reqwest::Response) -> Value {
     body
 }
 
-/// A free port nobody listens on.
-pub async fn dead_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("addr").port()
-}
+pub use common::testing::{dead_port, FaultyProxy, Mode};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Pass,
-    /// Bytes from the broker are held back: publishes arrive, confirms do not.
-    Stall,
-    /// Every connection is closed and new ones are refused: the broker is "down".
-    Cut,
-}
-
-/// A TCP proxy in front of the real broker, to put network faults between the cart and it.
-pub struct FaultyProxy {
-    pub port: u16,
-    mode: watch::Sender<Mode>,
-}
-
-impl FaultyProxy {
-    pub async fn start(upstream: &'static str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let (mode, _) = watch::channel(Mode::Pass);
-        let modes = mode.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                if *modes.borrow() == Mode::Cut {
-                    drop(client);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(upstream).await else {
-                    continue;
-                };
-                tokio::spawn(pipe(client, server, modes.subscribe()));
-            }
-        });
-        Self { port, mode }
-    }
-
-    pub fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-
-    pub fn set(&self, mode: Mode) {
-        self.mode.send_replace(mode);
-    }
-}
-
-async fn pipe(client: TcpStream, server: TcpStream, mode: watch::Receiver<Mode>) {
-    let (mut client_read, mut client_write) = client.into_split();
-    let (mut server_read, mut server_write) = server.into_split();
-    let mut up_mode = mode.clone();
-    let upstream = async move {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            tokio::select! {
-                read = client_read.read(&mut buf) => match read {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => if server_write.write_all(&buf[..n]).await.is_err() { return },
-                },
-                _ = wait_for(&mut up_mode, Mode::Cut) => return,
-            }
-        }
-    };
-    let mut down_mode = mode;
-    let downstream = async move {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = tokio::select! {
-                read = server_read.read(&mut buf) => match read {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                },
-                _ = wait_for(&mut down_mode, Mode::Cut) => return,
-            };
-            // Hold the bytes while stalled; give up if cut meanwhile.
-            loop {
-                let current = *down_mode.borrow_and_update();
-                match current {
-                    Mode::Pass => break,
-                    Mode::Cut => return,
-                    Mode::Stall => {
-                        if down_mode.changed().await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            if client_write.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
-    };
-    // Either direction ending closes both sockets (both halves are dropped).
-    tokio::select! {
-        () = upstream => {},
-        () = downstream => {},
-    }
-}
-
-async fn wait_for(mode: &mut watch::Receiver<Mode>, wanted: Mode) {
-    loop {
-        if *mode.borrow_and_update() == wanted {
-            return;
-        }
-        if mode.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
+/// The broker's URL through `proxy`.
+pub fn amqp_url_via(proxy: &FaultyProxy) -> String {
+    proxy.url_for(DEFAULT_AMQP_URL)
 }

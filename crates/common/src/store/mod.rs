@@ -1,0 +1,88 @@
+//! The stores behind the services' state, and what they share.
+//!
+//! - [`postgres`] (feature `postgres`): the catalog and the warehouse's ledger.
+//! - [`redis`] (feature `redis`): carts and checkout state.
+//!
+//! A service that has no store URL configured keeps its state in memory (the embedded default for
+//! a quick start and for unit tests) and says so at start; see [`StoreKind`].
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
+
+use crate::ApiError;
+use std::fmt;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Where a service keeps its state, for the start-up log line and `/ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    Postgres,
+    Redis,
+}
+
+impl fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Memory => "memory (state is lost on restart and not shared between instances)",
+            Self::Postgres => "postgresql",
+            Self::Redis => "redis",
+        })
+    }
+}
+
+/// A store call that failed because the store is unreachable or too slow. Every service maps it
+/// to the same fast 503, so a client sees one error code for "the state behind this is down".
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{store} is unavailable: {reason}")]
+pub struct StoreUnavailable {
+    pub store: &'static str,
+    pub reason: String,
+}
+
+impl StoreUnavailable {
+    pub fn new(store: &'static str, reason: impl fmt::Display) -> Self {
+        Self {
+            store,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl From<StoreUnavailable> for ApiError {
+    fn from(err: StoreUnavailable) -> Self {
+        ApiError::unavailable("STORE_UNAVAILABLE", err.to_string())
+            .with_details("the request changed nothing that was not saved; retry it")
+    }
+}
+
+/// Runs `attempt` until it succeeds or `deadline` has passed, backing off between tries and
+/// logging each failure once. Start-up uses it so that a service launched together with its
+/// database (a compose file, a laptop boot) waits for it instead of failing on the first try.
+pub async fn retry_until<T, E, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    mut attempt: F,
+) -> Result<T, E>
+where
+    E: fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(err) if started.elapsed() + backoff < deadline => {
+                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "{what} not ready yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! PostgreSQL for the services that keep state there (the catalog, the warehouse's ledger).
+//!
+//! Each service owns one schema of the shared database (`catalog`, `warehouse`; `DATABASE_SCHEMA`
+//! overrides it) and carries its migrations inside its binary. They are applied at start; two
+//! instances starting at once are safe: the schema is created under a transaction-scoped advisory
+//! lock, and sqlx's migrator holds its own advisory lock while it migrates.
+//!
+//! The pool connects lazily and bounds every wait for a connection by `STORE_TIMEOUT_MS`, so a
+//! database that goes away turns requests into a fast 503 instead of a hang, and the pool heals
+//! by itself when the database comes back.
+
+use super::{retry_until, StoreUnavailable};
+use crate::config::{self, redact_url, ConfigError};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use sqlx::PgPool;
+
+/// Where the database is and how patient to be with it.
+#[derive(Clone)]
+pub struct PgConfig {
+    /// `DATABASE_URL`, e.g. `postgres://postgres@127.0.0.1:5432/shop`.
+    pub url: String,
+    /// `DATABASE_SCHEMA`: the schema this service owns.
+    pub schema: String,
+    /// `DATABASE_MAX_CONNECTIONS` (default 10).
+    pub max_connections: u32,
+    /// `STORE_TIMEOUT_MS` (default 2000): the longest a request waits for the store.
+    pub timeout: Duration,
+    /// `STORE_STARTUP_TIMEOUT_MS` (default 30000): how long start-up waits for the database.
+    pub startup_timeout: Duration,
+}
+
+impl fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("url", &redact_url(&self.url))
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl PgConfig {
+    /// `None` when `DATABASE_URL` is unset: the service keeps its state in memory.
+    pub fn from_env(default_schema: &str) -> Result<Option<Self>, ConfigError> {
+        let Some(url) = config::optional_url("DATABASE_URL", &["postgres", "postgresql"])? else {
+            return Ok(None);
+        };
+        let schema = config::parse_with(
+            "DATABASE_SCHEMA",
+            config::raw("DATABASE_SCHEMA").as_deref(),
+            default_schema.to_string(),
+            parse_schema,
+        )?;
+        Ok(Some(Self {
+            url,
+            schema,
+            max_connections: config::positive("DATABASE_MAX_CONNECTIONS", 10u32)?,
+            timeout: config::millis("STORE_TIMEOUT_MS", Duration::from_secs(2))?,
+            startup_timeout: config::millis("STORE_STARTUP_TIMEOUT_MS", Duration::from_secs(30))?,
+        }))
+    }
+
+    /// A configuration for tests: a short timeout so "store down" tests are quick.
+    pub fn for_tests(url: &str, schema: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            schema: schema.to_string(),
+            max_connections: 10,
+            timeout: Duration::from_secs(1),
+            startup_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A schema name goes into `CREATE SCHEMA` and `search_path`: plain lower-case identifiers only.
+fn parse_schema(v: &str) -> Result<String, String> {
+    let valid = v.len() <= 63
+        && v.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && v.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if valid {
+        Ok(v.to_string())
+    } else {
+        Err("expected a lower-case identifier: a-z, 0-9 and _, not starting with a digit".into())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgSetupError {
+    #[error("DATABASE_URL is not a usable PostgreSQL URL ({url}): {reason}")]
+    Url { url: String, reason: String },
+    #[error("DATABASE_SCHEMA: {0}")]
+    Schema(String),
+    #[error("PostgreSQL at {url} was not ready within {waited:?}: {reason}")]
+    Unavailable {
+        url: String,
+        waited: Duration,
+        reason: String,
+    },
+}
+
+/// Connects, creates the service's schema and applies its migrations, waiting up to
+/// `startup_timeout` for the database to come up.
+pub async fn connect(config: &PgConfig, migrator: &Migrator) -> Result<PgPool, PgSetupError> {
+    parse_schema(&config.schema).map_err(PgSetupError::Schema)?;
+    let options = PgConnectOptions::from_str(&config.url)
+        .map_err(|e| PgSetupError::Url {
+            url: redact_url(&config.url),
+            reason: e.to_string(),
+        })?
+        // Every connection of this pool works in the service's own schema.
+        .options([("search_path", config.schema.as_str())]);
+    let pool = PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.timeout)
+        .connect_lazy_with(options);
+    retry_until("PostgreSQL", config.startup_timeout, || {
+        prepare(&pool, &config.schema, migrator)
+    })
+    .await
+    .map_err(|reason| PgSetupError::Unavailable {
+        url: redact_url(&config.url),
+        waited: config.startup_timeout,
+        reason,
+    })?;
+    Ok(pool)
+}
+
+async fn prepare(pool: &PgPool, schema: &str, migrator: &Migrator) -> Result<(), String> {
+    let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
+    // `CREATE SCHEMA IF NOT EXISTS` is not safe against a concurrent twin (both see "absent",
+    // one fails on the catalog's unique index); the lock makes the second wait, then see it.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('shop.create_schema'))")
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| e.to_string())?;
+    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| e.to_string())?;
+    tx.commit().await.map_err(|e| e.to_string())?;
+    migrator.run(pool).await.map_err(|e| e.to_string())
+}
+
+/// The readiness check: one round trip through the pool.
+pub async fn ping(pool: &PgPool) -> Result<(), String> {
+    sqlx::query("SELECT 1")
+        .execute(pool)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Maps a failed query to "the store is unavailable". Use it for errors that mean the database
+/// could not be reached or answered too slowly; a constraint violation is a bug or a conflict and
+/// deserves its own handling.
+pub fn unavailable(err: sqlx::Error) -> StoreUnavailable {
+    StoreUnavailable::new("PostgreSQL", err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        assert!(parse_schema("catalog").is_ok());
+        assert!(parse_schema("t_123").is_ok());
+        assert!(parse_schema("Catalog").is_err());
+        assert!(parse_schema("1x").is_err());
+        assert!(parse_schema("x\"; DROP").is_err());
+    }
+}
