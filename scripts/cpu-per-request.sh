@@ -13,9 +13,15 @@
 #            authorizer, DECLINE_RATE=0, its own queue): CPU per confirmed checkout of RabbitMQ,
 #            the cart, the authorizer and the load tester, over SECONDS of steady checkouts
 #            (counted by the cart's checkouts_confirmed_total; the untimed setup is left out).
+#   checkout-redis: the same with the carts in Redis (REDIS_URL, default the local one, a key
+#            prefix of its own, deleted after), adding redis-server's CPU per checkout: what the
+#            durable cart store costs each order.
+#   drain-postgres: the warehouse (services/warehouse/examples/drain_bench.rs) draining MESSAGES
+#            orders into PostgreSQL (a database of its own, dropped after): CPU per order of the
+#            warehouse, RabbitMQ and every PostgreSQL process: what the durable ledger costs.
 #
-# Usage: scripts/cpu-per-request.sh [-d SECONDS] [-r ROUNDS] [-n MESSAGES] [http|broker|checkout]...
-# Defaults: -d 5 -r 3 -n 40000, all three parts. Builds nothing: run scripts/bench.sh (or the
+# Usage: scripts/cpu-per-request.sh [-d SECONDS] [-r ROUNDS] [-n MESSAGES] [PART]...
+# Defaults: -d 5 -r 3 -n 40000, the parts http, broker and checkout. Builds nothing: run scripts/bench.sh (or the
 # release build) first. Loopback only; everything started is stopped on exit.
 set -euo pipefail
 
@@ -42,11 +48,15 @@ PIDS=()
 # shellcheck source=scripts/lib/bench.sh
 source scripts/lib/bench.sh
 CHECKOUT_QUEUE=""
+REDIS_PREFIX=""
+BENCH_DB=""
 cleanup() {
   stop_pids
   if [[ -n $CHECKOUT_QUEUE ]]; then
     delete_bench_queue "$CHECKOUT_QUEUE"
   fi
+  if [[ -n $REDIS_PREFIX ]]; then delete_redis_prefix "$REDIS_URL" "$REDIS_PREFIX"; fi
+  if [[ -n $BENCH_DB ]]; then drop_bench_database "$BENCH_DB"; fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
@@ -138,9 +148,19 @@ confirmed_checkouts() {
   curl -s "http://127.0.0.1:$1/metrics" | awk '$1 == "checkouts_confirmed_total" { print $2; f = 1 } END { if (!f) print 0 }'
 }
 
+# checkout_part [redis]: the checkout path; with "redis", the carts live in Redis and the Redis
+# server's CPU is counted too.
 checkout_part() {
-  local beam product_port cca_port cart_port cart cca load n0 n1 b0 b1 c0 c1 a0 a1 l0 l1 s0 s1 t0 t1
+  local store=${1:-memory} beam product_port cca_port cart_port cart cca load n0 n1 b0 b1 c0 c1 a0 a1
+  local l0 l1 s0 s1 t0 t1 redis_pid=0 r0=0 r1=0 cart_env=()
   beam=$(local_broker_pid)
+  if [[ $store == redis ]]; then
+    REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
+    REDIS_PREFIX="bench:cpu:$$:"
+    redis_pid=$(pgrep -x redis-server | head -1)
+    [[ -n $redis_pid ]] || { echo "no local redis-server process to measure" >&2; exit 1; }
+    cart_env=(REDIS_URL="$REDIS_URL" REDIS_KEY_PREFIX="$REDIS_PREFIX")
+  fi
   product_port=$(free_port)
   cca_port=$(free_port)
   cart_port=$(free_port)
@@ -149,9 +169,9 @@ checkout_part() {
   cca=$SPAWNED_PID
   CHECKOUT_QUEUE="bench_cpu_$$"
   spawn_ready cart "$cart_port" cart-service ORDER_QUEUE="$CHECKOUT_QUEUE" \
-    PRODUCT_URL="http://127.0.0.1:$product_port" CCA_URL="http://127.0.0.1:$cca_port"
+    PRODUCT_URL="http://127.0.0.1:$product_port" CCA_URL="http://127.0.0.1:$cca_port" "${cart_env[@]}"
   cart=$SPAWNED_PID
-  echo "== checkout: loadtest checkout -c 64 against the cart, ${SECS}s of steady checkouts, $ROUNDS rounds"
+  echo "== checkout (carts: $store): loadtest checkout -c 64 against the cart, ${SECS}s of steady checkouts, $ROUNDS rounds"
   for _ in $(seq 1 "$ROUNDS"); do
     timeout 60 "$BIN/examples/publish_ceiling" --purge "$CHECKOUT_QUEUE" >/dev/null
     # Enough carts for a second of warm-up and SECS measured at up to 10k checkouts/s.
@@ -168,18 +188,53 @@ checkout_part() {
     sleep 1
     n0=$(confirmed_checkouts "$cart_port"); t0=$(now_ms)
     b0=$(ticks "$beam"); c0=$(ticks "$cart"); a0=$(ticks "$cca"); l0=$(ticks "$load"); s0=$(sys_ticks)
+    if ((redis_pid)); then r0=$(ticks "$redis_pid"); fi
     sleep "$SECS"
     n1=$(confirmed_checkouts "$cart_port"); t1=$(now_ms)
     b1=$(ticks "$beam"); c1=$(ticks "$cart"); a1=$(ticks "$cca"); l1=$(ticks "$load"); s1=$(sys_ticks)
+    if ((redis_pid)); then r1=$(ticks "$redis_pid"); fi
     kill "$load" 2>/dev/null || true
     wait "$load" 2>/dev/null || true
     awk -v n=$((n1 - n0)) -v ms=$((t1 - t0)) -v tick="$TICK_US" -v b=$((b1 - b0)) -v c=$((c1 - c0)) \
-      -v a=$((a1 - a0)) -v l=$((l1 - l0)) -v s0="$s0" -v s1="$s1" 'BEGIN {
+      -v a=$((a1 - a0)) -v l=$((l1 - l0)) -v r=$((r1 - r0)) -v s0="$s0" -v s1="$s1" 'BEGIN {
         if (n <= 0) { print "  no checkouts confirmed in the window"; exit 1 }
         split(s0, x, " "); split(s1, y, " ")
         sq = (y[1] - x[1]) * tick / n; id = (y[2] - x[2]) * tick / n
-        printf "  %6.0f checkouts/s | CPU us/checkout: RabbitMQ %5.1f, cart %5.1f, authorizer %4.1f, loadtest %4.1f, softirq %4.1f (idle %5.1f) = %5.1f\n",
-          n * 1000 / ms, b * tick / n, c * tick / n, a * tick / n, l * tick / n, sq, id, (b + c + a + l) * tick / n + sq }'
+        printf "  %6.0f checkouts/s | CPU us/checkout: RabbitMQ %5.1f, cart %5.1f, Redis %5.1f, authorizer %4.1f, loadtest %4.1f, softirq %4.1f (idle %5.1f) = %5.1f\n",
+          n * 1000 / ms, b * tick / n, c * tick / n, r * tick / n, a * tick / n, l * tick / n, sq, id, (b + c + r + a + l) * tick / n + sq }'
+  done
+  stop_pids
+}
+
+# The summed CPU ticks of every PostgreSQL server process (the postmaster and its backends).
+postgres_ticks() {
+  local total=0 pid
+  for pid in $(pgrep -x postgres; pgrep -f '^postgres: ' ); do
+    total=$((total + $(ticks "$pid" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+
+drain_postgres_part() {
+  local beam p0 p1 b0 b1 s0 s1
+  beam=$(local_broker_pid)
+  pgrep -x postgres >/dev/null || { echo "no local PostgreSQL process to measure" >&2; exit 1; }
+  BENCH_DB="bench_drain_$$"
+  create_bench_database "$BENCH_DB"
+  echo "== drain-postgres: the warehouse drains $MESSAGES orders into PostgreSQL (10 channels, prefetch 10), $ROUNDS rounds"
+  for _ in $(seq 1 "$ROUNDS"); do
+    # The drain benchmark fills its queue first (untimed), then drains; its own timing is the
+    # drain's, and the CPU is counted around the whole run minus the fill (measured separately).
+    b0=$(ticks "$beam"); p0=$(postgres_ticks); s0=$(sys_ticks)
+    /usr/bin/time -f "%U %S" -o "$WORK/drain.time" "$BIN/examples/drain_bench" --messages "$MESSAGES" \
+      --mode warehouse --database-url "$(bench_database_url "$BENCH_DB")" >"$WORK/drain.out" 2>&1 ||
+      { cat "$WORK/drain.out" >&2; exit 1; }
+    b1=$(ticks "$beam"); p1=$(postgres_ticks); s1=$(sys_ticks)
+    awk -v n="$MESSAGES" -v tick="$TICK_US" -v b=$((b1 - b0)) -v p=$((p1 - p0)) -v s0="$s0" -v s1="$s1" \
+      -v own="$(cat "$WORK/drain.time")" -v rate="$(sed -n 's/.*warehouse .* = \([0-9.]*\) msg\/s.*/\1/p' "$WORK/drain.out" | tail -1)" 'BEGIN {
+        split(own, o, " "); split(s0, x, " "); split(s1, y, " ")
+        printf "  drain %s orders/s | CPU us/order (fill and drain): RabbitMQ %5.1f, warehouse+publisher %5.1f, PostgreSQL %5.1f, softirq %4.1f\n",
+          rate, b * tick / n, (o[1] + o[2]) * 1e6 / n, p * tick / n, (y[1] - x[1]) * tick / n }'
   done
 }
 
@@ -188,6 +243,8 @@ for part in "${PARTS[@]}"; do
     http) http_part ;;
     broker) broker_part ;;
     checkout) checkout_part ;;
-    *) echo "unknown part: $part (http, broker or checkout)" >&2; exit 2 ;;
+    checkout-redis) checkout_part redis ;;
+    drain-postgres) drain_postgres_part ;;
+    *) echo "unknown part: $part (http, broker, checkout, checkout-redis or drain-postgres)" >&2; exit 2 ;;
   esac
 done

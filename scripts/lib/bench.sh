@@ -82,3 +82,27 @@ spawn_ready() {
   # shellcheck disable=SC2034 # read by the caller
   SPAWNED_READY_MS=$(($(now_ms) - t0))
 }
+
+# The PostgreSQL server benchmarks create their databases on (BENCH_DATABASE_URL, a database to
+# connect to for CREATE DATABASE; default the local one).
+BENCH_ADMIN_URL=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+# bench_database_url NAME: the URL of database NAME on that server.
+bench_database_url() { echo "${BENCH_ADMIN_URL%/*}/$1"; }
+# create_bench_database NAME / drop_bench_database NAME: a benchmark's own, empty database.
+create_bench_database() {
+  psql -q -X "$BENCH_ADMIN_URL" -c "DROP DATABASE IF EXISTS \"$1\" WITH (FORCE)" -c "CREATE DATABASE \"$1\"" >/dev/null
+}
+drop_bench_database() {
+  psql -q -X "$BENCH_ADMIN_URL" -c "DROP DATABASE IF EXISTS \"$1\" WITH (FORCE)" >/dev/null 2>&1 ||
+    echo "warning: could not drop database $1" >&2
+}
+
+# delete_redis_prefix URL PREFIX: deletes a benchmark's Redis keys; warns, never fails.
+delete_redis_prefix() {
+  local host port
+  host=$(sed -E 's#^rediss?://([^@]*@)?([^:/]+).*#\2#' <<<"$1")
+  port=$(sed -nE 's#^rediss?://([^@]*@)?[^:/]+:([0-9]+).*#\2#p' <<<"$1")
+  redis-cli -h "$host" -p "${port:-6379}" --scan --pattern "$2*" 2>/dev/null |
+    xargs -r -n 500 redis-cli -h "$host" -p "${port:-6379}" DEL >/dev/null 2>&1 ||
+    echo "warning: could not delete the Redis keys $2*" >&2
+}
