@@ -1,27 +1,48 @@
 #!/usr/bin/env bash
 # The whole system on this machine, natively (no Docker), behind the gateway on :8080.
 #
-#   scripts/stack.sh up               build release binaries, make sure RabbitMQ is reachable, start
-#                                     product x2 + one bad product (FAILURE_RATE=0.5), the card
-#                                     authorizer, the cart, the warehouse and the gateway with a
-#                                     seeded catalog, wait until every /ready is green, print URLs
+#   scripts/stack.sh up               build release binaries, make sure RabbitMQ is reachable, pick
+#                                     the stores (below), start product x2 + one bad product
+#                                     (FAILURE_RATE=0.5), the card authorizer, two carts, the
+#                                     warehouse and the gateway with a seeded catalog, wait until
+#                                     every /ready is green, print URLs
 #   scripts/stack.sh down             SIGTERM everything, wait, show the warehouse's final report
-#   scripts/stack.sh status           pid, port and /ready of every service, gateway targets
+#   scripts/stack.sh status           pid, port and /ready of every service, stores, gateway targets
 #   scripts/stack.sh logs [service] [-f]   the last lines of every log, or one service's log
 #
-# State (pids, logs) lives in .stack/ at the repository root (ignored by git).
+# Stores. The catalog (the three product instances share it) and the warehouse's ledger live in
+# PostgreSQL, each in its own schema (catalog, warehouse) of one database; carts live in Redis
+# under REDIS_KEY_PREFIX. Which servers:
+#   1. DATABASE_URL / REDIS_URL when set (a local server that is installed but stopped is started);
+#   2. else the local ones, when installed: postgres://postgres@127.0.0.1:5432/shop (a stopped
+#      cluster is started with pg_ctlcluster, the database `shop` is created if missing) and
+#      redis://127.0.0.1:6379/0 (a stopped redis-server is started);
+#   3. else in memory: not durable, and a single cart instance, since carts are then not shared.
+# `up` prints which. State from an earlier run stays (products are seeded idempotently, old carts
+# are harmless); STACK_FRESH=1 starts from empty.
+#
+# State (pids, logs, the stores in use) lives in .stack/ at the repository root (ignored by git).
 # Environment (all optional):
 #   AMQP_URL           default amqp://guest:guest@127.0.0.1:5672/%2f
+#   DATABASE_URL       PostgreSQL for the catalog and the ledger (postgres://USER:PASSWORD@HOST/DB)
+#   REDIS_URL          Redis for the carts (redis://[:PASSWORD@]HOST:PORT/DB)
+#   REDIS_KEY_PREFIX   prefix of the stack's Redis keys (default shop:)
+#   STACK_STORES       auto (default; durable when CI=true): the order above;
+#                      durable: fail unless both PostgreSQL and Redis are used;
+#                      memory: every store in memory, whatever is installed
+#   STACK_FRESH=1      start from empty: drop the schemas catalog and warehouse, delete the keys
+#                      under REDIS_KEY_PREFIX
 #   SEED_PRODUCTS      products 1..N created by every product instance (default 1000)
-#   GATEWAY_PORT PRODUCT1_PORT PRODUCT2_PORT PRODUCT_BAD_PORT CART_PORT CCA_PORT WAREHOUSE_PORT
-#                      defaults 8080 8081 8085 8086 8082 8083 8084
+#   GATEWAY_PORT PRODUCT1_PORT PRODUCT2_PORT PRODUCT_BAD_PORT CART_PORT CART2_PORT CCA_PORT WAREHOUSE_PORT
+#                      defaults 8080 8081 8085 8086 8082 8087 8083 8084
 #   BAD_FAILURE_RATE   FAILURE_RATE of product-bad (default 0.5)
 #   EXPOSE_CCA         route /credit-card-authorizer* through the gateway (default false)
 #   STACK_NO_BUILD=1   skip `cargo build --release` (use the binaries already in target/release)
 #   STACK_INSTALL_RABBITMQ=1 (or CI=true)  apt-get install rabbitmq-server if no broker is reachable
 #                      and none is installed (root or passwordless sudo)
 #   READY_TIMEOUT      seconds to wait for every /ready (default 90)
-#   RUST_LOG, LOG_FORMAT are passed through to every service.
+#   RUST_LOG, LOG_FORMAT, STORE_TIMEOUT_MS, DATABASE_MAX_CONNECTIONS, CART_TTL_SECONDS are passed
+#   through to every service.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,18 +58,33 @@ PRODUCT1_PORT="${PRODUCT1_PORT:-8081}"
 PRODUCT2_PORT="${PRODUCT2_PORT:-8085}"
 PRODUCT_BAD_PORT="${PRODUCT_BAD_PORT:-8086}"
 CART_PORT="${CART_PORT:-8082}"
+CART2_PORT="${CART2_PORT:-8087}"
 CCA_PORT="${CCA_PORT:-8083}"
 WAREHOUSE_PORT="${WAREHOUSE_PORT:-8084}"
 BAD_FAILURE_RATE="${BAD_FAILURE_RATE:-0.5}"
 EXPOSE_CCA="${EXPOSE_CCA:-false}"
 READY_TIMEOUT="${READY_TIMEOUT:-90}"
 STOP_TIMEOUT="${STOP_TIMEOUT:-20}"
+REDIS_KEY_PREFIX="${REDIS_KEY_PREFIX:-shop:}"
+if [[ ${CI:-} == true ]]; then STACK_STORES="${STACK_STORES:-durable}"; else STACK_STORES="${STACK_STORES:-auto}"; fi
+# Where the stack looks when DATABASE_URL / REDIS_URL are unset (the services' defaults are in memory).
+LOCAL_DATABASE_URL="postgres://postgres@127.0.0.1:5432/shop"
+LOCAL_REDIS_URL="redis://127.0.0.1:6379/0"
+STORES_FILE="$STACK_DIR/stores"
 export RUST_LOG="${RUST_LOG:-info}"
 export LOG_FORMAT="${LOG_FORMAT:-text}"
 export NO_COLOR="${NO_COLOR:-1}" # the logs are files: no ANSI colour codes in them
 
+# shellcheck source=scripts/lib/stores.sh
+source "$ROOT/scripts/lib/stores.sh"
+
 # Start order: dependencies first, the gateway last (it health-checks its targets at start).
-SERVICES=(product-1 product-2 product-bad credit-card-authorizer cart warehouse gateway)
+# ACTIVE is the part of SERVICES this run uses (cart-2 only with shared carts, see active_services).
+SERVICES=(product-1 product-2 product-bad credit-card-authorizer cart cart-2 warehouse gateway)
+ACTIVE=("${SERVICES[@]}")
+# The stores of this run; empty: in memory. Set by choose_stores (up) or load_stores (status).
+STORE_DATABASE_URL=""
+STORE_REDIS_URL=""
 PACKAGES=(product-service cart-service credit-card-authorizer warehouse gateway)
 
 if [[ -t 1 ]]; then
@@ -68,6 +104,7 @@ port_of() {
         product-bad) echo "$PRODUCT_BAD_PORT" ;;
         credit-card-authorizer) echo "$CCA_PORT" ;;
         cart) echo "$CART_PORT" ;;
+        cart-2) echo "$CART2_PORT" ;;
         warehouse) echo "$WAREHOUSE_PORT" ;;
         gateway) echo "$GATEWAY_PORT" ;;
         *) return 1 ;;
@@ -77,7 +114,7 @@ port_of() {
 binary_of() {
     case "$1" in
         product-*) echo "product-service" ;;
-        cart) echo "cart-service" ;;
+        cart | cart-2) echo "cart-service" ;;
         *) echo "$1" ;;
     esac
 }
@@ -88,38 +125,60 @@ env_of() {
     port=$(port_of "$name")
     echo "PORT=$port"
     case "$name" in
-        product-1 | product-2)
+        product-1 | product-2 | product-bad)
             echo "INSTANCE_ID=$name"
             echo "SEED_PRODUCTS=$SEED_PRODUCTS"
-            echo "FAILURE_RATE=0"
-            ;;
-        product-bad)
-            echo "INSTANCE_ID=$name"
-            echo "SEED_PRODUCTS=$SEED_PRODUCTS"
-            echo "FAILURE_RATE=$BAD_FAILURE_RATE"
+            # The bad one shares the catalog too: only its answers are bad, not its data.
+            if [[ $name == product-bad ]]; then echo "FAILURE_RATE=$BAD_FAILURE_RATE"; else echo "FAILURE_RATE=0"; fi
+            database_env catalog
             ;;
         credit-card-authorizer)
             echo "INSTANCE_ID=credit-card-authorizer-1"
             echo "DECLINE_RATE=${DECLINE_RATE:-0.1}"
             ;;
-        cart)
-            echo "INSTANCE_ID=cart-1"
+        cart | cart-2)
+            if [[ $name == cart ]]; then
+                echo "INSTANCE_ID=cart-1"
+                echo "PRODUCT_URL=http://127.0.0.1:$PRODUCT1_PORT"
+            else
+                echo "INSTANCE_ID=cart-2"
+                echo "PRODUCT_URL=http://127.0.0.1:$PRODUCT2_PORT"
+            fi
             echo "AMQP_URL=$AMQP_URL"
-            echo "PRODUCT_URL=http://127.0.0.1:$PRODUCT1_PORT"
             echo "CCA_URL=http://127.0.0.1:$CCA_PORT"
+            if [[ -n $STORE_REDIS_URL ]]; then
+                echo "REDIS_URL=$STORE_REDIS_URL"
+                echo "REDIS_KEY_PREFIX=$REDIS_KEY_PREFIX"
+            fi
             ;;
         warehouse)
             echo "INSTANCE_ID=warehouse-1"
             echo "AMQP_URL=$AMQP_URL"
+            database_env warehouse
             ;;
         gateway)
             echo "INSTANCE_ID=gateway"
             echo "PRODUCT_TARGETS=http://127.0.0.1:$PRODUCT1_PORT,http://127.0.0.1:$PRODUCT2_PORT,http://127.0.0.1:$PRODUCT_BAD_PORT"
-            echo "CART_TARGETS=http://127.0.0.1:$CART_PORT"
+            local carts="http://127.0.0.1:$CART_PORT"
+            is_active cart-2 && carts+=",http://127.0.0.1:$CART2_PORT"
+            echo "CART_TARGETS=$carts"
             echo "CCA_TARGETS=http://127.0.0.1:$CCA_PORT"
             echo "EXPOSE_CCA=$EXPOSE_CCA"
             ;;
     esac
+}
+
+# DATABASE_URL and the service's own schema, when the stack has a database.
+database_env() {
+    [[ -n $STORE_DATABASE_URL ]] || return 0
+    echo "DATABASE_URL=$STORE_DATABASE_URL"
+    echo "DATABASE_SCHEMA=$1"
+}
+
+is_active() {
+    local s
+    for s in "${ACTIVE[@]}"; do [[ $s == "$1" ]] && return 0; done
+    return 1
 }
 
 pid_of() {
@@ -258,6 +317,134 @@ ensure_rabbitmq() {
     exit 1
 }
 
+# ------------------------------------------------------------------ PostgreSQL, Redis
+
+# Starts the server if it is local and stopped, creates the database if missing (when psql can
+# reach the server's `postgres` database), then logs in.
+prepare_database() {
+    local url=$1
+    ensure_postgres "$url" || return 1
+    if ! command -v psql >/dev/null 2>&1; then
+        warn "psql not found: cannot create the database or check the login; the services will report a problem"
+        return 0
+    fi
+    postgres_create_database "$url" || true
+    postgres_login "$url"
+}
+
+database_help() {
+    cat >&2 <<EOF
+To use this PostgreSQL, give the stack a role that logs in over TCP, e.g.
+    sudo -u postgres psql -c "CREATE ROLE shop LOGIN CREATEDB PASSWORD 'shop-dev-only'"
+    DATABASE_URL=postgres://shop:shop-dev-only@127.0.0.1:5432/shop $0 up
+EOF
+}
+
+choose_database() {
+    if [[ -n ${DATABASE_URL:-} ]]; then
+        prepare_database "$DATABASE_URL" || die "DATABASE_URL=$(store_redact "$DATABASE_URL") is not usable (see above)"
+        STORE_DATABASE_URL=$DATABASE_URL
+        return 0
+    fi
+    local host port
+    read -r host port < <(store_host_port "$LOCAL_DATABASE_URL" 5432)
+    if ! store_port_open "$host" "$port" && ! postgres_cluster_on_port "$port" >/dev/null; then
+        info "no PostgreSQL on $host:$port and none installed"
+        return 0
+    fi
+    if prepare_database "$LOCAL_DATABASE_URL"; then
+        STORE_DATABASE_URL=$LOCAL_DATABASE_URL
+    else
+        warn "the local PostgreSQL is not usable as $(store_redact "$LOCAL_DATABASE_URL")"
+        database_help
+    fi
+}
+
+choose_redis() {
+    if [[ -n ${REDIS_URL:-} ]]; then
+        if ! { ensure_redis "$REDIS_URL" && redis_ping "$REDIS_URL"; }; then
+            die "REDIS_URL=$(store_redact "$REDIS_URL") does not answer PING (see above)"
+        fi
+        STORE_REDIS_URL=$REDIS_URL
+        return 0
+    fi
+    local host port
+    read -r host port < <(store_host_port "$LOCAL_REDIS_URL" 6379)
+    if ! store_port_open "$host" "$port" && ! command -v redis-server >/dev/null 2>&1; then
+        info "no Redis on $host:$port and none installed"
+        return 0
+    fi
+    if ensure_redis "$LOCAL_REDIS_URL" && redis_ping "$LOCAL_REDIS_URL"; then
+        STORE_REDIS_URL=$LOCAL_REDIS_URL
+    else
+        warn "the local Redis does not answer PING at $LOCAL_REDIS_URL (a password? then set REDIS_URL=redis://:PASSWORD@127.0.0.1:6379/0)"
+    fi
+}
+
+# Sets STORE_DATABASE_URL and STORE_REDIS_URL (empty: in memory) and ACTIVE.
+choose_stores() {
+    case "$STACK_STORES" in
+        memory) info "STACK_STORES=memory: every store in memory" ;;
+        auto | durable)
+            choose_database
+            choose_redis
+            if [[ $STACK_STORES == durable && (-z $STORE_DATABASE_URL || -z $STORE_REDIS_URL) ]]; then
+                die "STACK_STORES=durable${CI:+ (the default with CI=true)} needs both PostgreSQL and Redis; see above"
+            fi
+            ;;
+        *) die "STACK_STORES must be auto, durable or memory (got '$STACK_STORES')" ;;
+    esac
+    set_active
+    # Only what status needs, and no password: the URLs are redacted.
+    {
+        echo "database=$(store_redact "$STORE_DATABASE_URL")"
+        echo "redis=$(store_redact "$STORE_REDIS_URL")"
+        echo "prefix=$REDIS_KEY_PREFIX"
+    } >"$STORES_FILE"
+}
+
+# The stores of the running stack, as `up` recorded them (redacted).
+load_stores() {
+    STORE_DATABASE_URL="" STORE_REDIS_URL=""
+    if [[ -f $STORES_FILE ]]; then
+        STORE_DATABASE_URL=$(sed -n 's/^database=//p' "$STORES_FILE")
+        STORE_REDIS_URL=$(sed -n 's/^redis=//p' "$STORES_FILE")
+        REDIS_KEY_PREFIX=$(sed -n 's/^prefix=//p' "$STORES_FILE")
+    fi
+    set_active
+}
+
+# Two cart instances only when they share their carts in Redis: with carts in memory, a cart
+# created on one would be unknown to the other.
+set_active() {
+    ACTIVE=()
+    local name
+    for name in "${SERVICES[@]}"; do
+        [[ $name == cart-2 && -z $STORE_REDIS_URL ]] && continue
+        ACTIVE+=("$name")
+    done
+}
+
+describe_stores() {
+    local db="in memory (not durable, each product instance has its own catalog)" carts="in memory (not durable; one cart instance)"
+    [[ -n $STORE_DATABASE_URL ]] && db=$(store_redact "$STORE_DATABASE_URL")
+    [[ -n $STORE_REDIS_URL ]] && carts="$(store_redact "$STORE_REDIS_URL") (prefix $REDIS_KEY_PREFIX)"
+    echo "stores: catalog+ledger → $db, carts → $carts"
+}
+
+# STACK_FRESH=1: the services find empty schemas (they migrate them at start) and no carts.
+fresh_stores() {
+    [[ ${STACK_FRESH:-0} == 1 ]] || return 0
+    if [[ -n $STORE_DATABASE_URL ]]; then
+        info "STACK_FRESH=1: dropping the schemas catalog and warehouse of $(store_redact "$STORE_DATABASE_URL")"
+        postgres_drop_schemas "$STORE_DATABASE_URL" catalog warehouse || die "could not drop the schemas"
+    fi
+    if [[ -n $STORE_REDIS_URL ]]; then
+        info "STACK_FRESH=1: deleting the keys under $REDIS_KEY_PREFIX in $(store_redact "$STORE_REDIS_URL")"
+        redis_delete_prefix "$STORE_REDIS_URL" "$REDIS_KEY_PREFIX" || die "could not delete the keys"
+    fi
+}
+
 # ------------------------------------------------------------------ up
 
 build() {
@@ -270,7 +457,7 @@ build() {
         info "building release binaries: cargo build --release --bins ${args[*]}"
         (cd "$ROOT" && cargo build --release --bins "${args[@]}")
     fi
-    for name in "${SERVICES[@]}"; do
+    for name in "${ACTIVE[@]}"; do
         local bin
         bin="$BIN_DIR/$(binary_of "$name")"
         [[ -x $bin ]] || die "missing binary $bin (did the build fail?)"
@@ -286,7 +473,13 @@ start_one() {
     {
         printf '\n==== %s starting %s on port %s ====\n' "$(date '+%F %T')" "$name" "$port"
     } >>"$LOG_DIR/$name.log"
-    nohup env "${envs[@]}" "$bin" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+    # Exported in a subshell rather than passed to env(1): a password in DATABASE_URL stays out of
+    # the process list. The caller's store variables are dropped: each service gets its own.
+    (
+        unset DATABASE_URL DATABASE_SCHEMA REDIS_URL REDIS_KEY_PREFIX
+        export "${envs[@]}"
+        exec nohup "$bin"
+    ) >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
     echo $! >"$PID_DIR/$name.pid"
 }
 
@@ -320,22 +513,29 @@ wait_ready() {
 cmd_up() {
     need_tools
     mkdir -p "$PID_DIR" "$LOG_DIR"
+    load_stores # what a running stack was started with
     local running=() name
     for name in "${SERVICES[@]}"; do
         is_running "$name" && running+=("$name")
     done
-    if ((${#running[@]} == ${#SERVICES[@]})); then
-        info "the stack is already up"
-        cmd_status
-        return 0
-    elif ((${#running[@]} > 0)); then
+    if ((${#running[@]} > 0)); then
+        local all=true
+        for name in "${ACTIVE[@]}"; do is_running "$name" || all=false; done
+        if $all; then
+            info "the stack is already up"
+            cmd_status
+            return 0
+        fi
         die "the stack is partly up (${running[*]}); run '$0 down' first"
     fi
     rm -f "$PID_DIR"/*.pid
 
+    choose_stores
+    info "$(describe_stores)"
+
     # Refuse rather than fight over a port with something else.
     local busy=()
-    for name in "${SERVICES[@]}"; do
+    for name in "${ACTIVE[@]}"; do
         local port
         port=$(port_of "$name")
         port_open "$port" && busy+=("$port ($name)")
@@ -343,7 +543,7 @@ cmd_up() {
     if ((${#busy[@]} > 0)); then
         warn "these ports are already in use by other processes: ${busy[*]}"
         if command -v ss >/dev/null 2>&1; then
-            for name in "${SERVICES[@]}"; do
+            for name in "${ACTIVE[@]}"; do
                 ss -ltnpH "sport = :$(port_of "$name")" 2>/dev/null || true
             done >&2
         fi
@@ -352,13 +552,14 @@ cmd_up() {
 
     build
     ensure_rabbitmq
+    fresh_stores
 
     info "starting services (logs in ${LOG_DIR#"$ROOT"/})"
     local deadline=$((SECONDS + READY_TIMEOUT))
-    for name in "${SERVICES[@]}"; do
+    for name in "${ACTIVE[@]}"; do
         # The gateway health-checks its targets when it starts: start it once they are ready.
         if [[ $name == gateway ]]; then
-            for dep in "${SERVICES[@]}"; do
+            for dep in "${ACTIVE[@]}"; do
                 [[ $dep == gateway ]] && continue
                 printf '  %-24s :%-5s ' "$dep" "$(port_of "$dep")"
                 wait_ready "$dep" "$deadline" || { STOP_QUIET=1 cmd_down; die "start-up failed: $dep"; }
@@ -369,6 +570,8 @@ cmd_up() {
     printf '  %-24s :%-5s ' gateway "$GATEWAY_PORT"
     wait_ready gateway "$deadline" || { STOP_QUIET=1 cmd_down; die "start-up failed: gateway"; }
 
+    local carts="http://localhost:$CART_PORT"
+    is_active cart-2 && carts+="  http://localhost:$CART2_PORT (sharing their carts)"
     cat <<EOF
 
 ${BOLD}The stack is up.${RESET}
@@ -376,10 +579,11 @@ ${BOLD}The stack is up.${RESET}
       e.g. curl http://localhost:$GATEWAY_PORT/products/1
   load-balancer view               http://localhost:$GATEWAY_PORT/gateway/targets
   product instances                http://localhost:$PRODUCT1_PORT  http://localhost:$PRODUCT2_PORT  http://localhost:$PRODUCT_BAD_PORT (bad: FAILURE_RATE=$BAD_FAILURE_RATE)
-  cart                             http://localhost:$CART_PORT
+  cart                             $carts
   credit-card-authorizer           http://localhost:$CCA_PORT (internal)
   warehouse stats                  http://localhost:$WAREHOUSE_PORT/stats
   RabbitMQ                         $(redacted_amqp)
+  $(describe_stores)
 
   scripts/test-api.sh               the curl suite against the gateway
   scripts/demo-atw.sh               the gateway shifting traffic away from the bad product instance
@@ -434,9 +638,10 @@ cmd_down() {
 
 cmd_status() {
     mkdir -p "$PID_DIR"
+    load_stores
     printf '%-24s %-6s %-8s %-8s %s\n' SERVICE PORT PID STATE READY
     local name up=0
-    for name in "${SERVICES[@]}"; do
+    for name in "${ACTIVE[@]}"; do
         local port pid state ready
         port=$(port_of "$name")
         pid=$(pid_of "$name")
@@ -451,6 +656,7 @@ cmd_status() {
         fi
         printf '%-24s %-6s %-8s %-8s %s\n' "$name" "$port" "${pid:--}" "$state" "$ready"
     done
+    ((up > 0)) && say "" && describe_stores
     if is_running gateway; then
         say ""
         say "gateway targets (http://localhost:$GATEWAY_PORT/gateway/targets):"
@@ -469,7 +675,7 @@ for g in v["groups"]:
             say "$json"
         fi
     fi
-    ((up == ${#SERVICES[@]})) && return 0
+    ((up == ${#ACTIVE[@]})) && return 0
     ((up == 0)) && say "" && say "the stack is down"
     return 0
 }

@@ -3,7 +3,8 @@
 #
 #   ensure_postgres URL          something answers at URL's host:port; a local cluster that is
 #                                installed but stopped is started first (pg_ctlcluster)
-#   ensure_redis URL             the same for Redis (systemd's redis-server, else a daemonized one)
+#   ensure_redis URL             the same for Redis on 127.0.0.1:6379 (systemd's redis-server, else
+#                                a daemonized one)
 #   postgres_login URL           psql can log in there without a password prompt
 #   postgres_create_database URL creates the database URL names, if missing
 #   postgres_drop_schemas URL S… drops those schemas (and everything in them)
@@ -40,9 +41,10 @@ store_redact() {
   local url=$1 scheme rest
   scheme=${url%%://*}
   rest=${url#*://}
-  if [[ ${rest%%/*} == *@* ]]; then
-    local userinfo=${rest%%@*}
-    echo "$scheme://${userinfo%%:*}:***@${rest#*@}"
+  local authority=${rest%%/*}
+  if [[ $authority == *@* && ${authority%@*} == *:* ]]; then
+    local userinfo=${authority%@*}
+    echo "$scheme://${userinfo%%:*}:***@${rest#"$userinfo"@}"
   else
     echo "$url"
   fi
@@ -183,7 +185,8 @@ postgres_create_database() {
     return 1
   fi
   admin=$(postgres_url_with_database "$url" postgres)
-  exists=$(store_psql "$admin" -c "SELECT 1 FROM pg_database WHERE datname = '$db'") || return 1
+  # Quiet: without access to `postgres` the caller's own login attempt says why.
+  exists=$(store_psql "$admin" -c "SELECT 1 FROM pg_database WHERE datname = '$db'" 2>/dev/null) || return 1
   [[ $exists == 1 ]] && return 0
   store_say "creating database $db"
   # Another `up` may create it at the same moment: check again rather than fail on that.
@@ -221,11 +224,11 @@ redis_ping() {
   fi
 }
 
-# Starts the installed redis-server for 127.0.0.1:$1.
+# Starts the installed redis-server on 127.0.0.1:6379, where the package puts it.
 redis_start_local() {
-  local port=$1
+  local port=6379
   # The packaged unit (its own config, persistence, the redis user) where systemd runs it.
-  if ((port == 6379)) && store_have_systemd && systemctl cat redis-server.service >/dev/null 2>&1; then
+  if store_have_systemd && systemctl cat redis-server.service >/dev/null 2>&1; then
     store_say "Redis is installed but not running; starting it: systemctl start redis-server"
     store_as_root systemctl start redis-server >&2 && return 0
     store_say "could not start it (it needs root: sudo systemctl start redis-server)"
@@ -249,12 +252,13 @@ ensure_redis() {
   if store_port_open "$host" "$port"; then
     return 0
   fi
-  if ! store_is_local "$host" || ! command -v redis-server >/dev/null 2>&1; then
-    store_say "no Redis answers at $host:$port ($(store_redact "$url")), and no redis-server is installed here to start."
+  # An installed Redis listens on 6379; for another port there is nothing we know to start.
+  if ! store_is_local "$host" || [[ $port != 6379 ]] || ! command -v redis-server >/dev/null 2>&1; then
+    store_say "no Redis answers at $host:$port ($(store_redact "$url")), and no redis-server is installed here for that port."
     redis_help
     return 1
   fi
-  redis_start_local "$port" || return 1
+  redis_start_local || return 1
   local waited=0
   until redis_ping "$url"; do
     if ((waited >= 30)); then
@@ -270,6 +274,7 @@ ensure_redis() {
 # Deletes the keys under a prefix (glob characters in it are escaped).
 redis_delete_prefix() {
   local url=$1 prefix=$2 pattern
+  [[ -n $prefix ]] || { store_say "refusing to delete every key: no prefix"; return 1; }
   command -v redis-cli >/dev/null 2>&1 || { store_say "redis-cli not found (Debian: redis-tools)"; return 1; }
   # shellcheck disable=SC2001 # a bracket expression, not a parameter expansion
   pattern="$(sed 's/[][*?\\]/\\&/g' <<<"$prefix")*"
