@@ -79,8 +79,8 @@ export NO_COLOR="${NO_COLOR:-1}" # the logs are files: no ANSI colour codes in t
 source "$ROOT/scripts/lib/stores.sh"
 
 # Start order: dependencies first, the gateway last (it health-checks its targets at start).
-# ACTIVE is the part of SERVICES this run uses (cart-2 only with shared carts, see active_services).
-SERVICES=(product-1 product-2 product-bad credit-card-authorizer cart cart-2 warehouse gateway)
+# ACTIVE is the part of SERVICES this run uses (cart-2 only with shared carts, see set_active).
+SERVICES=(product-1 product-2 product-bad credit-card-authorizer cart-1 cart-2 warehouse gateway)
 ACTIVE=("${SERVICES[@]}")
 # The stores of this run; empty: in memory. Set by choose_stores (up) or load_stores (status).
 STORE_DATABASE_URL=""
@@ -103,7 +103,7 @@ port_of() {
         product-2) echo "$PRODUCT2_PORT" ;;
         product-bad) echo "$PRODUCT_BAD_PORT" ;;
         credit-card-authorizer) echo "$CCA_PORT" ;;
-        cart) echo "$CART_PORT" ;;
+        cart-1) echo "$CART_PORT" ;;
         cart-2) echo "$CART2_PORT" ;;
         warehouse) echo "$WAREHOUSE_PORT" ;;
         gateway) echo "$GATEWAY_PORT" ;;
@@ -114,7 +114,7 @@ port_of() {
 binary_of() {
     case "$1" in
         product-*) echo "product-service" ;;
-        cart | cart-2) echo "cart-service" ;;
+        cart-*) echo "cart-service" ;;
         *) echo "$1" ;;
     esac
 }
@@ -136,12 +136,12 @@ env_of() {
             echo "INSTANCE_ID=credit-card-authorizer-1"
             echo "DECLINE_RATE=${DECLINE_RATE:-0.1}"
             ;;
-        cart | cart-2)
-            if [[ $name == cart ]]; then
-                echo "INSTANCE_ID=cart-1"
+        cart-1 | cart-2)
+            echo "INSTANCE_ID=$name"
+            # Each cart asks a different healthy product instance (the catalog is shared).
+            if [[ $name == cart-1 ]]; then
                 echo "PRODUCT_URL=http://127.0.0.1:$PRODUCT1_PORT"
             else
-                echo "INSTANCE_ID=cart-2"
                 echo "PRODUCT_URL=http://127.0.0.1:$PRODUCT2_PORT"
             fi
             echo "AMQP_URL=$AMQP_URL"
