@@ -173,7 +173,7 @@ else
   run "docker compose config" 60 env -u COMPOSE_FILE -u COMPOSE_PROFILES "${COMPOSE[@]}" -f docker-compose.yml config -q
   if env -u COMPOSE_FILE "${COMPOSE[@]}" -f docker-compose.yml config --format json >"$WORK/compose.json" 2>/dev/null; then
     run "docker compose topology" 30 python3 - "$WORK/compose.json" "$ROOT" <<'PY'
-import json, pathlib, sys, tomllib
+import json, pathlib, re, sys, tomllib
 
 cfg = json.load(open(sys.argv[1]))
 root = pathlib.Path(sys.argv[2])
@@ -190,8 +190,8 @@ for manifest in root.glob("*/Cargo.toml"):
     if "name" in pkg:
         packages.add(pkg["name"])
 
-expected = {"rabbitmq", "product-1", "product-2", "product-bad", "cart",
-            "credit-card-authorizer", "warehouse", "gateway"}
+expected = {"rabbitmq", "postgres", "redis", "product-1", "product-2", "product-bad", "cart-1",
+            "cart-2", "credit-card-authorizer", "warehouse", "gateway"}
 if set(services) != expected:
     errors.append(f"services {sorted(services)} != {sorted(expected)}")
 
@@ -222,8 +222,36 @@ for p in ("product-1", "product-2", "product-bad"):
 targets = set(env("gateway").get("PRODUCT_TARGETS", "").split(","))
 if targets != {"http://product-1:8081", "http://product-2:8081", "http://product-bad:8081"}:
     errors.append(f"gateway PRODUCT_TARGETS lists {sorted(targets)}")
-if env("gateway").get("CART_TARGETS") != "http://cart:8082":
-    errors.append("gateway CART_TARGETS must be http://cart:8082")
+if set(env("gateway").get("CART_TARGETS", "").split(",")) != {"http://cart-1:8082", "http://cart-2:8082"}:
+    errors.append("gateway CART_TARGETS must list http://cart-1:8082 and http://cart-2:8082")
+cart_ids = [env(c).get("INSTANCE_ID") for c in ("cart-1", "cart-2")]
+if len(set(cart_ids)) != 2 or None in cart_ids:
+    errors.append(f"cart INSTANCE_IDs must be distinct: {cart_ids}")
+
+# Durable state: the catalog (shared by all three product instances) and the warehouse's ledger
+# in PostgreSQL, each in its own schema; carts in Redis, shared by both cart instances.
+def healthy_dep(name, dep):
+    return (services.get(name, {}).get("depends_on") or {}).get(dep, {}).get("condition") == "service_healthy"
+for name, schema in [("product-1", "catalog"), ("product-2", "catalog"), ("product-bad", "catalog"), ("warehouse", "warehouse")]:
+    if not env(name).get("DATABASE_URL", "").startswith("postgres://") or "@postgres:5432/" not in env(name).get("DATABASE_URL", ""):
+        errors.append(f"{name}: DATABASE_URL must point at the postgres service")
+    if env(name).get("DATABASE_SCHEMA") != schema:
+        errors.append(f"{name}: DATABASE_SCHEMA must be {schema}")
+    if not healthy_dep(name, "postgres"):
+        errors.append(f"{name}: must depend on postgres being healthy")
+for name in ("cart-1", "cart-2"):
+    if not env(name).get("REDIS_URL", "").startswith("redis://redis:6379"):
+        errors.append(f"{name}: REDIS_URL must point at the redis service")
+    if not healthy_dep(name, "redis"):
+        errors.append(f"{name}: must depend on redis being healthy")
+for name, image, probe, mount in [("postgres", "postgres", "pg_isready", "/var/lib/postgresql/data"), ("redis", "redis", "redis-cli", "/data")]:
+    svc = services.get(name, {})
+    if not re.fullmatch(rf"{image}:\d+(\.\d+)*(-[a-z0-9]+)?", svc.get("image", "")):
+        errors.append(f"{name}: image must be the official one with a pinned major version, not {svc.get('image')}")
+    if probe not in " ".join(svc.get("healthcheck", {}).get("test", [])):
+        errors.append(f"{name}: healthcheck must use {probe}")
+    if not any(v.get("type") == "volume" and v.get("target") == mount for v in svc.get("volumes", [])):
+        errors.append(f"{name}: {mount} must be a named volume")
 published = {n: [p.get("published") for p in s.get("ports", [])] for n, s in services.items()}
 if "8080" not in [str(p) for p in published.get("gateway", [])]:
     errors.append("gateway must be published on 8080")
@@ -287,6 +315,60 @@ for v, what in sorted(too_new):
     print(f"Dockerfile RUST_VERSION {have[0]}.{have[1]} < {v[0]}.{v[1]} needed by {what}")
 print(f"checked the workspace and {checked} locked crates with sources in the cargo registry")
 sys.exit(1 if too_new else 0)
+PY
+
+############################################################################
+# Docker build context: the migrations the binaries embed must be in it
+############################################################################
+log "== Docker build context"
+run ".dockerignore keeps services/*/migrations in the build context" 30 python3 - "$ROOT" <<'PY'
+import pathlib, re, sys
+
+root = pathlib.Path(sys.argv[1])
+
+def to_regex(pattern):
+    # Docker's (moby/patternmatcher) syntax: * and ? stay within a path segment, ** crosses them.
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        elif pattern[i] == "[" and "]" in pattern[i:]:
+            end = pattern.index("]", i)
+            out, i = out + pattern[i : end + 1], end + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out)
+
+rules = []
+for line in (root / ".dockerignore").read_text().splitlines():
+    line = line.strip()
+    if line and not line.startswith("#"):
+        rules.append((line.startswith("!"), to_regex(line.lstrip("!").strip().strip("/"))))
+
+def ignored(path):
+    # The last pattern matching the path or one of its parent directories decides.
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    verdict = False
+    for negated, rx in rules:
+        if any(rx.fullmatch(c) for c in candidates):
+            verdict = not negated
+    return verdict
+
+paths = [str(f.relative_to(root)) for f in root.glob("services/*/migrations/*") if f.is_file()]
+# Also a migration that does not exist yet, so the check means something before the first one.
+paths += ["services/product/migrations/00000000000000_example.sql", "services/warehouse/migrations/00000000000000_example.sql"]
+bad = [p for p in paths if ignored(p)]
+for p in bad:
+    print(f".dockerignore excludes {p}: the image would be built without it (sqlx::migrate! embeds it)")
+print(f"checked {len(paths)} migration paths against {len(rules)} rules")
+sys.exit(1 if bad else 0)
 PY
 
 ############################################################################
