@@ -9,6 +9,10 @@
 #
 # Stages: chef (toolchain + cargo-chef) -> planner (dependency recipe) -> builder (dependencies
 # cooked in their own cached layer, then the workspace) -> runtime (distroless, non-root).
+#
+# The product and warehouse binaries carry their SQL migrations (services/<svc>/migrations, compiled
+# in by sqlx::migrate! in the builder's `COPY . .`) and apply them at start when DATABASE_URL is
+# set; the runtime image needs no migration files and no database at build time.
 
 # Must be >= every rust-version in Cargo.lock (uuid 1.29 needs 1.89); 1.95 is the toolchain the
 # workspace is built and tested with. scripts/check-infra.sh checks this.
