@@ -136,13 +136,15 @@ resource "aws_ecs_service" "service" {
   }
 
   # The target groups must be attached to the ALB before a service can register in them; the
-  # broker must exist before the cart and the warehouse start.
+  # broker, and the secrets' values, must exist before the tasks start.
   depends_on = [
     aws_lb_listener_rule.product,
     aws_lb_listener_rule.cart,
     aws_ecs_service.rabbitmq,
     aws_mq_broker.this,
     aws_iam_role_policy.execution_secrets,
+    aws_secretsmanager_secret_version.database_url,
+    aws_secretsmanager_secret_version.redis_url,
   ]
 }
 

@@ -32,12 +32,22 @@ resource "aws_iam_role_policy" "execution_secrets" {
   role = aws_iam_role.execution.id
   policy = jsonencode({
     Version = "2012-10-17"
-    Statement = [{
-      Sid      = "ReadServiceSecrets"
-      Effect   = "Allow"
-      Action   = ["ssm:GetParameters"]
-      Resource = local.secret_parameter_arns
-    }]
+    Statement = [
+      {
+        Sid      = "ReadServiceSecrets"
+        Effect   = "Allow"
+        Action   = ["ssm:GetParameters"]
+        Resource = local.secret_parameter_arns
+      },
+      {
+        # The store URLs; encrypted with aws/secretsmanager, whose key policy lets Secrets Manager
+        # decrypt for any principal of the account, so no kms:Decrypt grant is needed.
+        Sid      = "ReadStoreUrls"
+        Effect   = "Allow"
+        Action   = ["secretsmanager:GetSecretValue"]
+        Resource = [for s in aws_secretsmanager_secret.store_url : s.arn]
+      },
+    ]
   })
 }
 

@@ -15,8 +15,17 @@ locals {
     QUEUE_TYPE = var.queue_type
   }
 
-  # The AMQP URL (with credentials) only ever reaches a task through the SSM parameter.
-  amqp_secret = { AMQP_URL = aws_ssm_parameter.amqp_url.arn }
+  # The AMQP URL (with credentials) only ever reaches a task through the SSM parameter, the store
+  # URLs only through Secrets Manager (datastores.tf).
+  amqp_secret     = { AMQP_URL = aws_ssm_parameter.amqp_url.arn }
+  database_secret = { DATABASE_URL = aws_secretsmanager_secret.store_url["database-url"].arn }
+  redis_secret    = { REDIS_URL = aws_secretsmanager_secret.store_url["redis-url"].arn }
+
+  # Every product task (the bad one too) works on the one shared catalog.
+  catalog_environment = {
+    DATABASE_SCHEMA          = "catalog"
+    DATABASE_MAX_CONNECTIONS = tostring(var.db_max_connections_per_task)
+  }
 
   # One entry per ECS service. product and product-bad run the same image and register in the
   # same target group: ATW on that group should shift weight away from the bad task.
@@ -29,12 +38,12 @@ locals {
       security_group = "product"
       target_group   = "product"
       discovery      = "product" # the cart calls product.<namespace>: only the healthy tasks
-      environment = {
+      environment = merge(local.catalog_environment, {
         INSTANCE_ID   = "product-good"
         SEED_PRODUCTS = tostring(var.seed_products)
         FAILURE_RATE  = "0"
-      }
-      secrets = {}
+      })
+      secrets = local.database_secret
     }
     product-bad = {
       repository     = local.repositories.product
@@ -44,12 +53,12 @@ locals {
       security_group = "product"
       target_group   = "product"
       discovery      = null
-      environment = {
+      environment = merge(local.catalog_environment, {
         INSTANCE_ID   = "product-bad"
         SEED_PRODUCTS = tostring(var.seed_products)
         FAILURE_RATE  = var.product_bad_failure_rate
-      }
-      secrets = {}
+      })
+      secrets = local.database_secret
     }
     cart = {
       repository     = local.repositories.cart
@@ -64,8 +73,10 @@ locals {
         PRODUCT_URL       = "http://product.${local.namespace}:8081"
         CCA_URL           = "http://credit-card-authorizer.${local.namespace}:8083"
         CHANNEL_POOL_SIZE = tostring(var.cart_channel_pool_size)
+        REDIS_KEY_PREFIX  = "${var.name}:"
+        CART_TTL_SECONDS  = tostring(var.cart_ttl_seconds)
       }
-      secrets = local.amqp_secret
+      secrets = merge(local.amqp_secret, local.redis_secret)
     }
     credit-card-authorizer = {
       repository     = local.repositories["credit-card-authorizer"]
@@ -90,11 +101,13 @@ locals {
       target_group   = null
       discovery      = null
       environment = {
-        INSTANCE_ID        = "warehouse"
-        WAREHOUSE_CHANNELS = tostring(var.warehouse_channels)
-        WAREHOUSE_PREFETCH = tostring(var.warehouse_prefetch)
+        INSTANCE_ID              = "warehouse"
+        WAREHOUSE_CHANNELS       = tostring(var.warehouse_channels)
+        WAREHOUSE_PREFETCH       = tostring(var.warehouse_prefetch)
+        DATABASE_SCHEMA          = "warehouse"
+        DATABASE_MAX_CONNECTIONS = tostring(var.db_max_connections_per_task)
       }
-      secrets = local.amqp_secret
+      secrets = merge(local.amqp_secret, local.database_secret)
     }
   }
 

@@ -55,3 +55,18 @@ output "amazon_mq_broker_id" {
   description = "Amazon MQ broker id (rabbitmq_mode = amazon_mq), empty otherwise; its log groups are created by AWS outside Terraform."
   value       = try(aws_mq_broker.this[0].id, "")
 }
+
+output "database_endpoint" {
+  description = "Where the product and warehouse tasks reach PostgreSQL (host:port, no credentials); the database is shop, one schema per service."
+  value       = "${aws_db_instance.this.address}:${aws_db_instance.this.port}"
+}
+
+output "redis_endpoint" {
+  description = "Where the cart tasks reach Redis (primary endpoint, host:port)."
+  value       = "${aws_elasticache_replication_group.this.primary_endpoint_address}:${aws_elasticache_replication_group.this.port}"
+}
+
+output "store_url_secrets" {
+  description = "Secrets Manager secrets holding DATABASE_URL (with the password) and REDIS_URL."
+  value       = { for k, s in aws_secretsmanager_secret.store_url : k => s.name }
+}

@@ -6,7 +6,8 @@
 #                                       --8083--> credit-card-authorizer   (cart only)
 #                                       --5672/5671--> rabbitmq / amazon mq
 #   warehouse --5672/5671--> rabbitmq / amazon mq;   rabbitmq --2049--> efs
-#   every task --443--> internet via NAT (ECR, CloudWatch Logs, SSM, ECR Public)
+#   product, warehouse --5432--> postgres (RDS);   cart --6379--> redis (ElastiCache)
+#   every task --443--> internet via NAT (ECR, CloudWatch Logs, SSM, Secrets Manager, ECR Public)
 
 locals {
   security_groups = {
@@ -17,6 +18,8 @@ locals {
     warehouse              = "warehouse tasks: no inbound traffic"
     rabbitmq               = "RabbitMQ (Fargate task or Amazon MQ broker): from cart and warehouse"
     efs                    = "EFS mount targets of the RabbitMQ volume: from RabbitMQ only"
+    postgres               = "RDS PostgreSQL: from the product and warehouse tasks only"
+    redis                  = "ElastiCache Redis: from the cart tasks only"
   }
 
   # The port the services use to reach RabbitMQ: plain AMQP in the VPC, or AMQPS for Amazon MQ.
@@ -30,6 +33,9 @@ locals {
     rabbitmq-from-cart = { sg = "rabbitmq", from = "cart", port = local.amqp_port, what = "AMQP from the cart" }
     rabbitmq-from-wh   = { sg = "rabbitmq", from = "warehouse", port = local.amqp_port, what = "AMQP from the warehouse" }
     efs-from-rabbitmq  = { sg = "efs", from = "rabbitmq", port = 2049, what = "NFS from RabbitMQ" }
+    postgres-from-prod = { sg = "postgres", from = "product", port = 5432, what = "PostgreSQL from the product tasks (catalog)" }
+    postgres-from-wh   = { sg = "postgres", from = "warehouse", port = 5432, what = "PostgreSQL from the warehouse (ledger)" }
+    redis-from-cart    = { sg = "redis", from = "cart", port = 6379, what = "Redis from the cart tasks" }
   }
 
   sg_egress = {
@@ -40,6 +46,9 @@ locals {
     cart-to-rabbitmq    = { sg = "cart", to = "rabbitmq", port = local.amqp_port, what = "to RabbitMQ" }
     warehouse-to-rabbit = { sg = "warehouse", to = "rabbitmq", port = local.amqp_port, what = "to RabbitMQ" }
     rabbitmq-to-efs     = { sg = "rabbitmq", to = "efs", port = 2049, what = "to the EFS mount targets" }
+    product-to-postgres = { sg = "product", to = "postgres", port = 5432, what = "to PostgreSQL" }
+    warehouse-to-pg     = { sg = "warehouse", to = "postgres", port = 5432, what = "to PostgreSQL" }
+    cart-to-redis       = { sg = "cart", to = "redis", port = 6379, what = "to Redis" }
   }
 
   # HTTPS out (through NAT) for image pulls, logs and SSM parameters.
@@ -47,7 +56,7 @@ locals {
 }
 
 resource "aws_security_group" "this" {
-  # checkov:skip=CKV2_AWS_5: attached through for_each lookups (aws_ecs_service, aws_lb, aws_efs_mount_target, aws_mq_broker) that checkov's graph does not resolve
+  # checkov:skip=CKV2_AWS_5: attached through for_each lookups (aws_ecs_service, aws_lb, aws_efs_mount_target, aws_mq_broker, aws_db_instance, aws_elasticache_replication_group) that checkov's graph does not resolve
   for_each = local.security_groups
 
   name        = "${var.name}-${each.key}"
@@ -98,7 +107,7 @@ resource "aws_vpc_security_group_egress_rule" "https" {
   for_each = local.sg_https_egress
 
   security_group_id = aws_security_group.this[each.key].id
-  description       = "HTTPS to AWS APIs (ECR, CloudWatch Logs, SSM) through NAT"
+  description       = "HTTPS to AWS APIs (ECR, CloudWatch Logs, SSM, Secrets Manager) through NAT"
   ip_protocol       = "tcp"
   from_port         = 443
   to_port           = 443

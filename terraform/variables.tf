@@ -106,9 +106,14 @@ variable "task_sizes" {
 }
 
 variable "product_desired_count" {
-  description = "Healthy product tasks (FAILURE_RATE=0). Also the autoscaling minimum."
+  description = "Healthy product tasks (FAILURE_RATE=0), sharing the catalog in PostgreSQL. Also the autoscaling minimum."
   type        = number
   default     = 2
+
+  validation {
+    condition     = var.product_desired_count >= 1 && floor(var.product_desired_count) == var.product_desired_count
+    error_message = "product_desired_count must be a whole number of at least 1."
+  }
 }
 
 variable "product_max_count" {
@@ -135,21 +140,26 @@ variable "product_bad_failure_rate" {
 }
 
 variable "seed_products" {
-  description = "SEED_PRODUCTS for every product task: ids 1..N exist on every instance (product state is in memory per task)."
+  description = "SEED_PRODUCTS for every product task: ids 1..N are created in the shared catalog if missing (idempotent, so every task may seed)."
   type        = number
   default     = 1000
 }
 
 variable "cart_desired_count" {
-  description = "Cart tasks. Carts live in memory in one task, so keep 1 unless you accept carts split across tasks (the ALB uses sticky cookies, curl does not keep them)."
+  description = "Cart tasks, sharing the carts in Redis (any task serves any cart). Also the autoscaling minimum."
   type        = number
-  default     = 1
+  default     = 2
+
+  validation {
+    condition     = var.cart_desired_count >= 1 && floor(var.cart_desired_count) == var.cart_desired_count
+    error_message = "cart_desired_count must be a whole number of at least 1."
+  }
 }
 
 variable "cart_max_count" {
-  description = "Autoscaling maximum for the cart service (see cart_desired_count about in-memory carts)."
+  description = "Autoscaling maximum for the cart service."
   type        = number
-  default     = 1
+  default     = 4
 }
 
 variable "autoscaling_cpu_target" {
@@ -268,9 +278,9 @@ variable "product_stickiness_enabled" {
 }
 
 variable "cart_stickiness_enabled" {
-  description = "lb_cookie stickiness on the cart target group, so that a client keeping cookies stays on the task that holds its cart."
+  description = "lb_cookie stickiness on the cart target group. Not needed since the carts are shared in Redis; off, so that load spreads evenly."
   type        = bool
-  default     = true
+  default     = false
 }
 
 ############################################################################
@@ -333,4 +343,108 @@ variable "service_discovery_namespace" {
   description = "Private DNS namespace (Cloud Map) for the internal names: rabbitmq, credit-card-authorizer, product."
   type        = string
   default     = "shop.local"
+}
+
+############################################################################
+# PostgreSQL (RDS) and Redis (ElastiCache)
+############################################################################
+
+variable "db_instance_class" {
+  description = "RDS instance class of the PostgreSQL database (the catalog and the warehouse's ledger)."
+  type        = string
+  default     = "db.t4g.micro"
+}
+
+variable "db_engine_version" {
+  description = "PostgreSQL major version (RDS picks the latest minor; minor upgrades are automatic)."
+  type        = string
+  default     = "16"
+}
+
+variable "db_allocated_storage" {
+  description = "Initial storage of the database in GiB (gp3, encrypted); it grows automatically up to db_max_allocated_storage."
+  type        = number
+  default     = 20
+}
+
+variable "db_max_allocated_storage" {
+  description = "Upper limit of storage autoscaling in GiB."
+  type        = number
+  default     = 100
+}
+
+variable "db_multi_az" {
+  description = "A standby in the second AZ with automatic failover (doubles the database cost)."
+  type        = bool
+  default     = false
+}
+
+variable "db_backup_retention_days" {
+  description = "Days of automated backups (point-in-time recovery) of the database."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.db_backup_retention_days >= 1 && var.db_backup_retention_days <= 35
+    error_message = "db_backup_retention_days must be between 1 and 35."
+  }
+}
+
+variable "db_deletion_protection" {
+  description = "Deletion protection of the database. Off by default so that `terraform destroy` removes everything."
+  type        = bool
+  default     = false
+}
+
+variable "db_skip_final_snapshot" {
+  description = "Skip the final snapshot when the database is destroyed (true for a throw-away demo; false keeps a snapshot named <name>-postgres-final, which you delete yourself)."
+  type        = bool
+  default     = true
+}
+
+variable "db_password_version" {
+  description = "Bump to generate a new database password: it is written to the instance and to the DATABASE_URL secret in the same apply; then redeploy product, product-bad and warehouse (tasks read secrets at start)."
+  type        = number
+  default     = 1
+}
+
+variable "db_max_connections_per_task" {
+  description = "DATABASE_MAX_CONNECTIONS of every product and warehouse task. All tasks together (up to product_max_count + product_bad_desired_count + 1 warehouse) times this must stay below the instance's max_connections (DBInstanceClassMemory/9531392: about 100 on db.t4g.micro)."
+  type        = number
+  default     = 5
+}
+
+variable "redis_node_type" {
+  description = "ElastiCache node type of the Redis that holds the carts."
+  type        = string
+  default     = "cache.t4g.micro"
+}
+
+variable "redis_engine_version" {
+  description = "Redis engine version of the ElastiCache replication group."
+  type        = string
+  default     = "7.1"
+}
+
+variable "redis_nodes" {
+  description = "Redis nodes: 2 (default) is a primary and a replica in the other AZ with automatic failover, so a node failure loses no carts; 1 is cheaper and loses them with the node."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.redis_nodes >= 1 && var.redis_nodes <= 6
+    error_message = "redis_nodes must be between 1 and 6."
+  }
+}
+
+variable "redis_snapshot_retention_days" {
+  description = "Days of daily Redis snapshots kept (0 turns them off)."
+  type        = number
+  default     = 1
+}
+
+variable "cart_ttl_seconds" {
+  description = "CART_TTL_SECONDS: an untouched cart expires from Redis after this long."
+  type        = number
+  default     = 604800
 }

@@ -32,6 +32,27 @@ mock_provider "aws" {
   mock_resource "aws_ssm_parameter" {}
   mock_resource "aws_subnet" {}
   mock_resource "aws_cloudwatch_log_group" {}
+  mock_resource "aws_secretsmanager_secret" {}
+
+  mock_resource "aws_db_instance" {
+    defaults = {
+      address = "shop-postgres.abcdefghijkl.eu-west-1.rds.amazonaws.com"
+      port    = 5432
+    }
+  }
+
+  mock_resource "aws_elasticache_replication_group" {
+    defaults = {
+      primary_endpoint_address = "master.shop-redis.abcdef.euw1.cache.amazonaws.com"
+      port                     = 6379
+    }
+  }
+
+  mock_data "aws_secretsmanager_random_password" {
+    defaults = {
+      random_password = "example-example-example"
+    }
+  }
 
   mock_resource "aws_mq_broker" {
     defaults = {
@@ -378,4 +399,209 @@ run "rejects_latest_image_tag" {
   }
 
   expect_failures = [var.image_tag]
+}
+
+############################################################################
+# PostgreSQL and Redis
+############################################################################
+
+run "datastores_are_private_and_encrypted" {
+  command = plan
+
+  assert {
+    condition     = aws_db_instance.this.publicly_accessible == false && aws_db_instance.this.storage_encrypted == true
+    error_message = "The database must be private and encrypted at rest."
+  }
+  assert {
+    condition     = aws_db_subnet_group.this.subnet_ids == toset(aws_subnet.private[*].id)
+    error_message = "The database lives in the private subnets."
+  }
+  assert {
+    condition     = aws_db_instance.this.vpc_security_group_ids == toset([aws_security_group.this["postgres"].id])
+    error_message = "The database has its own security group, and only that one."
+  }
+  assert {
+    condition     = one([for p in aws_db_parameter_group.this.parameter : p.value if p.name == "rds.force_ssl"]) == "1"
+    error_message = "The database refuses connections without TLS."
+  }
+  assert {
+    condition     = aws_db_instance.this.engine == "postgres" && aws_db_instance.this.backup_retention_period >= 1
+    error_message = "PostgreSQL with automated backups."
+  }
+  assert {
+    condition     = tostring(aws_elasticache_replication_group.this.at_rest_encryption_enabled) == "true"
+    error_message = "Redis is encrypted at rest."
+  }
+  assert {
+    condition     = aws_elasticache_subnet_group.this.subnet_ids == toset(aws_subnet.private[*].id)
+    error_message = "Redis lives in the private subnets."
+  }
+  assert {
+    condition     = aws_elasticache_replication_group.this.security_group_ids == toset([aws_security_group.this["redis"].id])
+    error_message = "Redis has its own security group, and only that one."
+  }
+  assert {
+    condition = (
+      aws_elasticache_replication_group.this.num_cache_clusters == 2 &&
+      aws_elasticache_replication_group.this.automatic_failover_enabled &&
+      aws_elasticache_replication_group.this.multi_az_enabled
+    )
+    error_message = "By default Redis has a replica in the other AZ and fails over to it."
+  }
+}
+
+run "datastores_only_reachable_from_their_services" {
+  command = plan
+
+  assert {
+    condition = toset([
+      for r in aws_vpc_security_group_ingress_rule.internal : r.referenced_security_group_id
+      if r.security_group_id == aws_security_group.this["postgres"].id
+    ]) == toset([aws_security_group.this["product"].id, aws_security_group.this["warehouse"].id])
+    error_message = "PostgreSQL accepts the product and the warehouse security groups, and no other."
+  }
+  assert {
+    condition = alltrue([
+      for r in aws_vpc_security_group_ingress_rule.internal : r.from_port == 5432 && r.to_port == 5432
+      if r.security_group_id == aws_security_group.this["postgres"].id
+    ])
+    error_message = "PostgreSQL accepts port 5432 only."
+  }
+  assert {
+    condition = [
+      for r in aws_vpc_security_group_ingress_rule.internal : r.referenced_security_group_id
+      if r.security_group_id == aws_security_group.this["redis"].id
+    ] == [aws_security_group.this["cart"].id]
+    error_message = "Redis accepts the cart's security group, and no other."
+  }
+  assert {
+    condition = alltrue([
+      for r in aws_vpc_security_group_ingress_rule.internal : r.from_port == 6379 && r.to_port == 6379
+      if r.security_group_id == aws_security_group.this["redis"].id
+    ])
+    error_message = "Redis accepts port 6379 only."
+  }
+  assert {
+    condition = length([
+      for r in concat(values(aws_vpc_security_group_egress_rule.internal), values(aws_vpc_security_group_egress_rule.https)) : r
+      if contains([aws_security_group.this["postgres"].id, aws_security_group.this["redis"].id], r.security_group_id)
+    ]) == 0
+    error_message = "The data stores open no connections of their own."
+  }
+  assert {
+    condition = toset([
+      for r in aws_vpc_security_group_egress_rule.internal : r.security_group_id
+      if r.referenced_security_group_id == aws_security_group.this["redis"].id
+    ]) == toset([aws_security_group.this["cart"].id])
+    error_message = "Only the cart may open connections to Redis."
+  }
+}
+
+run "store_urls_are_secrets" {
+  command = plan
+
+  assert {
+    condition = alltrue([
+      for k in ["product", "product-bad", "warehouse"] :
+      { for s in jsondecode(aws_ecs_task_definition.service[k].container_definitions)[0].secrets : s.name => s.valueFrom }["DATABASE_URL"] == aws_secretsmanager_secret.store_url["database-url"].arn
+    ])
+    error_message = "product, product-bad and warehouse get DATABASE_URL from Secrets Manager."
+  }
+  assert {
+    condition     = { for s in jsondecode(aws_ecs_task_definition.service["cart"].container_definitions)[0].secrets : s.name => s.valueFrom }["REDIS_URL"] == aws_secretsmanager_secret.store_url["redis-url"].arn
+    error_message = "The cart gets REDIS_URL from Secrets Manager."
+  }
+  assert {
+    condition = alltrue([
+      for k, td in aws_ecs_task_definition.service :
+      length(setintersection(toset([for e in jsondecode(td.container_definitions)[0].environment : e.name]), toset(["DATABASE_URL", "REDIS_URL", "PGPASSWORD"]))) == 0
+    ])
+    error_message = "No store URL or password may be a plain environment variable."
+  }
+  assert {
+    condition = alltrue([
+      for k in ["credit-card-authorizer", "cart"] :
+      !contains([for s in jsondecode(aws_ecs_task_definition.service[k].container_definitions)[0].secrets : s.name], "DATABASE_URL")
+    ])
+    error_message = "Only the services that use the database get its URL."
+  }
+  assert {
+    condition = alltrue([
+      for k, schema in { product = "catalog", product-bad = "catalog", warehouse = "warehouse" } :
+      { for e in jsondecode(aws_ecs_task_definition.service[k].container_definitions)[0].environment : e.name => e.value }["DATABASE_SCHEMA"] == schema
+    ])
+    error_message = "Each service works in its own schema; every product task in the one catalog."
+  }
+  assert {
+    condition = toset(flatten([
+      for st in jsondecode(aws_iam_role_policy.execution_secrets.policy).Statement : st.Resource
+      if contains(flatten([st.Action]), "secretsmanager:GetSecretValue")
+    ])) == toset([for s in aws_secretsmanager_secret.store_url : s.arn])
+    error_message = "The execution role reads exactly the two store secrets from Secrets Manager."
+  }
+  assert {
+    condition     = aws_db_instance.this.password == null && aws_db_instance.this.password_wo_version == 1
+    error_message = "The database password is write-only (never in the state), versioned for rotation."
+  }
+  assert {
+    condition     = aws_secretsmanager_secret_version.database_url.secret_string == null && aws_secretsmanager_secret_version.database_url.secret_string_wo_version == 1
+    error_message = "DATABASE_URL (with the password) is written write-only, never kept in the state."
+  }
+  assert {
+    condition     = nonsensitive(aws_secretsmanager_secret_version.redis_url.secret_string) == "redis://master.shop-redis.abcdef.euw1.cache.amazonaws.com:6379/0"
+    error_message = "REDIS_URL points at the replication group's primary endpoint."
+  }
+}
+
+run "cart_and_product_run_several_tasks" {
+  command = plan
+
+  assert {
+    condition     = aws_ecs_service.service["cart"].desired_count == 2 && aws_ecs_service.service["product"].desired_count == 2
+    error_message = "The cart and the product service run two tasks by default (the state is shared)."
+  }
+  assert {
+    condition     = aws_appautoscaling_target.service["cart"].min_capacity == 2 && aws_appautoscaling_target.service["cart"].max_capacity >= 2
+    error_message = "Autoscaling keeps at least two cart tasks."
+  }
+  assert {
+    condition     = length(aws_lb_target_group.this["cart"].stickiness) == 0
+    error_message = "Shared carts need no sticky sessions."
+  }
+}
+
+run "password_rotation_rewrites_instance_and_secret_together" {
+  command = plan
+
+  variables {
+    db_password_version = 2
+  }
+
+  assert {
+    condition     = aws_db_instance.this.password_wo_version == 2 && aws_secretsmanager_secret_version.database_url.secret_string_wo_version == 2
+    error_message = "A new password version reaches both the instance and the DATABASE_URL secret."
+  }
+}
+
+run "single_redis_node_has_no_failover" {
+  command = plan
+
+  variables {
+    redis_nodes = 1
+  }
+
+  assert {
+    condition     = !aws_elasticache_replication_group.this.automatic_failover_enabled && !aws_elasticache_replication_group.this.multi_az_enabled
+    error_message = "One Redis node cannot fail over (AWS refuses the combination)."
+  }
+}
+
+run "rejects_no_cart_tasks" {
+  command = plan
+
+  variables {
+    cart_desired_count = 0
+  }
+
+  expect_failures = [var.cart_desired_count]
 }
