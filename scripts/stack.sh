@@ -383,6 +383,8 @@ choose_redis() {
 
 # Sets STORE_DATABASE_URL and STORE_REDIS_URL (empty: in memory) and ACTIVE.
 choose_stores() {
+    # Not what load_stores read from the last run (redacted, and maybe another choice).
+    STORE_DATABASE_URL="" STORE_REDIS_URL=""
     case "$STACK_STORES" in
         memory) info "STACK_STORES=memory: every store in memory" ;;
         auto | durable)
