@@ -13,10 +13,11 @@
 # Stores. The catalog (the three product instances share it) and the warehouse's ledger live in
 # PostgreSQL, each in its own schema (catalog, warehouse) of one database; carts live in Redis
 # under REDIS_KEY_PREFIX. Which servers:
-#   1. DATABASE_URL / REDIS_URL when set (a local server that is installed but stopped is started);
-#   2. else the local ones, when installed: postgres://postgres@127.0.0.1:5432/shop (a stopped
-#      cluster is started with pg_ctlcluster, the database `shop` is created if missing) and
-#      redis://127.0.0.1:6379/0 (a stopped redis-server is started);
+#   1. DATABASE_URL / REDIS_URL when set;
+#   2. else the local ones, when installed: postgres://postgres@127.0.0.1:5432/shop and
+#      redis://127.0.0.1:6379/0.
+#   Either way a local server that is installed but stopped is started (pg_ctlcluster,
+#   redis-server), and a missing database is created when the login may;
 #   3. else in memory: not durable, and a single cart instance, since carts are then not shared.
 # `up` prints which. State from an earlier run stays (products are seeded idempotently, old carts
 # are harmless); STACK_FRESH=1 starts from empty.
