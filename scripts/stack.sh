@@ -16,9 +16,9 @@
 #   1. DATABASE_URL / REDIS_URL when set;
 #   2. else the local ones, when installed: postgres://postgres@127.0.0.1:5432/shop and
 #      redis://127.0.0.1:6379/0.
-#   Either way a local server that is installed but stopped is started (pg_ctlcluster,
-#   redis-server), and a missing database is created when the login may;
 #   3. else in memory: not durable, and a single cart instance, since carts are then not shared.
+# In 1 and 2 a local server that is installed but stopped is started (pg_ctlcluster,
+# redis-server), and a missing database is created when the login may.
 # `up` prints which. State from an earlier run stays (products are seeded idempotently, old carts
 # are harmless); STACK_FRESH=1 starts from empty.
 #
