@@ -41,9 +41,14 @@ pub struct Unavailable {
 /// Full jitter: a random wait in `[0, base·2^attempt)`, so retries from many checkouts do not
 /// arrive at a recovering dependency in lockstep.
 fn backoff(attempt: u32) -> Duration {
-    let cap = RETRY_BASE.saturating_mul(1 << attempt.min(6));
+    let cap = backoff_cap(attempt);
     let cap_ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX).max(1);
     Duration::from_millis(rand::rng().random_range(0..cap_ms))
+}
+
+/// The longest wait before retry `attempt + 1`.
+pub(crate) fn backoff_cap(attempt: u32) -> Duration {
+    RETRY_BASE.saturating_mul(1 << attempt.min(6))
 }
 
 /// A dependency's complete answer.
@@ -197,8 +202,13 @@ impl ProductCatalog {
         })
     }
 
+    /// Known to exist without asking (a product once seen is never deleted).
+    pub fn is_known(&self, product_id: i32) -> bool {
+        self.known.contains(&product_id)
+    }
+
     pub async fn exists(&self, product_id: i32, request_id: &str) -> Result<bool, Unavailable> {
-        if self.known.contains(&product_id) {
+        if self.is_known(product_id) {
             return Ok(true);
         }
         // The base was checked at start; only the id is new here.

@@ -1,6 +1,10 @@
 use common::config::{self, ConfigError, ServiceConfig};
 use common::messaging::{self, Topology};
+use common::store::redis::RedisConfig;
 use std::time::Duration;
+
+/// Time left over, beyond a checkout's worst case, before its hold on a cart may be taken over.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -30,6 +34,16 @@ pub struct Settings {
     pub cca_retries: u32,
     /// `PRODUCT_TIMEOUT_MS`: per attempt.
     pub product_timeout: Duration,
+    /// `REDIS_URL`, `REDIS_KEY_PREFIX`, `STORE_TIMEOUT_MS`: carts in Redis; `None` (no
+    /// `REDIS_URL`) keeps them in memory.
+    pub store: Option<RedisConfig>,
+    /// `CART_TTL_SECONDS` (default 7 days): a cart untouched this long is forgotten; a
+    /// checked-out cart stays readable this long after its checkout.
+    pub cart_ttl: Duration,
+    /// `CHECKOUT_LEASE_MS`: how long a checkout holds its cart before another checkout may take
+    /// it over (a process that died mid-checkout). Default: the worst case of one checkout
+    /// ([`Settings::checkout_worst_case`]) plus 5 s.
+    pub checkout_lease: Duration,
 }
 
 impl Settings {
@@ -43,7 +57,7 @@ impl Settings {
                 "at most 10",
             ));
         }
-        Ok(Self {
+        let mut settings = Self {
             service: ServiceConfig::from_env("cart", crate::DEFAULT_PORT)?,
             product_url: config::base_url("PRODUCT_URL", "http://127.0.0.1:8081")?,
             cca_url: config::base_url("CCA_URL", "http://127.0.0.1:8083")?,
@@ -57,6 +71,33 @@ impl Settings {
             cca_timeout: config::millis("CCA_TIMEOUT_MS", Duration::from_secs(2))?,
             cca_retries,
             product_timeout: config::millis("PRODUCT_TIMEOUT_MS", Duration::from_secs(2))?,
-        })
+            store: RedisConfig::from_env()?,
+            cart_ttl: Duration::from_secs(config::positive("CART_TTL_SECONDS", 604_800u64)?),
+            checkout_lease: Duration::ZERO,
+        };
+        settings.checkout_lease = config::millis(
+            "CHECKOUT_LEASE_MS",
+            settings.checkout_worst_case() + LEASE_MARGIN,
+        )?;
+        Ok(settings)
+    }
+
+    /// The longest one checkout can take from taking the cart to its last word: every
+    /// authorizer attempt timing out with the longest backoffs between them, then waiting for a
+    /// confirm slot, a channel (made on a new connection) and the broker's confirm.
+    pub fn checkout_worst_case(&self) -> Duration {
+        let attempts = self.cca_retries + 1;
+        let backoffs: Duration = (0..self.cca_retries).map(crate::clients::backoff_cap).sum();
+        let authorize = self.cca_timeout * attempts + backoffs;
+        let channel = self.channel_wait * 2 + self.connect_timeout + Duration::from_secs(1);
+        authorize + channel + self.confirm_timeout
+    }
+
+    /// The lifetimes the cart store applies.
+    pub fn lifetimes(&self) -> crate::carts::Lifetimes {
+        crate::carts::Lifetimes {
+            cart_ttl: self.cart_ttl,
+            checkout_lease: self.checkout_lease,
+        }
     }
 }

@@ -6,17 +6,21 @@
 //! the middle state is what makes two concurrent checkouts of one cart produce one order, and the
 //! order id and message id are kept on the cart after a failed publish so a retry republishes
 //! the same order, which the warehouse deduplicates.
+//!
+//! Carts live in memory by default, or in Redis (`REDIS_URL`) where every cart instance shares
+//! them and the state machine holds across instances; see [`store`].
 
 pub mod carts;
 pub mod clients;
 pub mod configuration;
 pub mod publisher;
 pub mod routes;
+pub mod store;
 
-use crate::carts::CartStore;
 use crate::clients::{Authorizer, ProductCatalog};
 use crate::configuration::Settings;
 use crate::publisher::OrderPublisher;
+use crate::store::{CartStore, MemoryCartStore, RedisCartStore};
 use common::http::{bind, with_common_layers, Readiness};
 use common::metrics::Metrics;
 use common::shutdown::CancellationToken;
@@ -28,7 +32,7 @@ pub const DEFAULT_PORT: u16 = 8082;
 /// Everything a handler needs (shared behind one `Arc`: axum clones the state per request).
 #[derive(Clone)]
 pub struct AppState {
-    pub carts: Arc<CartStore>,
+    pub carts: Arc<dyn CartStore>,
     pub products: ProductCatalog,
     pub authorizer: Authorizer,
     pub publisher: OrderPublisher,
@@ -43,6 +47,19 @@ pub struct Application {
     pub state: Arc<AppState>,
 }
 
+/// Redis if `REDIS_URL` is set, else memory (swept in the background).
+fn cart_store(settings: &Settings) -> Result<Arc<dyn CartStore>, Box<dyn std::error::Error>> {
+    let lifetimes = settings.lifetimes();
+    Ok(match &settings.store {
+        Some(config) => Arc::new(RedisCartStore::new(config, lifetimes)?),
+        None => {
+            let store = Arc::new(MemoryCartStore::new(lifetimes));
+            store.spawn_sweeper();
+            store
+        }
+    })
+}
+
 impl Application {
     /// Builds the app. The broker need not be up: publishing connects lazily and `/ready`
     /// reports the broker's state, so the service starts, says it is not ready, and heals.
@@ -52,17 +69,24 @@ impl Application {
         // the shorter of the two.
         let http = clients::HttpClient::new(settings.cca_timeout.min(settings.product_timeout));
         let publisher = OrderPublisher::new(&settings, &metrics)?;
+        let carts = cart_store(&settings)?;
         let state = Arc::new(AppState {
-            carts: Arc::new(CartStore::default()),
+            carts: Arc::clone(&carts),
             products: ProductCatalog::new(http.clone(), &settings)?,
             authorizer: Authorizer::new(http, &settings)?,
             publisher: publisher.clone(),
             outcomes: routes::CheckoutOutcomes::register(&metrics),
         });
-        let readiness = Readiness::new().check("rabbitmq", move || {
+        let mut readiness = Readiness::new().check("rabbitmq", move || {
             let publisher = publisher.clone();
             async move { publisher.check().await }
         });
+        if settings.store.is_some() {
+            readiness = readiness.check("redis", move || {
+                let carts = Arc::clone(&carts);
+                async move { carts.check().await }
+            });
+        }
         let router = with_common_layers(
             routes::router(Arc::clone(&state)),
             &settings.service,
@@ -77,6 +101,10 @@ impl Application {
             cca_url = %settings.cca_url,
             amqp = %common::messaging::redact_url(&settings.amqp_url),
             queue = %settings.topology.queue,
+            store = %state.carts.kind(),
+            redis = ?settings.store,
+            cart_ttl_s = settings.cart_ttl.as_secs(),
+            checkout_lease_ms = settings.checkout_lease.as_millis() as u64,
             "cart-service listening"
         );
         Ok(Self {

@@ -1,12 +1,14 @@
 //! Spawns the real cart with the real product service and card authorizer on ephemeral ports,
 //! publishing to the real RabbitMQ on a queue of its own, plus a TCP proxy in front of the broker
-//! that can stall or cut the connection.
+//! that can stall or cut the connection. With `Options::store`, the carts live in the real Redis;
+//! [`spawn_second`] starts another cart instance sharing everything with a first one.
 #![allow(dead_code, unused_imports)]
 
 use cart_service::{configuration::Settings, Application};
 use common::config::ServiceConfig;
 use common::messaging::{OrderMessage, QueueType, Topology, DEFAULT_AMQP_URL};
 use common::shutdown::CancellationToken;
+use common::store::redis::RedisConfig;
 use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use reqwest::{Client, StatusCode};
@@ -21,6 +23,8 @@ pub struct TestApp {
     pub queue: String,
     pub instance_id: String,
     pub broker: Connection,
+    pub product_url: String,
+    pub cca_url: String,
     shutdown: CancellationToken,
 }
 
@@ -30,6 +34,12 @@ pub struct Options {
     pub product_url: Option<String>,
     pub amqp_url: Option<String>,
     pub confirm_timeout: Duration,
+    /// Publish to this queue instead of a fresh one.
+    pub queue: Option<String>,
+    /// Carts in Redis instead of memory.
+    pub store: Option<RedisConfig>,
+    pub cart_ttl: Duration,
+    pub checkout_lease: Duration,
 }
 
 impl Default for Options {
@@ -40,6 +50,10 @@ impl Default for Options {
             product_url: None,
             amqp_url: None,
             confirm_timeout: Duration::from_secs(5),
+            queue: None,
+            store: None,
+            cart_ttl: Duration::from_secs(3600),
+            checkout_lease: Duration::from_secs(30),
         }
     }
 }
@@ -48,31 +62,60 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(Options::default()).await
 }
 
-pub async fn spawn_app_with(options: Options) -> TestApp {
-    let shutdown = CancellationToken::new();
-
+/// The product service (ids 1..=10) on an ephemeral port, until `shutdown`.
+async fn spawn_product(shutdown: &CancellationToken) -> String {
     let mut product = product_service::configuration::Settings::for_tests();
     product.seed_products = 10;
     let product = product_service::Application::build(product)
         .await
         .expect("product");
-    let product_url = format!("http://127.0.0.1:{}", product.port());
+    let url = format!("http://127.0.0.1:{}", product.port());
     tokio::spawn(product.run_until_stopped(shutdown.clone()));
+    url
+}
 
+/// The card authorizer on an ephemeral port, until `shutdown`.
+async fn spawn_authorizer(shutdown: &CancellationToken, decline_rate: f64) -> String {
     let mut cca = credit_card_authorizer::configuration::Settings::for_tests();
-    cca.decline_rate = options.decline_rate;
+    cca.decline_rate = decline_rate;
     let cca = credit_card_authorizer::Application::build(cca)
         .await
         .expect("cca");
-    let cca_url = format!("http://127.0.0.1:{}", cca.port());
+    let url = format!("http://127.0.0.1:{}", cca.port());
     tokio::spawn(cca.run_until_stopped(shutdown.clone()));
+    url
+}
 
-    let queue = format!("test_cart_{}", uuid::Uuid::new_v4().simple());
+/// A second cart instance sharing `first`'s product service, authorizer and queue, and the
+/// store in `options` (give it the first one's Redis to share the carts).
+pub async fn spawn_second(first: &TestApp, options: Options) -> TestApp {
+    spawn_app_with(Options {
+        product_url: Some(options.product_url.unwrap_or(first.product_url.clone())),
+        cca_url: Some(options.cca_url.unwrap_or(first.cca_url.clone())),
+        queue: Some(first.queue.clone()),
+        ..options
+    })
+    .await
+}
+
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    let shutdown = CancellationToken::new();
+    let product_url = match options.product_url {
+        Some(url) => url,
+        None => spawn_product(&shutdown).await,
+    };
+    let cca_url = match options.cca_url {
+        Some(url) => url,
+        None => spawn_authorizer(&shutdown, options.decline_rate).await,
+    };
+    let queue = options
+        .queue
+        .unwrap_or_else(|| format!("test_cart_{}", uuid::Uuid::new_v4().simple()));
     let instance_id = format!("cart-{}", uuid::Uuid::new_v4().simple());
     let settings = Settings {
         service: ServiceConfig::for_tests(&instance_id),
-        product_url: options.product_url.unwrap_or(product_url),
-        cca_url: options.cca_url.unwrap_or(cca_url),
+        product_url: product_url.clone(),
+        cca_url: cca_url.clone(),
         amqp_url: options
             .amqp_url
             .unwrap_or_else(|| common::messaging::with_frame_max(DEFAULT_AMQP_URL)),
@@ -85,6 +128,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         cca_timeout: Duration::from_secs(2),
         cca_retries: 2,
         product_timeout: Duration::from_secs(2),
+        store: options.store,
+        cart_ttl: options.cart_ttl,
+        checkout_lease: options.checkout_lease,
     };
     let app = Application::build(settings).await.expect("cart");
     let base = format!("http://127.0.0.1:{}", app.port());
@@ -104,6 +150,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         queue,
         instance_id,
         broker,
+        product_url,
+        cca_url,
         shutdown,
     }
 }
