@@ -1,6 +1,7 @@
 //! `POST /product`, `GET /products/{id}` and its alias `GET /product/{id}`.
 
-use crate::catalog::{Catalog, CatalogError, NewProduct};
+use crate::catalog::NewProduct;
+use crate::store::{CatalogError, CatalogStore};
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -31,7 +32,10 @@ impl IntoResponse for ProductError {
                     .into_response()
             }
             Self::Invalid(err) => err.into_response(),
-            Self::Catalog(err) => ApiError::internal(err.to_string()).into_response(),
+            Self::Catalog(CatalogError::Unavailable(err)) => ApiError::from(err).into_response(),
+            Self::Catalog(err @ (CatalogError::Full | CatalogError::Internal(_))) => {
+                ApiError::internal(err.to_string()).into_response()
+            }
         }
     }
 }
@@ -52,7 +56,7 @@ impl FaultInjection {
 
 #[derive(Clone)]
 pub struct CatalogState {
-    catalog: Arc<Catalog>,
+    catalog: Arc<dyn CatalogStore>,
     faults: FaultInjection,
 }
 
@@ -79,7 +83,7 @@ impl FromRequestParts<CatalogState> for PassedFaultInjection {
     }
 }
 
-pub fn router(catalog: Arc<Catalog>, faults: FaultInjection) -> Router {
+pub fn router(catalog: Arc<dyn CatalogStore>, faults: FaultInjection) -> Router {
     Router::new()
         .route("/product", post(create_product))
         .route("/products/{product_id}", get(get_product))
@@ -93,7 +97,14 @@ async fn get_product(
     State(CatalogState { catalog, .. }): State<CatalogState>,
     PathId(id): PathId,
 ) -> Result<Response, ProductError> {
-    let json = catalog.get(id).ok_or(ProductError::NotFound(id))?;
+    // A held product answers without awaiting; otherwise the store decides (and may be down).
+    let json = match catalog.cached(id) {
+        Some(json) => json,
+        None => catalog
+            .get_json(id)
+            .await?
+            .ok_or(ProductError::NotFound(id))?,
+    };
     Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
@@ -104,7 +115,7 @@ async fn create_product(
     ApiJson(new): ApiJson<NewProduct>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ProductError> {
     new.validate().map_err(ProductError::Invalid)?;
-    let id = catalog.create(new)?;
+    let id = catalog.create(new).await?;
     tracing::info!(product_id = id, "product created");
     Ok((
         StatusCode::CREATED,
