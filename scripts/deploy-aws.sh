@@ -14,7 +14,7 @@
 #   DOCKER_PLATFORM                      default linux/amd64 (match var.cpu_architecture)
 #   EXTRA_TF_ARGS                        extra arguments for terraform apply/destroy, e.g. "-var rabbitmq_mode=amazon_mq"
 #
-# Needs: aws (v2), docker (with buildx/BuildKit), terraform >= 1.7, git, python3.
+# Needs: aws (v2), docker (with buildx/BuildKit), terraform >= 1.11 (write-only attributes for the database password), git, python3.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
