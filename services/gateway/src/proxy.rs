@@ -651,6 +651,7 @@ impl Connection {
                                 head.headers,
                                 head.status,
                                 exchange.method == Method::HEAD,
+                                head.http10,
                             ) {
                                 Ok(f) => f,
                                 Err(e) => {
