@@ -22,6 +22,8 @@ use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::future::Future;
+use std::time::Duration;
 use time::OffsetDateTime;
 
 // The scripts' answers; each script's first element (or only value) is one of these.
@@ -50,10 +52,12 @@ pub struct RedisCartStore {
     order_ids: String,
     ttl_ms: u64,
     lease_ms: u64,
+    /// `STORE_TIMEOUT_MS`: the most one store call may take, reconnecting included.
+    timeout: Duration,
     scripts: Scripts,
 }
 
-fn millis(duration: std::time::Duration) -> u64 {
+fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())
         .unwrap_or(u64::MAX)
         .max(1)
@@ -79,6 +83,7 @@ impl RedisCartStore {
             order_ids: format!("{prefix}order:next_id"),
             ttl_ms: millis(lifetimes.cart_ttl),
             lease_ms: millis(lifetimes.checkout_lease),
+            timeout: config.timeout,
             scripts: Scripts {
                 create: Script::new(include_str!("lua/create.lua")),
                 add_item: Script::new(include_str!("lua/add_item.lua")),
@@ -99,6 +104,23 @@ impl RedisCartStore {
 
     fn connection(&self) -> ConnectionManager {
         self.connection.clone()
+    }
+
+    /// Runs one command within `STORE_TIMEOUT_MS`. The connection manager bounds the connect
+    /// and the answer separately; a request that has to reconnect to a silent Redis would wait
+    /// for both.
+    async fn bounded<T>(
+        &self,
+        command: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, command).await {
+            Ok(result) => result.map_err(store_error),
+            Err(_) => Err(StoreUnavailable::new(
+                "Redis",
+                format!("no answer within {:?}", self.timeout),
+            )
+            .into()),
+        }
     }
 }
 
@@ -209,15 +231,16 @@ impl CartStore for RedisCartStore {
 
     async fn create(&self, customer_id: i32) -> Result<i32, StoreError> {
         let id: i64 = self
-            .scripts
-            .create
-            .key(&self.cart_ids)
-            .arg(&self.cart_prefix)
-            .arg(customer_id)
-            .arg(self.ttl_ms)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(store_error)?;
+            .bounded(
+                self.scripts
+                    .create
+                    .key(&self.cart_ids)
+                    .arg(&self.cart_prefix)
+                    .arg(customer_id)
+                    .arg(self.ttl_ms)
+                    .invoke_async(&mut self.connection()),
+            )
+            .await?;
         i32::try_from(id)
             .ok()
             .filter(|id| *id > 0)
@@ -225,19 +248,22 @@ impl CartStore for RedisCartStore {
     }
 
     async fn exists(&self, cart_id: i32) -> Result<bool, StoreError> {
-        redis::cmd("EXISTS")
-            .arg(self.cart_key(cart_id))
-            .query_async(&mut self.connection())
-            .await
-            .map_err(store_error)
+        self.bounded(
+            redis::cmd("EXISTS")
+                .arg(self.cart_key(cart_id))
+                .query_async(&mut self.connection()),
+        )
+        .await
     }
 
     async fn view(&self, cart_id: i32) -> Result<CartView, StoreError> {
-        let reply: Value = redis::cmd("HGETALL")
-            .arg(self.cart_key(cart_id))
-            .query_async(&mut self.connection())
-            .await
-            .map_err(store_error)?;
+        let reply: Value = self
+            .bounded(
+                redis::cmd("HGETALL")
+                    .arg(self.cart_key(cart_id))
+                    .query_async(&mut self.connection()),
+            )
+            .await?;
         let fields = match reply {
             Value::Array(fields) => fields,
             // RESP3 answers a map; flatten it to the RESP2 shape.
@@ -259,15 +285,16 @@ impl CartStore for RedisCartStore {
         let mut field = String::with_capacity(13);
         let _ = write!(field, "i:{product_id}");
         let reply: Vec<i64> = self
-            .scripts
-            .add_item
-            .key(self.cart_key(cart_id))
-            .arg(field)
-            .arg(quantity)
-            .arg(self.ttl_ms)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(store_error)?;
+            .bounded(
+                self.scripts
+                    .add_item
+                    .key(self.cart_key(cart_id))
+                    .arg(field)
+                    .arg(quantity)
+                    .arg(self.ttl_ms)
+                    .invoke_async(&mut self.connection()),
+            )
+            .await?;
         match reply.first().copied() {
             Some(OK) => Ok(()),
             Some(OVERFLOW) => Err(CartError::QuantityOverflow { product_id }.into()),
@@ -281,17 +308,18 @@ impl CartStore for RedisCartStore {
     async fn begin_checkout(&self, cart_id: i32) -> Result<CheckoutTicket, StoreError> {
         let holder = rand::random::<u64>();
         let reply: Vec<Value> = self
-            .scripts
-            .begin_checkout
-            .key(self.cart_key(cart_id))
-            .key(&self.order_ids)
-            .arg(OrderMessage::new_uid())
-            .arg(holder)
-            .arg(self.lease_ms)
-            .arg(self.ttl_ms)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(store_error)?;
+            .bounded(
+                self.scripts
+                    .begin_checkout
+                    .key(self.cart_key(cart_id))
+                    .key(&self.order_ids)
+                    .arg(OrderMessage::new_uid())
+                    .arg(holder)
+                    .arg(self.lease_ms)
+                    .arg(self.ttl_ms)
+                    .invoke_async(&mut self.connection()),
+            )
+            .await?;
         match int(reply.first()) {
             Some(OK) => ticket_from(cart_id, holder, &reply).ok_or_else(|| malformed("checkout")),
             Some(code) => Err(refusal(cart_id, code, int(reply.get(1)))
@@ -303,14 +331,15 @@ impl CartStore for RedisCartStore {
 
     async fn complete_checkout(&self, ticket: &CheckoutTicket) -> Result<(), StoreError> {
         let _closed: i64 = self
-            .scripts
-            .complete_checkout
-            .key(self.cart_key(ticket.cart_id))
-            .arg(&ticket.order.order_uid)
-            .arg(self.ttl_ms)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(store_error)?;
+            .bounded(
+                self.scripts
+                    .complete_checkout
+                    .key(self.cart_key(ticket.cart_id))
+                    .arg(&ticket.order.order_uid)
+                    .arg(self.ttl_ms)
+                    .invoke_async(&mut self.connection()),
+            )
+            .await?;
         Ok(())
     }
 
@@ -320,15 +349,16 @@ impl CartStore for RedisCartStore {
         published: bool,
     ) -> Result<(), StoreError> {
         let _released: i64 = self
-            .scripts
-            .abort_checkout
-            .key(self.cart_key(ticket.cart_id))
-            .arg(ticket.holder)
-            .arg(if published { "1" } else { "0" })
-            .arg(self.ttl_ms)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(store_error)?;
+            .bounded(
+                self.scripts
+                    .abort_checkout
+                    .key(self.cart_key(ticket.cart_id))
+                    .arg(ticket.holder)
+                    .arg(if published { "1" } else { "0" })
+                    .arg(self.ttl_ms)
+                    .invoke_async(&mut self.connection()),
+            )
+            .await?;
         Ok(())
     }
 

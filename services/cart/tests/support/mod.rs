@@ -63,7 +63,7 @@ pub async fn spawn_app() -> TestApp {
 }
 
 /// The product service (ids 1..=10) on an ephemeral port, until `shutdown`.
-async fn spawn_product(shutdown: &CancellationToken) -> String {
+pub async fn spawn_product(shutdown: &CancellationToken) -> String {
     let mut product = product_service::configuration::Settings::for_tests();
     product.seed_products = 10;
     let product = product_service::Application::build(product)
@@ -75,7 +75,7 @@ async fn spawn_product(shutdown: &CancellationToken) -> String {
 }
 
 /// The card authorizer on an ephemeral port, until `shutdown`.
-async fn spawn_authorizer(shutdown: &CancellationToken, decline_rate: f64) -> String {
+pub async fn spawn_authorizer(shutdown: &CancellationToken, decline_rate: f64) -> String {
     let mut cca = credit_card_authorizer::configuration::Settings::for_tests();
     cca.decline_rate = decline_rate;
     let cca = credit_card_authorizer::Application::build(cca)
