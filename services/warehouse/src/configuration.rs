@@ -9,16 +9,27 @@
 //! | `WAREHOUSE_CHANNELS` | 10 | consumer channels on the one connection |
 //! | `WAREHOUSE_PREFETCH` | 10 | unacked deliveries per channel |
 //! | `RECONNECT_MIN_MS` / `RECONNECT_MAX_MS` | 200 / 10000 | reconnect backoff bounds |
+//! | `WAREHOUSE_WRITERS` | 2 | batch writers (concurrent ledger transactions) |
+//! | `WAREHOUSE_BATCH_MAX` | 100 | most deliveries per batch (one transaction) |
+//! | `DATABASE_URL` | unset | PostgreSQL for the ledger; unset = in memory, lost on restart |
+//! | `DATABASE_SCHEMA` | `warehouse` | the schema the ledger lives in |
 //!
-//! plus the common `INSTANCE_ID`, `LOG_FORMAT`, `BODY_LIMIT_BYTES`, `SHUTDOWN_TIMEOUT_MS`.
+//! plus the common `INSTANCE_ID`, `LOG_FORMAT`, `BODY_LIMIT_BYTES`, `SHUTDOWN_TIMEOUT_MS`, and
+//! the database's `DATABASE_MAX_CONNECTIONS`, `STORE_TIMEOUT_MS`, `STORE_STARTUP_TIMEOUT_MS`.
 
+use crate::batch::BatchSettings;
 use common::config::{self, ConfigError, ServiceConfig};
 use common::messaging::{self, QueueType, Topology};
+use common::store::postgres::PgConfig;
 use std::time::Duration;
 
 pub const DEFAULT_PORT: u16 = 8084;
 pub const DEFAULT_CHANNELS: u16 = 10;
 pub const DEFAULT_PREFETCH: u16 = 10;
+pub const DEFAULT_WRITERS: u16 = 2;
+pub const DEFAULT_BATCH_MAX: u16 = 100;
+/// More concurrent transactions than this only queue up for the pool's connections.
+pub const MAX_WRITERS: u16 = 64;
 
 /// How the consumer talks to the broker.
 #[derive(Debug, Clone)]
@@ -33,6 +44,8 @@ pub struct ConsumerSettings {
     pub connection_name: String,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// How deliveries are batched into the ledger.
+    pub batch: BatchSettings,
 }
 
 impl ConsumerSettings {
@@ -46,6 +59,10 @@ impl ConsumerSettings {
             connection_name: format!("warehouse-{queue}"),
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(10),
+            batch: BatchSettings {
+                writers: DEFAULT_WRITERS,
+                batch_max: usize::from(DEFAULT_BATCH_MAX),
+            },
         }
     }
 }
@@ -54,6 +71,8 @@ impl ConsumerSettings {
 pub struct Settings {
     pub service: ServiceConfig,
     pub consumer: ConsumerSettings,
+    /// The ledger's PostgreSQL; `None` keeps it in memory.
+    pub store: Option<PgConfig>,
 }
 
 impl Settings {
@@ -68,6 +87,14 @@ impl Settings {
                 "must not be below RECONNECT_MIN_MS",
             ));
         }
+        let writers = config::positive("WAREHOUSE_WRITERS", DEFAULT_WRITERS)?;
+        if writers > MAX_WRITERS {
+            return Err(ConfigError::new(
+                "WAREHOUSE_WRITERS",
+                writers.to_string(),
+                "must be at most 64",
+            ));
+        }
         let consumer = ConsumerSettings {
             amqp_url: messaging::amqp_url_from_env()?,
             topology: Topology::from_env()?,
@@ -76,16 +103,26 @@ impl Settings {
             connection_name: service.instance_id.clone(),
             reconnect_min,
             reconnect_max,
+            batch: BatchSettings {
+                writers,
+                batch_max: usize::from(config::positive("WAREHOUSE_BATCH_MAX", DEFAULT_BATCH_MAX)?),
+            },
         };
-        Ok(Self { service, consumer })
+        let store = PgConfig::from_env("warehouse")?;
+        Ok(Self {
+            service,
+            consumer,
+            store,
+        })
     }
 
-    /// Ephemeral HTTP port, local broker, the given queue.
+    /// Ephemeral HTTP port, local broker, the given queue, the ledger in memory.
     pub fn for_tests(queue: &str) -> Self {
         let instance = format!("warehouse-{queue}");
         Self {
             service: ServiceConfig::for_tests(&instance),
             consumer: ConsumerSettings::local(queue),
+            store: None,
         }
     }
 }

@@ -1,31 +1,37 @@
 //! The AMQP side: one connection, `channels` channels with `prefetch` each, manual acks.
 //!
 //! Guarantees, and how they are kept:
-//! - **No order is silently lost.** A delivery is acked only after the ledger has applied it, so a
+//! - **No order is silently lost.** A channel task validates a delivery and hands it to the
+//!   [`batch`](crate::batch) writers, which ack it only after the ledger has committed it, so a
 //!   crash at any point leaves every unapplied message unacked, and the broker redelivers it.
 //! - **No double counting.** Redeliveries (and republished orders) are deduplicated by the ledger
 //!   on `order_uid`, then acked.
 //! - **Poison never stalls a channel.** A message that is not a valid order is rejected without
-//!   requeue, which dead-letters it to `<queue>.dlq`, then counted and logged once.
+//!   requeue by its channel task, which dead-letters it to `<queue>.dlq` (whatever the state of
+//!   the ledger store), then counted and logged once.
+//! - **Ledger store down.** The writers hold their batches unacked and retry; the channels stop
+//!   receiving once their prefetch is used up, so the rest waits in the queue.
 //! - **Connection or channel loss.** The whole session (connection and all its channels) is torn
 //!   down and rebuilt with exponential backoff: topology redeclared, prefetch reapplied, consumers
 //!   restarted. Unacked deliveries go back to the queue and come back here, deduplicated.
-//! - **Shutdown.** Each channel stops taking deliveries, finishes and acks (or rejects) the one it
-//!   holds, then the connection is closed; prefetched but unprocessed messages are requeued by the
-//!   broker for the next consumer.
+//! - **Shutdown.** Each channel stops taking deliveries, the writers commit and ack what they
+//!   were handed (one try each if the store is down), then the connection is closed; prefetched
+//!   but unprocessed messages are requeued by the broker for the next consumer.
 
+use crate::batch::{self, Pending};
 use crate::configuration::ConsumerSettings;
-use crate::ledger::Ledger;
+use crate::ledger::{self, Ledger};
 use common::messaging::{self, OrderMessage};
 use common::metrics::{Counter, Gauge, Metrics};
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +50,8 @@ pub struct ConsumerState {
     last_error: Mutex<Option<String>>,
     sessions: Counter,
     consuming_gauge: Gauge,
+    batches: Counter,
+    store_failures: Counter,
 }
 
 impl ConsumerState {
@@ -60,6 +68,14 @@ impl ConsumerState {
                 "warehouse_consuming_channels",
                 "Channels currently consuming the order queue.",
             ),
+            batches: metrics.counter(
+                "warehouse_batches_total",
+                "Batches of deliveries committed to the ledger (then acked).",
+            ),
+            store_failures: metrics.counter(
+                "warehouse_store_failures_total",
+                "Batch commits that failed because the ledger store was unavailable (retried).",
+            ),
         }
     }
 
@@ -71,6 +87,24 @@ impl ConsumerState {
     /// Sessions established so far: 1 after the first connect, +1 per reconnection.
     pub fn sessions(&self) -> u64 {
         self.sessions.get()
+    }
+
+    /// Batches committed so far.
+    pub fn batches(&self) -> u64 {
+        self.batches.get()
+    }
+
+    /// Failed batch commits (the store was unavailable) so far.
+    pub fn store_failures(&self) -> u64 {
+        self.store_failures.get()
+    }
+
+    pub(crate) fn batch_committed(&self) {
+        self.batches.inc();
+    }
+
+    pub(crate) fn store_failed(&self) {
+        self.store_failures.inc();
     }
 
     /// Ready when every configured channel is consuming.
@@ -121,6 +155,8 @@ enum ChannelError {
     Cancelled,
     #[error("the channel closed before the delivery could be settled")]
     NotSettled,
+    #[error("the batch writers are gone")]
+    WritersGone,
 }
 
 /// Consumes the order queue into a ledger until shut down, reconnecting as needed.
@@ -213,10 +249,26 @@ impl OrderConsumer {
 
     async fn consume(&self, connection: &Connection, shutdown: &CancellationToken) -> SessionEnd {
         let session = shutdown.child_token();
+        let mut writers = JoinSet::new();
+        let unacked = usize::from(self.settings.channels) * usize::from(self.settings.prefetch);
+        let handoff = batch::spawn(
+            Arc::clone(&self.ledger),
+            Arc::clone(&self.state),
+            self.settings.batch,
+            unacked,
+            session.clone(),
+            &mut writers,
+        );
         let mut tasks = JoinSet::new();
-        if let Err(e) = self.open_channels(connection, &session, &mut tasks).await {
+        let opened = self
+            .open_channels(connection, &session, &mut tasks, &handoff)
+            .await;
+        // The channel tasks hold the only senders now: the writers stop once those are gone.
+        drop(handoff);
+        if let Err(e) = opened {
             session.cancel();
             tasks.join_all().await;
+            writers.join_all().await;
             return SessionEnd::Lost(format!("cannot set up the consumers: {e}"));
         }
         self.state.sessions.inc();
@@ -226,11 +278,13 @@ impl OrderConsumer {
             queue = %self.settings.topology.queue,
             channels = self.settings.channels,
             prefetch = self.settings.prefetch,
+            writers = self.settings.batch.writers,
+            batch_max = self.settings.batch.batch_max,
             "consuming orders"
         );
 
         // Run until shutdown, or until any channel fails: then stop the others too, since the
-        // session is rebuilt as a whole.
+        // session is rebuilt as a whole. A writer only ends early if it panicked.
         let end = tokio::select! {
             () = shutdown.cancelled() => SessionEnd::Shutdown,
             Some(first) = tasks.join_next() => match first {
@@ -238,15 +292,21 @@ impl OrderConsumer {
                 Ok(Err(e)) => SessionEnd::Lost(e.to_string()),
                 Err(e) => SessionEnd::Lost(format!("channel task failed: {e}")),
             },
+            Some(writer) = writers.join_next() => SessionEnd::Lost(format!("a batch writer ended: {writer:?}")),
         };
         self.state.set_consuming(0);
         session.cancel();
-        // Every channel finishes (and settles) the delivery it holds before the connection closes.
         while let Some(result) = tasks.join_next().await {
             match result {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(error = %e, "channel ended with an error"),
                 Err(e) => tracing::warn!(error = %e, "channel task failed"),
+            }
+        }
+        // The writers commit and ack what they were handed before the connection closes.
+        while let Some(result) = writers.join_next().await {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "batch writer failed");
             }
         }
         end
@@ -257,6 +317,7 @@ impl OrderConsumer {
         connection: &Connection,
         session: &CancellationToken,
         tasks: &mut JoinSet<Result<(), ChannelError>>,
+        handoff: &mpsc::Sender<Pending>,
     ) -> Result<(), lapin::Error> {
         for index in 0..self.settings.channels {
             let channel = connection.create_channel().await?;
@@ -279,6 +340,7 @@ impl OrderConsumer {
                 channel,
                 consumer,
                 Arc::clone(&self.ledger),
+                handoff.clone(),
                 session.clone(),
             ));
         }
@@ -286,12 +348,14 @@ impl OrderConsumer {
     }
 }
 
-/// One channel's loop: take a delivery, settle it, repeat; stop between deliveries when asked.
+/// One channel's loop: take a delivery, hand it over (or reject it), repeat; stop between
+/// deliveries when asked.
 async fn consume_channel(
     // Held so the channel lives as long as its consumer.
     _channel: Channel,
     mut consumer: Consumer,
     ledger: Arc<Ledger>,
+    handoff: mpsc::Sender<Pending>,
     stop: CancellationToken,
 ) -> Result<(), ChannelError> {
     loop {
@@ -301,57 +365,66 @@ async fn consume_channel(
             next = consumer.next() => next,
         };
         match next {
-            // Not cancellable: the delivery in hand is always applied and settled.
-            Some(Ok(delivery)) => handle(&ledger, delivery).await?,
+            Some(Ok(delivery)) => dispatch(&ledger, &handoff, delivery).await?,
             Some(Err(e)) => return Err(e.into()),
             None => return Err(ChannelError::Cancelled),
         }
     }
 }
 
-/// Applies (or rejects) one delivery, then settles it with the broker.
-async fn handle(ledger: &Ledger, delivery: Delivery) -> Result<(), ChannelError> {
-    match OrderMessage::from_json(&delivery.data) {
+/// Hands a valid order to the writers; rejects anything else to the DLQ at once.
+async fn dispatch(
+    ledger: &Ledger,
+    handoff: &mpsc::Sender<Pending>,
+    delivery: Delivery,
+) -> Result<(), ChannelError> {
+    let parsed = OrderMessage::from_json(&delivery.data)
+        .and_then(|order| ledger::check_storable(&order).map(|()| order));
+    match parsed {
         Ok(order) => {
-            let outcome = ledger.apply(&order);
-            tracing::debug!(order_uid = %order.order_uid, ?outcome, redelivered = delivery.redelivered, "order settled");
-            if delivery.ack(BasicAckOptions::default()).await? {
-                Ok(())
-            } else {
-                // Applied but not acked: the broker will redeliver it and the ledger will see a
-                // duplicate. Nothing is lost; the session is rebuilt.
-                Err(ChannelError::NotSettled)
-            }
+            let pending = Pending {
+                order,
+                acker: delivery.acker,
+                redelivered: delivery.redelivered,
+            };
+            // Never waits: the queue holds every delivery the broker may have unacked.
+            handoff
+                .send(pending)
+                .await
+                .map_err(|_| ChannelError::WritersGone)
         }
-        Err(reason) => {
-            let settled = delivery
-                .reject(BasicRejectOptions { requeue: false })
-                .await?;
-            if !settled {
-                return Err(ChannelError::NotSettled);
-            }
-            // Counted and logged once it is really on its way to the DLQ, so a reject lost with
-            // the channel does not count the same message twice.
-            ledger.record_rejected();
-            let message_id = delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|id| id.to_string())
-                .unwrap_or_default();
-            let preview: String = String::from_utf8_lossy(&delivery.data)
-                .chars()
-                .take(120)
-                .collect();
-            tracing::warn!(
-                %reason,
-                %message_id,
-                bytes = delivery.data.len(),
-                redelivered = delivery.redelivered,
-                %preview,
-                "rejected a message that is not a valid order; dead-lettered"
-            );
-            Ok(())
-        }
+        Err(reason) => reject(ledger, delivery, &reason).await,
     }
+}
+
+/// Dead-letters a message that is not a valid order (reject without requeue).
+async fn reject(ledger: &Ledger, delivery: Delivery, reason: &str) -> Result<(), ChannelError> {
+    let settled = delivery
+        .reject(BasicRejectOptions { requeue: false })
+        .await?;
+    if !settled {
+        return Err(ChannelError::NotSettled);
+    }
+    // Counted and logged once it is really on its way to the DLQ, so a reject lost with the
+    // channel does not count the same message twice.
+    ledger.record_rejected();
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.to_string())
+        .unwrap_or_default();
+    let preview: String = String::from_utf8_lossy(&delivery.data)
+        .chars()
+        .take(120)
+        .collect();
+    tracing::warn!(
+        %reason,
+        %message_id,
+        bytes = delivery.data.len(),
+        redelivered = delivery.redelivered,
+        %preview,
+        "rejected a message that is not a valid order; dead-lettered"
+    );
+    Ok(())
 }

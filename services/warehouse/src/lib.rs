@@ -1,13 +1,16 @@
 //! The warehouse: consumes approved orders from RabbitMQ and keeps the books.
 //!
-//! - [`ledger`]: the totals and the `order_uid` dedupe (the domain, no I/O).
-//! - [`consumer`]: the AMQP consumer: manual acks on N channels, poison to the DLQ, reconnects.
+//! - [`ledger`]: the totals and the `order_uid` dedupe behind one [`ledger::LedgerStore`] trait,
+//!   in memory (default) or on PostgreSQL (`DATABASE_URL`).
+//! - [`consumer`]: the AMQP consumer: N channels, poison to the DLQ, reconnects.
+//! - [`batch`]: the writers that commit the channels' deliveries in batches, then ack them.
 //! - [`routes`]: `GET /stats`.
 //! - [`configuration`]: environment variables.
 //!
 //! [`Application`] wires them together; `main` only reads the configuration, runs it until
 //! SIGTERM/SIGINT and prints the final report.
 
+pub mod batch;
 pub mod configuration;
 pub mod consumer;
 pub mod ledger;
@@ -15,11 +18,14 @@ pub mod routes;
 
 use crate::configuration::Settings;
 use crate::consumer::{ConsumerState, OrderConsumer};
-use crate::ledger::{Ledger, Stats};
+use crate::ledger::memory::MemoryLedger;
+use crate::ledger::postgres::{PgLedger, MIGRATOR};
+use crate::ledger::{Ledger, LedgerStore, Stats};
 use axum::Router;
 use common::http::{self, Readiness};
 use common::metrics::Metrics;
 use common::shutdown::{self, CancellationToken};
+use common::store::{postgres as pg, StoreUnavailable};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -32,17 +38,40 @@ pub struct Application {
     state: Arc<ConsumerState>,
 }
 
+/// The totals at the end: from the store, unless it could not be read.
+pub type FinalTotals = Result<Stats, StoreUnavailable>;
+
+/// The ledger store the settings ask for, and its readiness check if it has one. PostgreSQL is
+/// connected and migrated here (waiting up to `STORE_STARTUP_TIMEOUT_MS` for it).
+async fn ledger_store(
+    settings: &Settings,
+    readiness: Readiness,
+) -> anyhow::Result<(Arc<dyn LedgerStore>, Readiness)> {
+    let Some(config) = &settings.store else {
+        return Ok((Arc::new(MemoryLedger::new()), readiness));
+    };
+    let pool = pg::connect(config, &MIGRATOR).await?;
+    let ready_pool = pool.clone();
+    let readiness = readiness.check("postgresql", move || {
+        let pool = ready_pool.clone();
+        async move { pg::ping(&pool).await }
+    });
+    Ok((Arc::new(PgLedger::new(pool)), readiness))
+}
+
 impl Application {
-    /// Binds the HTTP port (0 picks a free one) and assembles the service; nothing runs yet.
-    pub async fn build(settings: Settings) -> std::io::Result<Self> {
+    /// Binds the HTTP port (0 picks a free one), connects the ledger store and assembles the
+    /// service; nothing consumes yet.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
-        let ledger = Arc::new(Ledger::registered(&metrics));
         let state = Arc::new(ConsumerState::new(settings.consumer.channels, &metrics));
         let ready_state = Arc::clone(&state);
         let readiness = Readiness::new().check("rabbitmq", move || {
             let state = Arc::clone(&ready_state);
             async move { state.readiness() }
         });
+        let (store, readiness) = ledger_store(&settings, readiness).await?;
+        let ledger = Arc::new(Ledger::registered(store, &metrics));
         let router = http::with_common_layers(
             routes::router(Arc::clone(&ledger)),
             &settings.service,
@@ -75,13 +104,26 @@ impl Application {
 
     /// Consumes and serves until `shutdown` is cancelled. The consumer stops first (finishing and
     /// acking what it holds, closing the connection); the HTTP server keeps answering during that
-    /// drain (with `/ready` failing) and stops last. Returns the final totals.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<Stats> {
+    /// drain (with `/ready` failing) and stops last. Returns the final totals, read from the
+    /// store after the consumer has stopped.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<FinalTotals> {
+        let database = self.settings.store.as_ref().map(|config| {
+            format!(
+                "{} (schema {})",
+                common::config::redact_url(&config.url),
+                config.schema
+            )
+        });
         tracing::info!(
             port = self.port,
             instance = %self.settings.service.instance_id,
             queue = %self.settings.consumer.topology.queue,
             amqp = %common::messaging::redact_url(&self.settings.consumer.amqp_url),
+            store = %self.ledger.store().kind(),
+            database = database.as_deref().unwrap_or("-"),
             "warehouse listening"
         );
         let consumer = OrderConsumer::new(
@@ -123,6 +165,6 @@ impl Application {
             Ok(Err(e)) => return Err(e),
             Err(e) => return Err(std::io::Error::other(e)),
         }
-        Ok(self.ledger.snapshot())
+        Ok(self.ledger.stats().await)
     }
 }

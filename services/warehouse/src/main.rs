@@ -21,7 +21,7 @@ async fn main() -> ExitCode {
         }
     };
     match app.run_until_stopped(common::shutdown::on_signal()).await {
-        Ok(stats) => {
+        Ok(Ok(stats)) => {
             tracing::info!(
                 orders_processed = stats.orders_processed,
                 duplicates = stats.duplicates,
@@ -30,6 +30,12 @@ async fn main() -> ExitCode {
                 "final report"
             );
             print!("{stats}");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(unavailable)) => {
+            // Stopped cleanly; only the report could not be read.
+            tracing::warn!(error = %unavailable, "final report: the ledger store cannot be read");
+            println!("warehouse final report: totals unavailable ({unavailable})");
             ExitCode::SUCCESS
         }
         Err(e) => {

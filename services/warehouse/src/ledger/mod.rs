@@ -1,59 +1,127 @@
 //! The warehouse's books: how many orders were applied and how much of each product they took.
 //!
 //! Applying is idempotent on `order_uid`. The broker delivers at least once (a redelivery after a
-//! lost connection, a republish by the cart after a lost confirm), so the ledger remembers every
-//! uid it has applied; a second delivery of the same uid is counted as a duplicate and changes no
-//! total. The check and the insert are one atomic operation on a sharded concurrent set, so two
-//! channels racing on the same uid apply it exactly once.
+//! lost connection or a crash, a republish by the cart after a lost confirm), so the store
+//! remembers every uid it has applied; a second delivery of the same uid is a duplicate and
+//! changes no total.
 //!
-//! Nothing here takes a global lock: the uid set and the product map are sharded `DashMap`s and
-//! every total is an atomic counter.
-//!
-//! Limits, on purpose for now:
-//! - everything lives in memory and is lost on restart (a durable store is future work);
-//! - the uid set grows by one entry per order for the life of the process. Bounded alternatives
-//!   (a time-windowed set, or dedupe in the store that persists the totals) are future work.
+//! - [`LedgerStore`] is where the books live: [`memory::MemoryLedger`] (the default, lost on
+//!   restart) or [`postgres::PgLedger`] (durable, shared by every warehouse on the database). A
+//!   store applies a *batch* of orders: with PostgreSQL the uids and their effect on the totals
+//!   are one transaction, so a crash leaves either all of a batch or none of it.
+//! - [`Ledger`] wraps a store with this process's counters (`/metrics`): orders applied here,
+//!   duplicate deliveries seen here, poison rejected here. Those three are per process on
+//!   purpose; `orders_processed` and the product totals in [`Stats`] come from the store.
+
+pub mod memory;
+pub mod postgres;
 
 use common::messaging::OrderMessage;
 use common::metrics::{Counter, Metrics};
-use dashmap::{DashMap, DashSet};
+use common::store::{StoreKind, StoreUnavailable};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The longest `order_uid` the warehouse stores (the cart's are 36-character UUIDs). A longer
+/// one could not be indexed by PostgreSQL and would block its batch for ever, so it is poison.
+pub const MAX_UID_BYTES: usize = 200;
 
 /// What applying an order did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// First time this uid was seen: the totals now include it.
     Applied,
-    /// Already applied earlier: nothing changed.
+    /// Already applied earlier (or earlier in the same batch): nothing changed.
     Duplicate,
 }
 
-#[derive(Default)]
+/// Why a batch was not applied. Either way nothing of it was applied.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApplyError {
+    /// The store is unreachable or failed transiently: retry the same batch later.
+    #[error(transparent)]
+    Unavailable(#[from] StoreUnavailable),
+    /// The store refused the data itself (it would refuse it again): an order in the batch can
+    /// never be stored.
+    #[error("the store refused the batch: {0}")]
+    Refused(String),
+}
+
+/// The durable part of the books.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub orders_processed: u64,
+    pub products: BTreeMap<i32, u64>,
+}
+
+/// Where the books live. Every implementation must apply each `order_uid` at most once, even
+/// when several appliers (tasks or processes) race on it.
+#[async_trait::async_trait]
+pub trait LedgerStore: Send + Sync + 'static {
+    fn kind(&self) -> StoreKind;
+
+    /// Applies `orders` (validated) as one unit and returns one outcome per order, in order. A
+    /// uid repeated inside the batch is applied once (its first occurrence). `lane` tells
+    /// concurrent writers of one process apart so they need not update the same total rows (0
+    /// when there is only one).
+    async fn apply_batch(
+        &self,
+        lane: u16,
+        orders: &[&OrderMessage],
+    ) -> Result<Vec<Outcome>, ApplyError>;
+
+    /// Orders applied and quantity per product, as of one point in time.
+    async fn totals(&self) -> Result<Totals, StoreUnavailable>;
+
+    /// Whether an order uid has been applied.
+    async fn is_applied(&self, order_uid: &str) -> Result<bool, StoreUnavailable>;
+}
+
+/// Whether `order` can be stored at all (beyond [`OrderMessage::validate`]).
+pub fn check_storable(order: &OrderMessage) -> Result<(), String> {
+    if order.order_uid.len() > MAX_UID_BYTES {
+        return Err(format!("order_uid is longer than {MAX_UID_BYTES} bytes"));
+    }
+    // PostgreSQL text cannot hold a NUL character (valid in JSON as \u0000).
+    if order.order_uid.contains('\0') {
+        return Err("order_uid contains a NUL character".to_string());
+    }
+    Ok(())
+}
+
+/// A store plus this process's counters.
 pub struct Ledger {
-    applied: DashSet<String>,
-    products: DashMap<i32, AtomicU64>,
-    orders: Counter,
+    store: Arc<dyn LedgerStore>,
+    applied: Counter,
     duplicates: Counter,
     rejected: Counter,
 }
 
 impl Ledger {
     /// A ledger whose counters are not exported.
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(store: Arc<dyn LedgerStore>) -> Self {
+        Self {
+            store,
+            applied: Counter::default(),
+            duplicates: Counter::default(),
+            rejected: Counter::default(),
+        }
+    }
+
+    /// An in-memory ledger whose counters are not exported (tests, benchmarks).
+    pub fn in_memory() -> Self {
+        Self::new(Arc::new(memory::MemoryLedger::new()))
     }
 
     /// A ledger whose counters also appear on `/metrics`.
-    pub fn registered(metrics: &Metrics) -> Self {
+    pub fn registered(store: Arc<dyn LedgerStore>, metrics: &Metrics) -> Self {
         Self {
-            applied: DashSet::new(),
-            products: DashMap::new(),
-            orders: metrics.counter(
+            store,
+            applied: metrics.counter(
                 "warehouse_orders_processed_total",
-                "Distinct orders applied to the totals.",
+                "Distinct orders applied to the totals by this process.",
             ),
             duplicates: metrics.counter(
                 "warehouse_duplicate_deliveries_total",
@@ -66,33 +134,27 @@ impl Ledger {
         }
     }
 
-    /// Applies a (validated) order once per `order_uid`.
-    pub fn apply(&self, order: &OrderMessage) -> Outcome {
-        // `insert` is the atomic check-and-set: exactly one caller sees `true` for a uid.
-        if !self.applied.insert(order.order_uid.clone()) {
-            self.duplicates.inc();
-            return Outcome::Duplicate;
-        }
-        for item in &order.items {
-            // Validation guarantees quantity >= 1; never let a negative slip through as a huge u64.
-            let quantity = u64::try_from(item.quantity).unwrap_or(0);
-            self.add_quantity(item.product_id, quantity);
-        }
-        self.orders.inc();
-        Outcome::Applied
+    pub fn store(&self) -> &Arc<dyn LedgerStore> {
+        &self.store
     }
 
-    fn add_quantity(&self, product_id: i32, quantity: u64) {
-        // Fast path: a shard read lock and an atomic add. Only a product's first order takes the
-        // shard's write lock to create its counter.
-        if let Some(total) = self.products.get(&product_id) {
-            total.fetch_add(quantity, Ordering::Relaxed);
-            return;
-        }
-        self.products
-            .entry(product_id)
-            .or_default()
-            .fetch_add(quantity, Ordering::Relaxed);
+    /// Applies a batch through the store and counts the outcomes.
+    pub async fn apply_batch(
+        &self,
+        lane: u16,
+        orders: &[&OrderMessage],
+    ) -> Result<Vec<Outcome>, ApplyError> {
+        let outcomes = self.store.apply_batch(lane, orders).await?;
+        let applied = outcomes.iter().filter(|o| **o == Outcome::Applied).count() as u64;
+        self.applied.add(applied);
+        self.duplicates.add(outcomes.len() as u64 - applied);
+        Ok(outcomes)
+    }
+
+    /// Applies one order (a batch of one).
+    pub async fn apply(&self, order: &OrderMessage) -> Result<Outcome, ApplyError> {
+        let outcomes = self.apply_batch(0, &[order]).await?;
+        Ok(outcomes.first().copied().unwrap_or(Outcome::Duplicate))
     }
 
     /// Counts a message that was not a valid order.
@@ -100,8 +162,9 @@ impl Ledger {
         self.rejected.inc();
     }
 
-    pub fn orders_processed(&self) -> u64 {
-        self.orders.get()
+    /// Orders this process applied (the store's total may include other processes' work).
+    pub fn applied_here(&self) -> u64 {
+        self.applied.get()
     }
 
     pub fn duplicates(&self) -> u64 {
@@ -112,34 +175,28 @@ impl Ledger {
         self.rejected.get()
     }
 
-    /// Whether an order uid has been applied.
-    pub fn contains(&self, order_uid: &str) -> bool {
-        self.applied.contains(order_uid)
-    }
-
-    /// A point-in-time copy of the totals (each counter read atomically; not a global snapshot
-    /// while orders are still being applied).
-    pub fn snapshot(&self) -> Stats {
-        Stats {
-            orders_processed: self.orders.get(),
+    /// The store's totals with this process's duplicate and rejected counts.
+    pub async fn stats(&self) -> Result<Stats, StoreUnavailable> {
+        let totals = self.store.totals().await?;
+        Ok(Stats {
+            orders_processed: totals.orders_processed,
             duplicates: self.duplicates.get(),
             rejected: self.rejected.get(),
-            products: self
-                .products
-                .iter()
-                .map(|entry| (*entry.key(), entry.value().load(Ordering::Relaxed)))
-                .collect(),
-        }
+            products: totals.products,
+        })
     }
 }
 
 /// `GET /stats` and the final report.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
+    /// Distinct orders applied, from the store (with PostgreSQL: by every warehouse, ever).
     pub orders_processed: u64,
+    /// Duplicate deliveries seen by this process.
     pub duplicates: u64,
+    /// Poison messages dead-lettered by this process.
     pub rejected: u64,
-    /// Product id → total quantity ordered (JSON object keys are the ids as strings).
+    /// Product id → total quantity ordered, from the store (JSON keys are the ids as strings).
     pub products: BTreeMap<i32, u64>,
 }
 
@@ -167,83 +224,54 @@ impl fmt::Display for Stats {
     }
 }
 
+/// Each item's quantity as the store adds it. Validation guarantees quantity >= 1; never let a
+/// negative slip through as a huge number.
+fn quantities(order: &OrderMessage) -> impl Iterator<Item = (i32, u64)> + '_ {
+    order
+        .items
+        .iter()
+        .map(|item| (item.product_id, u64::try_from(item.quantity).unwrap_or(0)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use common::messaging::OrderItem;
-    use std::sync::Arc;
 
-    fn order(uid: &str, items: &[(i32, i32)]) -> OrderMessage {
+    fn order(uid: &str) -> OrderMessage {
         OrderMessage {
             order_uid: uid.to_string(),
             order_id: 1,
             shopping_cart_id: 1,
             customer_id: 1,
-            items: items
-                .iter()
-                .map(|&(product_id, quantity)| OrderItem {
-                    product_id,
-                    quantity,
-                })
-                .collect(),
+            items: vec![OrderItem {
+                product_id: 1,
+                quantity: 1,
+            }],
             created_at: time::OffsetDateTime::UNIX_EPOCH,
         }
     }
 
     #[test]
-    fn applies_once_per_uid() {
-        let ledger = Ledger::new();
-        assert_eq!(
-            ledger.apply(&order("a", &[(1, 2), (2, 3)])),
-            Outcome::Applied
-        );
-        assert_eq!(
-            ledger.apply(&order("a", &[(1, 2), (2, 3)])),
-            Outcome::Duplicate
-        );
-        assert_eq!(ledger.apply(&order("b", &[(1, 5)])), Outcome::Applied);
-        ledger.record_rejected();
-        let stats = ledger.snapshot();
-        assert_eq!(stats.orders_processed, 2);
-        assert_eq!(stats.duplicates, 1);
-        assert_eq!(stats.rejected, 1);
-        assert_eq!(stats.products, BTreeMap::from([(1, 7), (2, 3)]));
-        assert!(ledger.contains("a") && !ledger.contains("c"));
+    fn uids_that_cannot_be_stored_are_refused_before_the_store() {
+        assert!(check_storable(&order("4f6c1c7e-8a4e-4c43-9d55-2f0a3c1b9e11")).is_ok());
+        assert!(check_storable(&order(&"x".repeat(MAX_UID_BYTES))).is_ok());
+        assert!(check_storable(&order(&"x".repeat(MAX_UID_BYTES + 1))).is_err());
+        assert!(check_storable(&order("a\0b")).is_err());
     }
 
     #[test]
-    fn racing_threads_apply_each_uid_once() {
-        let ledger = Arc::new(Ledger::new());
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let ledger = Arc::clone(&ledger);
-                std::thread::spawn(move || {
-                    for i in 0..1000 {
-                        ledger.apply(&order(&format!("uid-{i}"), &[(i % 7 + 1, 1)]));
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().expect("thread panicked");
-        }
-        let stats = ledger.snapshot();
-        assert_eq!(stats.orders_processed, 1000);
-        assert_eq!(stats.duplicates, 7000);
-        assert_eq!(stats.total_quantity(), 1000);
-    }
-
-    #[test]
-    fn stats_serialise_product_ids_as_keys_and_render_a_report() {
-        let ledger = Ledger::new();
-        ledger.apply(&order("a", &[(12, 4)]));
-        let json = serde_json::to_value(ledger.snapshot()).expect("serialises");
-        assert_eq!(
-            json,
-            serde_json::json!({"orders_processed": 1, "duplicates": 0, "rejected": 0, "products": {"12": 4}})
-        );
-        let report = ledger.snapshot().to_string();
-        assert!(report.contains("total orders processed: 1"), "{report}");
+    fn the_report_lists_totals_and_products() {
+        let stats = Stats {
+            orders_processed: 3,
+            duplicates: 1,
+            rejected: 2,
+            products: BTreeMap::from([(12, 4)]),
+        };
+        let report = stats.to_string();
+        assert!(report.contains("total orders processed: 3"), "{report}");
         assert!(report.contains("product 12: 4"), "{report}");
+        let empty = Stats::default().to_string();
+        assert!(empty.contains("(none)"), "{empty}");
     }
 }

@@ -1,12 +1,15 @@
 //! Test helpers: the real app against the real broker, each test on its own queue.
 
 use common::messaging::{OrderItem, OrderMessage, QueueType, Topology, DEFAULT_AMQP_URL};
+use common::store::postgres::PgConfig;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use sqlx::{Connection as _, PgConnection};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -16,7 +19,7 @@ use tokio::task::JoinHandle;
 use warehouse::configuration::Settings;
 use warehouse::consumer::ConsumerState;
 use warehouse::ledger::{Ledger, Stats};
-use warehouse::Application;
+use warehouse::{Application, FinalTotals};
 
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -219,7 +222,7 @@ pub struct TestApp {
     pub state: Arc<ConsumerState>,
     pub http: reqwest::Client,
     shutdown: CancellationToken,
-    handle: JoinHandle<std::io::Result<Stats>>,
+    handle: JoinHandle<std::io::Result<FinalTotals>>,
 }
 
 pub async fn spawn_app(queue: &str) -> TestApp {
@@ -273,6 +276,7 @@ impl TestApp {
             .await
             .expect("the app task")
             .expect("the app stopped cleanly")
+            .expect("the final totals are readable")
     }
 }
 
@@ -288,7 +292,15 @@ pub struct ChildApp {
 impl ChildApp {
     /// Starts the binary on `queue` with debug logs for the warehouse (one line per settled order).
     pub fn start(queue: &str, instance: &str) -> Self {
+        Self::start_with(queue, instance, &[])
+    }
+
+    /// Like [`ChildApp::start`], with extra environment variables (e.g. `DATABASE_URL`).
+    pub fn start_with(queue: &str, instance: &str, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_warehouse"))
+            // A DATABASE_URL of the developer's shell must not leak into a memory-store test.
+            .env_remove("DATABASE_URL")
+            .envs(env.iter().copied())
             .env("ORDER_QUEUE", queue)
             .env("PORT", "0")
             .env("INSTANCE_ID", instance)
@@ -404,6 +416,66 @@ pub async fn close_connections_named(name: &str) -> usize {
             );
         }
         pids.len()
+    })
+    .await
+    .expect("rabbitmqctl task")
+}
+
+/// Settings for `queue` with the ledger on `database_url` (schema `warehouse`).
+pub fn settings_on_postgres(queue: &str, database_url: &str) -> Settings {
+    let mut settings = Settings::for_tests(queue);
+    settings.store = Some(PgConfig::for_tests(database_url, "warehouse"));
+    settings
+}
+
+/// Orders recorded in the ledger's database, read directly (not through the service or a proxy).
+pub async fn applied_in_database(database_url: &str) -> i64 {
+    let mut connection = PgConnection::connect(database_url)
+        .await
+        .expect("connect to the test database");
+    let count = sqlx::query_scalar("SELECT count(*) FROM warehouse.applied_orders")
+        .fetch_one(&mut connection)
+        .await
+        .expect("count the applied orders");
+    let _ = connection.close().await;
+    count
+}
+
+/// The expected quantity per product of `orders`.
+pub fn expected_totals(orders: &[OrderMessage]) -> BTreeMap<i32, u64> {
+    let mut expected: BTreeMap<i32, u64> = BTreeMap::new();
+    for o in orders {
+        for item in &o.items {
+            *expected.entry(item.product_id).or_default() += item.quantity as u64;
+        }
+    }
+    expected
+}
+
+/// `(ready, unacked)` messages of a queue, from the broker itself (`rabbitmqctl`).
+pub async fn queue_depth(queue: &str) -> (u64, u64) {
+    let queue = queue.to_string();
+    tokio::task::spawn_blocking(move || {
+        let listed = Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "list_queues",
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+            ])
+            .output()
+            .expect("run rabbitmqctl");
+        assert!(listed.status.success(), "rabbitmqctl list_queues failed");
+        let text = String::from_utf8_lossy(&listed.stdout);
+        text.lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|fields| fields.first() == Some(&queue.as_str()))
+            .map(|fields| {
+                let number = |i: usize| fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
+                (number(1), number(2))
+            })
+            .expect("the queue is listed")
     })
     .await
     .expect("rabbitmqctl task")

@@ -1,6 +1,11 @@
 //! The real binary as a child process: SIGKILL mid-batch, SIGTERM, bad configuration.
 
-use crate::helpers::{order, unique_queue, wait_for, Broker, ChildApp, Message, QueueGuard};
+use crate::helpers::{
+    applied_in_database, expected_totals, order, queue_depth, unique_queue, wait_for, Broker,
+    ChildApp, Message, QueueGuard,
+};
+use common::messaging::OrderMessage;
+use common::testing::TestDatabase;
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -140,6 +145,100 @@ async fn a_killed_consumer_loses_nothing_its_successor_applies_the_unacked_rest(
         output.contains(&format!("product {first_product}: 1")),
         "report lists products"
     );
+}
+
+/// Waits for a child to exit after a signal; its exit status.
+async fn wait_exit(app: &mut ChildApp, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = app.child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the process did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn with_postgresql_a_killed_warehouse_and_its_restart_apply_every_order_exactly_once() {
+    const ORDERS: usize = 8_000;
+    let db = TestDatabase::create().await;
+    let env = [("DATABASE_URL", db.url.as_str())];
+    let queue = unique_queue();
+    let _guard = QueueGuard::new(&queue);
+    let broker = Broker::connect(&format!("publisher-{queue}")).await;
+    broker.declare(&queue).await;
+
+    // Distinct orders, every fifth one published again (a cart retry), poison sprinkled in.
+    let orders: Vec<OrderMessage> = (0..ORDERS)
+        .map(|i| order(&[(i as i32 % 50 + 1, i as i32 % 3 + 1)]))
+        .collect();
+    let mut messages: Vec<Message> = orders.iter().map(Message::from).collect();
+    messages.extend(orders.iter().step_by(5).map(Message::from));
+    for (i, poison) in [&b"not json"[..], b"", br#"{"order_uid":"x"}"#, b"[]", b"{"]
+        .into_iter()
+        .enumerate()
+    {
+        messages.insert(i * 1500 + 7, Message::raw(poison));
+    }
+    broker.publish(&queue, &messages).await;
+
+    // SIGKILL the first instance while it is committing batches.
+    let mut first = ChildApp::start_with(&queue, &format!("wh-pg-a-{queue}"), &env);
+    let mut settled = 0;
+    first
+        .wait_line(Duration::from_secs(30), |line| {
+            settled += usize::from(settled_uid(line).is_some());
+            (settled >= 500).then_some(())
+        })
+        .expect("the first instance consumes");
+    first.signal("KILL");
+    let _ = first.child.wait();
+    let applied_before_restart = applied_in_database(&db.url).await;
+    assert!(
+        applied_before_restart > 0 && (applied_before_restart as usize) < ORDERS,
+        "killed mid-stream ({applied_before_restart} of {ORDERS} applied)"
+    );
+
+    // The restarted instance drains the rest: the totals are exactly the distinct orders.
+    let mut second = ChildApp::start_with(&queue, &format!("wh-pg-b-{queue}"), &env);
+    let http = reqwest::Client::new();
+    wait_for(
+        "the queue to be drained",
+        Duration::from_secs(60),
+        || async {
+            second.stats(&http).await?;
+            (queue_depth(&queue).await == (0, 0)).then_some(())
+        },
+    )
+    .await;
+    let stats = second.stats(&http).await.expect("stats");
+    assert_eq!(stats.orders_processed, ORDERS as u64);
+    assert_eq!(stats.products, expected_totals(&orders));
+    assert_eq!(applied_in_database(&db.url).await, ORDERS as i64);
+    assert_eq!(broker.message_count(&format!("{queue}.dlq")).await, 5);
+    eprintln!(
+        "applied before the kill {applied_before_restart}; the restart saw {} duplicates",
+        stats.duplicates
+    );
+
+    // SIGTERM: exit 0, and the report prints the durable totals.
+    second.signal("TERM");
+    let status = wait_exit(&mut second, Duration::from_secs(20)).await;
+    assert!(status.success(), "exit status {status:?}");
+    second.drain_output(Duration::from_secs(5));
+    let output = second.output.join("\n");
+    assert!(
+        output.contains(&format!("total orders processed: {ORDERS}")),
+        "{output}"
+    );
+
+    // A fresh process on the same database serves the same totals before consuming anything.
+    let third = ChildApp::start_with(&queue, &format!("wh-pg-c-{queue}"), &env);
+    let restarted = third.stats(&http).await.expect("stats");
+    assert_eq!(restarted.orders_processed, ORDERS as u64);
+    assert_eq!(restarted.products, stats.products);
+    assert_eq!(restarted.duplicates + restarted.rejected, 0);
 }
 
 #[test]

@@ -44,7 +44,7 @@ async fn totals_equal_distinct_orders_after_connections_are_force_closed_mid_str
     let stop = Arc::new(AtomicBool::new(false));
     let publisher = publish_until_stopped(&queue, Arc::clone(&stop));
     wait_for("some orders consumed", Duration::from_secs(30), || async {
-        (app.ledger.orders_processed() >= 200).then_some(())
+        (app.ledger.applied_here() >= 200).then_some(())
     })
     .await;
     let closed = close_connections_named(&format!("warehouse-{queue}")).await;
@@ -58,11 +58,11 @@ async fn totals_equal_distinct_orders_after_connections_are_force_closed_mid_str
     })
     .await;
     app.wait_until_consuming().await;
-    let after_recovery = app.ledger.orders_processed();
+    let after_recovery = app.ledger.applied_here();
     wait_for(
         "orders consumed after the recovery",
         Duration::from_secs(30),
-        || async { (app.ledger.orders_processed() >= after_recovery + 300).then_some(()) },
+        || async { (app.ledger.applied_here() >= after_recovery + 300).then_some(()) },
     )
     .await;
     stop.store(true, Ordering::Relaxed);
