@@ -75,10 +75,19 @@ impl Settings {
             cart_ttl: Duration::from_secs(config::positive("CART_TTL_SECONDS", 604_800u64)?),
             checkout_lease: Duration::ZERO,
         };
-        settings.checkout_lease = config::millis(
-            "CHECKOUT_LEASE_MS",
-            settings.checkout_worst_case() + LEASE_MARGIN,
-        )?;
+        let worst_case = settings.checkout_worst_case();
+        settings.checkout_lease = config::millis("CHECKOUT_LEASE_MS", worst_case + LEASE_MARGIN)?;
+        // A shorter hold could be taken over from a checkout that is still running.
+        if settings.checkout_lease <= worst_case {
+            return Err(ConfigError::new(
+                "CHECKOUT_LEASE_MS",
+                settings.checkout_lease.as_millis().to_string(),
+                format!(
+                    "must exceed the longest a checkout can take with these timeouts ({} ms)",
+                    worst_case.as_millis()
+                ),
+            ));
+        }
         Ok(settings)
     }
 

@@ -21,6 +21,7 @@ use crate::clients::{Authorizer, ProductCatalog};
 use crate::configuration::Settings;
 use crate::publisher::OrderPublisher;
 use crate::store::{CartStore, MemoryCartStore, RedisCartStore};
+use common::config::redact_url;
 use common::http::{bind, with_common_layers, Readiness};
 use common::metrics::Metrics;
 use common::shutdown::CancellationToken;
@@ -94,6 +95,9 @@ impl Application {
             readiness,
         );
         let listener = bind(settings.service.port).await?;
+        let store_at = settings.store.as_ref().map_or(String::new(), |redis| {
+            format!("{} keys {}*", redact_url(&redis.url), redis.key_prefix)
+        });
         let port = listener.local_addr()?.port();
         tracing::info!(
             port,
@@ -102,7 +106,7 @@ impl Application {
             amqp = %common::messaging::redact_url(&settings.amqp_url),
             queue = %settings.topology.queue,
             store = %state.carts.kind(),
-            redis = ?settings.store,
+            store_at = %store_at,
             cart_ttl_s = settings.cart_ttl.as_secs(),
             checkout_lease_ms = settings.checkout_lease.as_millis() as u64,
             "cart-service listening"
