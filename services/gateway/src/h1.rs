@@ -458,7 +458,7 @@ mod tests {
     #[test]
     fn a_complete_head_over_the_limit_is_too_large_however_it_was_read() {
         // Before: refused only when a read left it partial at 16 KiB, accepted when it arrived
-        // whole in a larger buffer (found by the fuzz target's prefix invariant).
+        // whole in a larger buffer (found while writing the fuzz target's prefix invariant).
         let filler = "a".repeat(MAX_HEAD_BYTES);
         let request = format!("GET / HTTP/1.1\r\nX: {filler}\r\n\r\n");
         let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
