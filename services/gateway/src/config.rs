@@ -141,6 +141,10 @@ impl Default for AtwConfig {
     }
 }
 
+/// Far above what the services behind the gateway serve at once, far below the 1M file descriptors
+/// a container gets: a flood of idle connections cannot exhaust the process.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     pub service: ServiceConfig,
@@ -160,6 +164,9 @@ pub struct GatewayConfig {
     /// `HEADER_TIMEOUT_MS` (default 30000): from a request head's first byte to its last, else
     /// 408 and the connection closes, so a client trickling a head cannot hold a connection.
     pub header_timeout: Duration,
+    /// `MAX_CONNECTIONS` (default 10000): client connections served at once; at the cap the
+    /// gateway stops accepting (new clients wait in the listen backlog) until one closes.
+    pub max_connections: usize,
     pub health: HealthCheckConfig,
     pub atw: AtwConfig,
 }
@@ -206,6 +213,7 @@ impl GatewayConfig {
             upstream_timeout: positive_millis("UPSTREAM_TIMEOUT_MS", Duration::from_secs(10))?,
             connect_timeout: positive_millis("CONNECT_TIMEOUT_MS", Duration::from_secs(1))?,
             header_timeout: positive_millis("HEADER_TIMEOUT_MS", Duration::from_secs(30))?,
+            max_connections: env::positive("MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS)?,
             health,
             atw,
         })
@@ -223,6 +231,7 @@ impl GatewayConfig {
             upstream_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_millis(500),
             header_timeout: Duration::from_secs(30),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             health: HealthCheckConfig {
                 interval: Duration::from_millis(100),
                 timeout: Duration::from_millis(500),

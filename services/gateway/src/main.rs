@@ -25,6 +25,7 @@ async fn main() -> ExitCode {
         product_targets = ?config.product_targets.iter().map(|t| t.url.as_str()).collect::<Vec<_>>(),
         cart_targets = ?config.cart_targets.iter().map(|t| t.url.as_str()).collect::<Vec<_>>(),
         expose_cca = config.expose_cca,
+        max_connections = config.max_connections,
         "gateway listening"
     );
     let shutdown = common::shutdown::on_signal();
