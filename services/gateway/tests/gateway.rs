@@ -743,6 +743,12 @@ async fn ambiguous_or_malformed_requests_get_a_4xx_error_body_and_reach_no_targe
         ("GET /products/1 HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n", "400"),
         ("GET /products/1 HTTP/1.1\r\nHost: a\r\nX: a\r\n folded\r\n\r\n", "400"),
         ("POST /products/1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "400"),
+        // found by the differential test against hyper (tests/h1_differential.rs)
+        ("POST /products/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\nhello", "400"),
+        ("POST /products/1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked,\r\n\r\n0\r\n\r\n", "400"),
+        ("POST /products/1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\nContent-Length: 5\r\n\r\nhello", "400"),
+        ("POST /products/1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5 5\r\nhello\r\n0\r\n\r\n", "400"),
+        ("POST /products/1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n X: y\r\n\r\n", "400"),
     ] {
         let answer = raw(&gw.base, request).await;
         assert!(answer.starts_with(&format!("HTTP/1.1 {status} ")), "{request:?}: {answer}");
