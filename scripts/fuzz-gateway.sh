@@ -63,6 +63,7 @@ if ! rustc -Z unstable-options --print sysroot >/dev/null 2>&1; then
 fi
 
 cd "$FUZZ_DIR"
+BIN_DIR="target/$(rustc -vV | sed -n 's/^host: //p')/release"
 echo "== building ${TARGETS[*]} (sanitizer: $SANITIZER)"
 build_started=$(date +%s)
 build_log="$(mktemp)"
@@ -81,12 +82,15 @@ for target in "${TARGETS[@]}"; do
   echo "== $target for $PER_TARGET s"
   log="$(mktemp)"
   status=0
-  # libFuzzer's own limits: a run over 10 s is a hang, over 2 GiB of memory a leak. The outer
-  # timeout only guards against libFuzzer itself not stopping.
-  timeout --signal=INT $((PER_TARGET + 60)) \
-    cargo fuzz run --sanitizer "$SANITIZER" --release "$target" "corpus/$target" "seeds/$target" -- \
+  mkdir -p "artifacts/$target"
+  # The binary just built, run directly (`cargo fuzz run` would rebuild if a source changed since,
+  # outside the time bound). libFuzzer's own limits: a run over 10 s is a hang, over 2 GiB of
+  # memory a leak; heads up to 20000 bytes reach past the 16 KiB limit. The outer timeout only
+  # guards against libFuzzer itself not stopping.
+  timeout --signal=KILL $((PER_TARGET + 120)) \
+    "$BIN_DIR/$target" -artifact_prefix="artifacts/$target/" \
     -max_total_time="$PER_TARGET" -timeout=10 -rss_limit_mb=2048 -max_len=20000 \
-    -print_final_stats=1 >"$log" 2>&1 || status=$?
+    -print_final_stats=1 "corpus/$target" "seeds/$target" >"$log" 2>&1 || status=$?
   grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)' "$log" | sed 's/^/   /' || true
   if ((status != 0)); then
     failed+=("$target")
@@ -94,6 +98,7 @@ for target in "${TARGETS[@]}"; do
     artifact="$(grep -o 'Test unit written to [^ ]*' "$log" | tail -n 1 | cut -d' ' -f5 || true)"
     if [[ -n "$artifact" ]]; then
       echo "   reproduce: (cd services/gateway/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer $SANITIZER $target $artifact)"
+      echo "   add it to seeds/$target once fixed, as a regression input"
     else
       tail -n 20 "$log" | sed 's/^/   /'
     fi
