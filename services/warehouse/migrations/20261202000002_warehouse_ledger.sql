@@ -6,9 +6,10 @@
 -- writers never wait for each other's row locks; a read sums the lanes.
 
 -- One row per order ever applied: the dedupe records. Grows by one row per order; applied_at
--- is there for a future retention job.
+-- is there for a future retention job. Uids are opaque: byte order ("C") keeps the index and
+-- the batch's sort free of locale-aware comparisons.
 CREATE TABLE applied_orders (
-    order_uid  text        PRIMARY KEY,
+    order_uid  text COLLATE "C" PRIMARY KEY,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 

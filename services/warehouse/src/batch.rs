@@ -87,20 +87,28 @@ enum Commit {
 
 impl Writer {
     async fn run(self, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, batch_max: usize) {
+        // A committed batch's acks are sent by a task of their own, so the writer goes straight
+        // on to the next commit; they are all awaited before the writer ends (and the session
+        // closes the connection).
+        let mut acks = JoinSet::new();
         loop {
+            while acks.try_join_next().is_some() {}
             let mut batch = Vec::with_capacity(batch_max);
             // One writer waits for deliveries at a time; it takes all that are waiting.
             let taken = rx.lock().await.recv_many(&mut batch, batch_max).await;
             if taken == 0 {
-                return;
+                break;
             }
-            self.settle(batch).await;
+            self.settle(batch, &mut acks).await;
         }
+        acks.join_all().await;
     }
 
-    async fn settle(&self, mut batch: Vec<Pending>) {
+    async fn settle(&self, mut batch: Vec<Pending>, acks: &mut JoinSet<()>) {
         match self.commit(&mut batch).await {
-            Commit::Done(outcomes) => ack(batch, &outcomes).await,
+            Commit::Done(outcomes) => {
+                acks.spawn(ack(batch, outcomes));
+            }
             Commit::Abandoned => {}
             Commit::Refused(reason) if batch.len() == 1 => self.reject(batch, &reason).await,
             Commit::Refused(_) => {
@@ -108,7 +116,7 @@ impl Writer {
                 for pending in batch {
                     let mut single = vec![pending];
                     match self.commit(&mut single).await {
-                        Commit::Done(outcomes) => ack(single, &outcomes).await,
+                        Commit::Done(outcomes) => ack(single, outcomes).await,
                         Commit::Abandoned => return,
                         Commit::Refused(reason) => self.reject(single, &reason).await,
                     }
@@ -171,7 +179,7 @@ impl Writer {
 
 /// Acks every delivery of a committed batch. An ack that fails (its channel died) leaves the
 /// order applied and unacked: the broker redelivers it and the ledger sees a duplicate.
-async fn ack(batch: Vec<Pending>, outcomes: &[Outcome]) {
+async fn ack(batch: Vec<Pending>, outcomes: Vec<Outcome>) {
     let acks = batch.iter().zip(outcomes).map(|(pending, outcome)| async move {
         tracing::debug!(order_uid = %pending.order.order_uid, ?outcome, redelivered = pending.redelivered, "order settled");
         match pending.acker.ack(BasicAckOptions::default()).await {

@@ -26,7 +26,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 const APPLY_BATCH: &str = r#"
 WITH won AS (
     INSERT INTO applied_orders (order_uid)
-    SELECT u FROM UNNEST($1::text[]) AS u ORDER BY u
+    SELECT u FROM UNNEST($1::text[]) AS u ORDER BY u COLLATE "C"
     ON CONFLICT (order_uid) DO NOTHING
     RETURNING order_uid
 ), sums AS (
