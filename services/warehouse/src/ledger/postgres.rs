@@ -16,6 +16,7 @@ use common::messaging::OrderMessage;
 use common::store::postgres::{self as pg, PgPool};
 use common::store::{StoreKind, StoreUnavailable};
 use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
 
 /// The service's embedded migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -54,6 +55,9 @@ FROM order_counts
 UNION ALL
 SELECT product_id, SUM(quantity)::bigint FROM product_totals GROUP BY product_id
 "#;
+
+/// The longest one batch statement may take before the store counts as unavailable.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct PgLedger {
     pool: PgPool,
@@ -116,15 +120,25 @@ impl LedgerStore for PgLedger {
             return Ok(Vec::new());
         }
         let params = Params::of(orders);
-        let won: Vec<String> = sqlx::query_scalar(APPLY_BATCH)
+        let apply = sqlx::query_scalar(APPLY_BATCH)
             .bind(&params.uids)
             .bind(&params.item_uids)
             .bind(&params.product_ids)
             .bind(&params.quantities)
             .bind(i16::try_from(lane).unwrap_or(i16::MAX))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(classify)?;
+            .fetch_all(&self.pool);
+        // A database that stops answering without closing the connection would hold the writer
+        // until the kernel gives up on the socket. Giving up earlier is safe: if the statement
+        // did commit, the retry finds every uid applied and only acks.
+        let won: Vec<String> = match tokio::time::timeout(BATCH_TIMEOUT, apply).await {
+            Ok(result) => result.map_err(classify)?,
+            Err(_) => {
+                return Err(ApplyError::Unavailable(StoreUnavailable::new(
+                    "PostgreSQL",
+                    format!("no answer to a batch within {BATCH_TIMEOUT:?}"),
+                )))
+            }
+        };
         let mut won: HashSet<String> = won.into_iter().collect();
         // The first occurrence of a winning uid is the applied one; any later copy a duplicate.
         Ok(orders
