@@ -16,9 +16,9 @@
 #   checkout-redis: the same with the carts in Redis (REDIS_URL, default the local one, a key
 #            prefix of its own, deleted after), adding redis-server's CPU per checkout: what the
 #            durable cart store costs each order.
-#   drain-postgres: the warehouse (services/warehouse/examples/drain_bench.rs) draining MESSAGES
-#            orders into PostgreSQL (a database of its own, dropped after): CPU per order of the
-#            warehouse, RabbitMQ and every PostgreSQL process: what the durable ledger costs.
+#   drain, drain-postgres: the warehouse binary draining MESSAGES queued orders with its ledger
+#            in memory, or in PostgreSQL (a database of its own, dropped after): CPU per order of
+#            the warehouse, RabbitMQ and every PostgreSQL process: what the durable ledger costs.
 #
 # Usage: scripts/cpu-per-request.sh [-d SECONDS] [-r ROUNDS] [-n MESSAGES] [PART]...
 # Defaults: -d 5 -r 3 -n 40000, the parts http, broker and checkout. Builds nothing: run scripts/bench.sh (or the
@@ -215,26 +215,45 @@ postgres_ticks() {
   echo "$total"
 }
 
-drain_postgres_part() {
-  local beam p0 p1 b0 b1 s0 s1
+# drain_part [postgres]: MESSAGES orders are published to a queue first (untimed), then the
+# warehouse binary starts and drains them; CPU per order of the warehouse, RabbitMQ and (with
+# "postgres", the ledger in a database of its own) every PostgreSQL process, from the
+# warehouse's start until /stats counts them all.
+drain_part() {
+  local store=${1:-memory} beam port wh p0 p1 b0 b1 w1 s0 s1 t0 t1 done_n queue wh_env=()
   beam=$(local_broker_pid)
-  pgrep -x postgres >/dev/null || { echo "no local PostgreSQL process to measure" >&2; exit 1; }
-  BENCH_DB="bench_drain_$$"
-  create_bench_database "$BENCH_DB"
-  echo "== drain-postgres: the warehouse drains $MESSAGES orders into PostgreSQL (10 channels, prefetch 10), $ROUNDS rounds"
-  for _ in $(seq 1 "$ROUNDS"); do
-    # The drain benchmark fills its queue first (untimed), then drains; its own timing is the
-    # drain's, and the CPU is counted around the whole run minus the fill (measured separately).
-    b0=$(ticks "$beam"); p0=$(postgres_ticks); s0=$(sys_ticks)
-    /usr/bin/time -f "%U %S" -o "$WORK/drain.time" "$BIN/examples/drain_bench" --messages "$MESSAGES" \
-      --mode warehouse --database-url "$(bench_database_url "$BENCH_DB")" >"$WORK/drain.out" 2>&1 ||
-      { cat "$WORK/drain.out" >&2; exit 1; }
-    b1=$(ticks "$beam"); p1=$(postgres_ticks); s1=$(sys_ticks)
-    awk -v n="$MESSAGES" -v tick="$TICK_US" -v b=$((b1 - b0)) -v p=$((p1 - p0)) -v s0="$s0" -v s1="$s1" \
-      -v own="$(cat "$WORK/drain.time")" -v rate="$(sed -n 's/.*warehouse .* = \([0-9.]*\) msg\/s.*/\1/p' "$WORK/drain.out" | tail -1)" 'BEGIN {
-        split(own, o, " "); split(s0, x, " "); split(s1, y, " ")
-        printf "  drain %s orders/s | CPU us/order (fill and drain): RabbitMQ %5.1f, warehouse+publisher %5.1f, PostgreSQL %5.1f, softirq %4.1f\n",
-          rate, b * tick / n, (o[1] + o[2]) * 1e6 / n, p * tick / n, (y[1] - x[1]) * tick / n }'
+  if [[ $store == postgres ]]; then
+    pgrep -x postgres >/dev/null || { echo "no local PostgreSQL process to measure" >&2; exit 1; }
+    BENCH_DB="bench_drain_$$"
+    wh_env=(DATABASE_URL="$(bench_database_url "$BENCH_DB")")
+  fi
+  echo "== drain (ledger: $store): the warehouse drains $MESSAGES queued orders (10 channels, prefetch 10), $ROUNDS rounds"
+  for round in $(seq 1 "$ROUNDS"); do
+    queue="bench_cpu_drain_$$_$round"
+    CHECKOUT_QUEUE=$queue
+    timeout 300 "$BIN/examples/publish_ceiling" --queue "$queue" --keep --messages "$MESSAGES" >"$WORK/fill.out" 2>&1 ||
+      { cat "$WORK/fill.out" >&2; exit 1; }
+    # A fresh ledger each round (a new process starts in memory anyway).
+    if [[ -n $BENCH_DB ]]; then create_bench_database "$BENCH_DB"; fi
+    port=$(free_port)
+    b0=$(ticks "$beam"); p0=$(postgres_ticks); s0=$(sys_ticks); t0=$(now_ms)
+    spawn_ready warehouse "$port" warehouse ORDER_QUEUE="$queue" "${wh_env[@]}" || exit 1
+    wh=$SPAWNED_PID
+    done_n=0
+    for _ in $(seq 1 6000); do
+      done_n=$(curl -s "http://127.0.0.1:$port/stats" | jq -r '.orders_processed // 0' 2>/dev/null || echo 0)
+      ((done_n >= MESSAGES)) && break
+      sleep 0.05
+    done
+    b1=$(ticks "$beam"); p1=$(postgres_ticks); w1=$(ticks "$wh"); s1=$(sys_ticks); t1=$(now_ms)
+    stop_pids
+    delete_bench_queue "$queue"
+    CHECKOUT_QUEUE=""
+    awk -v n="$MESSAGES" -v ms=$((t1 - t0)) -v tick="$TICK_US" -v b=$((b1 - b0)) -v p=$((p1 - p0)) -v w="$w1" \
+      -v s0="$s0" -v s1="$s1" 'BEGIN {
+        split(s0, x, " "); split(s1, y, " ")
+        printf "  %6.0f orders/s (start to last applied) | CPU us/order: warehouse %5.1f, RabbitMQ %5.1f, PostgreSQL %5.1f, softirq %4.1f\n",
+          n * 1000 / ms, w * tick / n, b * tick / n, p * tick / n, (y[1] - x[1]) * tick / n }'
   done
 }
 
@@ -244,7 +263,8 @@ for part in "${PARTS[@]}"; do
     broker) broker_part ;;
     checkout) checkout_part ;;
     checkout-redis) checkout_part redis ;;
-    drain-postgres) drain_postgres_part ;;
-    *) echo "unknown part: $part (http, broker, checkout, checkout-redis or drain-postgres)" >&2; exit 2 ;;
+    drain) drain_part ;;
+    drain-postgres) drain_part postgres ;;
+    *) echo "unknown part: $part (http, broker, checkout, checkout-redis, drain or drain-postgres)" >&2; exit 2 ;;
   esac
 done
