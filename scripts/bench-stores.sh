@@ -5,7 +5,7 @@
 #   1. checkout with the carts in Redis vs the same checkout with the carts in memory (two cart
 #      processes side by side, each with its own queue, the same product service and authorizer,
 #      DECLINE_RATE=0; `loadtest checkout`, alternating which goes first). Target >= 0.7.
-#   2. product GET /products/{id} with the catalog in PostgreSQL vs in memory (wrk; ids 1..1000,
+#   2. product GET /products/{id} with the catalog in PostgreSQL vs in memory (loadtest; ids 1..1000,
 #      so the hot read path's cache is what is measured, as in production).
 #   3. warehouse drain into PostgreSQL vs raw consume+ack (services/warehouse/examples/drain_bench.rs,
 #      10 channels x prefetch 10). Target >= 0.5.
@@ -42,7 +42,7 @@ ensure_rabbitmq
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
   echo "building release binaries..." >&2
-  cargo build --release -q --bins -p product-service -p credit-card-authorizer -p cart-service -p loadtest
+  cargo build --release -q --bins -p product-service -p credit-card-authorizer -p cart-service -p warehouse -p loadtest
   cargo build --release -q -p cart-service --example publish_ceiling
   cargo build --release -q -p warehouse --example drain_bench
 fi
@@ -111,12 +111,13 @@ checkout() {
     { cat "$WORK/checkout.err" >&2; exit 1; }
   jq -r '"\(.throughput_per_s) \(.iterations.statuses."2xx" // .iterations.statuses.ok_2xx // 0) \(.iterations.latency_ms.p99 // 0)"' "$WORK/checkout.json"
 }
-# wrk_rate PORT: GET /products/{id} for 6 s (2 s warm-up), ids 1..1000; prints req/s.
-write_ids_lua "$WORK/ids.lua"
-wrk_rate() {
-  wrk -t2 -c64 -d2s -s "$WORK/ids.lua" "http://127.0.0.1:$1" >/dev/null 2>&1 || true
-  wrk -t2 -c64 -d6s -s "$WORK/ids.lua" "http://127.0.0.1:$1" 2>/dev/null |
-    awk '/^Requests\/sec:/ { print $2 }'
+# product_rate PORT: `loadtest product` GET /products/{id} for 6 s after a 2 s warm-up (ids from
+# the seeded 1..1000); prints req/s.
+product_rate() {
+  timeout 60 "$BIN/loadtest" product --base-url "http://127.0.0.1:$1" --products 1000 \
+    --concurrency 64 --threads 2 --duration 2s --quiet >/dev/null 2>&1 || true
+  timeout 60 "$BIN/loadtest" product --base-url "http://127.0.0.1:$1" --products 1000 \
+    --concurrency 64 --threads 2 --duration 6s --json --quiet 2>/dev/null | jq -r '.throughput_per_s'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "nan" }'; }
 median() { sort -g "$1" | sed -n "$(((ROUNDS + 1) / 2))p"; }
@@ -138,7 +139,7 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "$R $RED $MEM $RED_OK $MEM_OK $RED_P99 $MEM_P99" >>"$WORK/checkout.rounds"
 
   # 2. Product GET.
-  PM=$(wrk_rate "$P_MEM"); PP=$(wrk_rate "$P_PG")
+  PM=$(product_rate "$P_MEM"); PP=$(product_rate "$P_PG")
   R=$(ratio "$PP" "$PM")
   printf 'round %s: product GET postgres %.0f req/s vs memory %.0f req/s: %s\n' "$round" "$PP" "$PM" "$R"
   echo "$R $PP $PM" >>"$WORK/product.rounds"
@@ -146,7 +147,7 @@ for round in $(seq 1 "$ROUNDS"); do
   # 3. Warehouse drain: raw consume+ack, then the warehouse into PostgreSQL, on the same fill.
   RUST_LOG=warn timeout 600 "$BIN/examples/drain_bench" --messages "$DRAIN" --database-url "$DB_URL" \
     >"$WORK/drain.out" 2>"$WORK/drain.err" || { cat "$WORK/drain.err" "$WORK/drain.out" >&2; exit 1; }
-  RAW=$(sed -n 's/^round 1: raw consume+ack *\([0-9.]*\) msg\/s.*/\1/p' "$WORK/drain.out")
+  RAW=$(sed -n 's/^round 1: .*raw consume+ack *\([0-9.]*\) msg\/s.*/\1/p' "$WORK/drain.out")
   WH=$(sed -n 's/^round 1: .*warehouse drain *\([0-9.]*\) msg\/s.*/\1/p' "$WORK/drain.out")
   R=$(ratio "$WH" "$RAW")
   printf 'round %s: warehouse drain into postgres %.0f/s vs raw consume+ack %.0f/s: %s\n' "$round" "$WH" "$RAW" "$R"
@@ -202,12 +203,12 @@ a figure and its twin back to back.
 | --- | ---: | ---: | ---: | --- | --- |
 | checkout with carts in Redis (loadtest checkout -c $CONCURRENCY, $C_RED_OK 2xx, p99 $C_RED_P99 ms; rounds $(ratios "$WORK/checkout.rounds")) | $(printf '%.0f' "$C_RED") checkouts/s | $(printf '%.0f' "$C_MEM") checkouts/s with carts in memory ($C_MEM_OK 2xx, p99 $C_MEM_P99 ms) | $C_R | ≥ 0.7 of in-memory | $(verdict "$C_R" 0.7 ge) |
 | warehouse drain into PostgreSQL, $DRAIN orders (rounds $(ratios "$WORK/drain.rounds")) | $(printf '%.0f' "$D_WH") orders/s | $(printf '%.0f' "$D_RAW") msg/s raw consume+ack (10 channels × prefetch 10) | $D_R | ≥ 0.5 of raw | $(verdict "$D_R" 0.5 ge) |
-| for reference: product GET with the catalog in PostgreSQL (wrk -c64, ids 1..1000; rounds $(ratios "$WORK/product.rounds")) | $(printf '%.0f' "$P_PG_RATE") req/s | $(printf '%.0f' "$P_MEM_RATE") req/s with the catalog in memory | $P_R | none (reads are cached) | — |
+| for reference: product GET with the catalog in PostgreSQL (loadtest product -c64, ids 1..1000; rounds $(ratios "$WORK/product.rounds")) | $(printf '%.0f' "$P_PG_RATE") req/s | $(printf '%.0f' "$P_MEM_RATE") req/s with the catalog in memory | $P_R | none (reads are cached) | — |
 
 | process under load | RSS max (MB) | ≤ 50 MB |
 | --- | ---: | --- |
 | cart-service, carts in Redis (during the checkouts) | $(mb "$RSS_CART") | $(verdict "$(mb "$RSS_CART")" 50 le) |
-| product-service, catalog in PostgreSQL (during the checkouts and wrk) | $(mb "$RSS_PRODUCT") | $(verdict "$(mb "$RSS_PRODUCT")" 50 le) |
+| product-service, catalog in PostgreSQL (during the checkouts and the reads) | $(mb "$RSS_PRODUCT") | $(verdict "$(mb "$RSS_PRODUCT")" 50 le) |
 | warehouse, ledger in PostgreSQL (while $DRAIN orders are published to it and drained) | $(mb "$RSS_WH") | $(verdict "$(mb "$RSS_WH")" 50 le) |
 
 What the stores cost each order in CPU: \`scripts/cpu-per-request.sh checkout checkout-redis drain-postgres\`
