@@ -68,9 +68,12 @@ async fn open_store(settings: &Settings) -> Result<OpenStore, BuildError> {
         });
     };
     let catalog = PgCatalog::connect(config, settings.cache_capacity).await?;
-    retry_until("the catalog seed", config.startup_timeout, || {
-        catalog.seed(seed)
-    })
+    retry_until(
+        "the catalog seed",
+        config.startup_timeout,
+        |err: &CatalogError| matches!(err, CatalogError::Unavailable(_)),
+        || catalog.seed(seed),
+    )
     .await?;
     let pool = catalog.pool().clone();
     let ping_pool = pool.clone();

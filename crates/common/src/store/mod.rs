@@ -59,12 +59,15 @@ impl From<StoreUnavailable> for ApiError {
     }
 }
 
-/// Runs `attempt` until it succeeds or `deadline` has passed, backing off between tries and
-/// logging each failure once. Start-up uses it so that a service launched together with its
-/// database (a compose file, a laptop boot) waits for it instead of failing on the first try.
+/// Runs `attempt` until it succeeds, `deadline` has passed, or it fails in a way `transient`
+/// says waiting cannot fix, backing off between tries and logging each failure. Start-up uses it
+/// so that a service launched together with its database (a compose file, a laptop boot) waits
+/// for it instead of failing on the first try, while a real mistake (say, a migration that
+/// differs from the one applied) stops the service at once with its own message.
 pub async fn retry_until<T, E, F, Fut>(
     what: &str,
     deadline: Duration,
+    transient: impl Fn(&E) -> bool,
     mut attempt: F,
 ) -> Result<T, E>
 where
@@ -77,7 +80,7 @@ where
     loop {
         match attempt().await {
             Ok(value) => return Ok(value),
-            Err(err) if started.elapsed() + backoff < deadline => {
+            Err(err) if transient(&err) && started.elapsed() + backoff < deadline => {
                 tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "{what} not ready yet");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -97,6 +97,8 @@ pub enum PgSetupError {
     Url { url: String, reason: String },
     #[error("DATABASE_SCHEMA: {0}")]
     Schema(String),
+    #[error("the migrations of schema {schema} cannot be applied: {reason} (a migration that was already applied must never be edited: add a new one)")]
+    Migration { schema: String, reason: String },
     #[error("PostgreSQL at {url} was not ready within {waited:?}: {reason}")]
     Unavailable {
         url: String,
@@ -120,32 +122,77 @@ pub async fn connect(config: &PgConfig, migrator: &Migrator) -> Result<PgPool, P
         .max_connections(config.max_connections)
         .acquire_timeout(config.timeout)
         .connect_lazy_with(options);
-    retry_until("PostgreSQL", config.startup_timeout, || {
-        prepare(&pool, &config.schema, migrator)
-    })
+    retry_until(
+        "PostgreSQL",
+        config.startup_timeout,
+        |failure: &Prepare| matches!(failure, Prepare::Unreachable(_)),
+        || prepare(&pool, &config.schema, migrator),
+    )
     .await
-    .map_err(|reason| PgSetupError::Unavailable {
-        url: redact_url(&config.url),
-        waited: config.startup_timeout,
-        reason,
+    .map_err(|failure| match failure {
+        Prepare::Unreachable(reason) => PgSetupError::Unavailable {
+            url: redact_url(&config.url),
+            waited: config.startup_timeout,
+            reason,
+        },
+        Prepare::Migration(reason) => PgSetupError::Migration {
+            schema: config.schema.clone(),
+            reason,
+        },
     })?;
     Ok(pool)
 }
 
-async fn prepare(pool: &PgPool, schema: &str, migrator: &Migrator) -> Result<(), String> {
-    let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
+/// Why preparing the schema failed: worth waiting for, or not.
+enum Prepare {
+    /// The database could not be reached or refused the connection: it may be starting.
+    Unreachable(String),
+    /// The migrations themselves failed (one differs from the applied one, one is missing, its
+    /// SQL fails): waiting cannot fix it.
+    Migration(String),
+}
+
+impl fmt::Display for Prepare {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unreachable(reason) | Self::Migration(reason) => f.write_str(reason),
+        }
+    }
+}
+
+async fn prepare(pool: &PgPool, schema: &str, migrator: &Migrator) -> Result<(), Prepare> {
+    let unreachable = |e: sqlx::Error| Prepare::Unreachable(e.to_string());
+    let mut tx = pool.begin().await.map_err(unreachable)?;
     // `CREATE SCHEMA IF NOT EXISTS` is not safe against a concurrent twin (both see "absent",
     // one fails on the catalog's unique index); the lock makes the second wait, then see it.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('shop.create_schema'))")
         .execute(&mut *tx)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(unreachable)?;
     sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
         .execute(&mut *tx)
         .await
-        .map_err(|e| e.to_string())?;
-    tx.commit().await.map_err(|e| e.to_string())?;
-    migrator.run(pool).await.map_err(|e| e.to_string())
+        .map_err(unreachable)?;
+    tx.commit().await.map_err(unreachable)?;
+    migrator.run(pool).await.map_err(|e| match e {
+        // Running a migration's SQL can fail on a lost connection too; anything else is about
+        // the migrations themselves.
+        sqlx::migrate::MigrateError::Execute(err) if is_connection_error(&err) => {
+            Prepare::Unreachable(err.to_string())
+        }
+        other => Prepare::Migration(other.to_string()),
+    })
+}
+
+fn is_connection_error(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Protocol(_)
+    )
 }
 
 /// The readiness check: one round trip through the pool.

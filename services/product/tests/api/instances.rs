@@ -98,3 +98,29 @@ async fn seeding_again_keeps_created_products() {
     assert_eq!(seeded_14["sku"], "SKU0000014");
     assert_eq!(larger.create().await, 21);
 }
+
+/// A migration that differs from the one already applied is a mistake waiting cannot fix: the
+/// service refuses to start at once, naming it, instead of retrying as if the database were down.
+#[tokio::test]
+async fn an_edited_migration_stops_the_start_at_once() {
+    let db = TestDatabase::create().await;
+    drop(spawn_instance(db.config(SCHEMA), 0, "product-a").await);
+    db_scalar(
+        &db,
+        &format!("WITH t AS (UPDATE {SCHEMA}._sqlx_migrations SET checksum = '\\x00' RETURNING 1) SELECT count(*) FROM t"),
+    )
+    .await;
+    let mut config = db.config(SCHEMA);
+    config.startup_timeout = std::time::Duration::from_secs(20);
+    let started = std::time::Instant::now();
+    let err = match Application::build(Settings::for_tests().with_store(config)).await {
+        Ok(_) => panic!("started on an edited migration"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains("migration"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "waited {:?} for a mistake that waiting cannot fix",
+        started.elapsed()
+    );
+}
