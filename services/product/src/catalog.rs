@@ -115,18 +115,24 @@ pub fn seed_product(i: u32) -> NewProduct {
     }
 }
 
+/// A product every rule accepts, for the unit tests of this crate.
+#[cfg(test)]
+pub(crate) fn valid_new_product() -> NewProduct {
+    NewProduct {
+        sku: "ABC123XYZ0".into(),
+        manufacturer: "Acme".into(),
+        category_id: 1,
+        weight: 0,
+        some_other_id: 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn valid() -> NewProduct {
-        NewProduct {
-            sku: "ABC123XYZ0".into(),
-            manufacturer: "Acme".into(),
-            category_id: 1,
-            weight: 0,
-            some_other_id: 1,
-        }
+        valid_new_product()
     }
 
     fn failing_field(p: &NewProduct) -> Option<String> {

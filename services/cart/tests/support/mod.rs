@@ -291,6 +291,22 @@ pub async fn error_body(resp: reqwest::Response) -> Value {
 
 pub use common::testing::{dead_port, FaultyProxy, Mode};
 
+/// Of concurrent checkouts of one cart, exactly one placed the order; every other one was told
+/// the cart is taken (409) or already checked out (400).
+pub fn assert_one_checkout_won(statuses: &[StatusCode]) {
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(ok, 1, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| [
+            StatusCode::OK,
+            StatusCode::CONFLICT,
+            StatusCode::BAD_REQUEST
+        ]
+        .contains(s)),
+        "{statuses:?}"
+    );
+}
+
 /// The broker's URL through `proxy`.
 pub fn amqp_url_via(proxy: &FaultyProxy) -> String {
     proxy.url_for(DEFAULT_AMQP_URL)

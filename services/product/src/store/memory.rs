@@ -80,13 +80,7 @@ mod tests {
     use super::*;
 
     fn valid() -> NewProduct {
-        NewProduct {
-            sku: "ABC123XYZ0".into(),
-            manufacturer: "Acme".into(),
-            category_id: 1,
-            weight: 0,
-            some_other_id: 1,
-        }
+        crate::catalog::valid_new_product()
     }
 
     #[tokio::test]
