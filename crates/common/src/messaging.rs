@@ -77,15 +77,30 @@ impl QueueType {
     }
 }
 
-/// The durable order queue, its dead-letter exchange and its dead-letter queue.
+/// The durable order queue, its dead-letter exchange and its dead-letter queue; the queue of
+/// cancellations; and the fanout exchange on which the warehouse announces each order's outcome,
+/// with one queue per service that reacts to outcomes.
 ///
 /// A message the warehouse rejects (not a valid order) is dead-lettered to `<queue>.dlq` instead of
-/// being dropped or redelivered for ever.
+/// being dropped or redelivered for ever. Every name derives from the order queue's, so a test's
+/// own queue brings its own cancellations and events.
+///
+/// Cancellations have their own queue so a cancel is never stuck behind orders the warehouse is
+/// holding (`FULFILMENT_DELAY_MS`): it reaches the warehouse as soon as it is published, and the
+/// warehouse's ledger decides which of the order and its cancel came first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     pub queue: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
+    /// `<queue>.cancel`: cancellations, from the cart to the warehouse.
+    pub cancel_queue: String,
+    /// `<queue>.events` (fanout): outcome events, from the warehouse to whoever listens.
+    pub events_exchange: String,
+    /// `<queue>.events.orders`: the cart's copy of the events (order status).
+    pub order_events_queue: String,
+    /// `<queue>.events.stock`: the product service's copy of the events (reservations).
+    pub stock_events_queue: String,
     pub queue_type: QueueType,
 }
 
@@ -95,8 +110,23 @@ impl Topology {
             queue: queue.to_string(),
             dead_letter_exchange: format!("{queue}.dlx"),
             dead_letter_queue: format!("{queue}.dlq"),
+            cancel_queue: format!("{queue}.cancel"),
+            events_exchange: format!("{queue}.events"),
+            order_events_queue: format!("{queue}.events.orders"),
+            stock_events_queue: format!("{queue}.events.stock"),
             queue_type,
         }
+    }
+
+    /// Every queue of the topology (for tests that clean up after themselves).
+    pub fn queues(&self) -> [&str; 5] {
+        [
+            &self.queue,
+            &self.dead_letter_queue,
+            &self.cancel_queue,
+            &self.order_events_queue,
+            &self.stock_events_queue,
+        ]
     }
 
     /// `ORDER_QUEUE` (default `order_queue`) and `QUEUE_TYPE` (classic|quorum, default classic).
@@ -128,6 +158,9 @@ impl Topology {
     /// Declares everything, idempotently. A queue that already exists with other arguments (say,
     /// classic where quorum is asked for) fails with the broker's PRECONDITION_FAILED, which is
     /// the right outcome: silently using the wrong queue type would be worse.
+    ///
+    /// The event queues are declared by everyone, publishers included: an event published before
+    /// its consumer first started is then kept, not dropped by an exchange with no queue bound.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
         let durable = QueueDeclareOptions {
             durable: true,
@@ -160,13 +193,36 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
+        for queue in [&self.queue, &self.cancel_queue] {
+            channel
+                .queue_declare(queue.as_str().into(), durable, self.queue_arguments(true))
+                .await?;
+        }
         channel
-            .queue_declare(
-                self.queue.as_str().into(),
-                durable,
-                self.queue_arguments(true),
+            .exchange_declare(
+                self.events_exchange.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
             )
             .await?;
+        for queue in [&self.order_events_queue, &self.stock_events_queue] {
+            channel
+                .queue_declare(queue.as_str().into(), durable, self.queue_arguments(true))
+                .await?;
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    self.events_exchange.as_str().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         Ok(())
     }
 }
@@ -252,6 +308,112 @@ impl OrderMessage {
     }
 }
 
+/// Why an order is being cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    /// `POST /orders/{id}/cancel`.
+    Customer,
+    /// The order's publish was never confirmed and it did not reach the warehouse in time: the
+    /// cart withdraws it so its stock can be returned (unless the warehouse already has it).
+    NotConfirmed,
+}
+
+/// A request to cancel an order, published by the cart to [`Topology::cancel_queue`]. The
+/// warehouse records the first of an order and its cancel to arrive; the other one loses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelMessage {
+    pub order_uid: String,
+    pub order_id: i32,
+    pub reason: CancelReason,
+    #[serde(with = "time::serde::rfc3339")]
+    pub requested_at: OffsetDateTime,
+}
+
+impl CancelMessage {
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        let cancel: Self = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if cancel.order_uid.trim().is_empty() {
+            return Err("order_uid is empty".to_string());
+        }
+        Ok(cancel)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Persistent, JSON, `message_id` = `cancel:<order uid>`.
+    pub fn properties(&self, request_id: &str) -> BasicProperties {
+        persistent_json(&format!("cancel:{}", self.order_uid), request_id)
+    }
+}
+
+/// What became of an order, as decided by the warehouse (once, for ever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderOutcome {
+    /// The warehouse applied the order: its reservation becomes a sale.
+    Fulfilled,
+    /// The cancel arrived first: the order will never be fulfilled, its reservation is released.
+    Cancelled,
+}
+
+/// One order's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderEvent {
+    pub order_uid: String,
+    pub order_id: i32,
+    pub outcome: OrderOutcome,
+    /// Why it was cancelled (for a cancellation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<CancelReason>,
+    /// The order itself when the warehouse has it (always for a fulfilment), so a listener that
+    /// never recorded it (its writer died after the publish) can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<OrderMessage>,
+}
+
+/// The outcomes of one warehouse batch, published on [`Topology::events_exchange`] under
+/// confirms before the batch's deliveries are acked. At least once: a redelivered order or
+/// cancel is announced again with the outcome first recorded, so every listener must apply an
+/// event idempotently (and an older event never undoes a newer state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderEvents {
+    pub events: Vec<OrderEvent>,
+}
+
+impl OrderEvents {
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Persistent, JSON, a fresh `message_id`.
+    pub fn properties(&self, request_id: &str) -> BasicProperties {
+        persistent_json(&uuid::Uuid::new_v4().to_string(), request_id)
+    }
+}
+
+fn persistent_json(message_id: &str, request_id: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    if !request_id.is_empty() {
+        headers.insert(
+            ShortString::from("x-request-id"),
+            AMQPValue::LongString(LongString::from(request_id)),
+        );
+    }
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/json"))
+        .with_message_id(ShortString::from(message_id))
+        .with_timestamp(OffsetDateTime::now_utc().unix_timestamp().max(0) as u64)
+        .with_headers(headers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +477,37 @@ mod tests {
         let t = Topology::new("order_queue", QueueType::Classic);
         assert_eq!(t.dead_letter_queue, "order_queue.dlq");
         assert_eq!(t.dead_letter_exchange, "order_queue.dlx");
+        assert_eq!(t.cancel_queue, "order_queue.cancel");
+        assert_eq!(t.events_exchange, "order_queue.events");
+        assert_eq!(t.queues().len(), 5);
+    }
+
+    #[test]
+    fn events_round_trip() {
+        let events = OrderEvents {
+            events: vec![
+                OrderEvent {
+                    order_uid: "u1".into(),
+                    order_id: 1,
+                    outcome: OrderOutcome::Fulfilled,
+                    reason: None,
+                    order: Some(order()),
+                },
+                OrderEvent {
+                    order_uid: "u2".into(),
+                    order_id: 2,
+                    outcome: OrderOutcome::Cancelled,
+                    reason: Some(CancelReason::NotConfirmed),
+                    order: None,
+                },
+            ],
+        };
+        let json = events.to_json();
+        let text = String::from_utf8_lossy(&json);
+        assert!(text.contains("\"outcome\":\"cancelled\""), "{text}");
+        assert!(text.contains("\"reason\":\"not_confirmed\""), "{text}");
+        assert_eq!(OrderEvents::from_json(&json), Ok(events));
+        assert!(CancelMessage::from_json(b"{\"order_uid\":\" \",\"order_id\":1,\"reason\":\"customer\",\"requested_at\":\"2026-01-01T00:00:00Z\"}").is_err());
     }
 
     #[test]
