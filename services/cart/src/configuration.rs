@@ -1,5 +1,6 @@
 use common::config::{self, ConfigError, ServiceConfig};
 use common::messaging::{self, Topology};
+use common::store::postgres::PgConfig;
 use common::store::redis::RedisConfig;
 use std::time::Duration;
 
@@ -44,6 +45,16 @@ pub struct Settings {
     /// it over (a process that died mid-checkout). Default: the worst case of one checkout
     /// ([`Settings::checkout_worst_case`]) plus 5 s.
     pub checkout_lease: Duration,
+    /// `DATABASE_URL` (+ `DATABASE_SCHEMA`, default `orders`): orders in PostgreSQL; `None`
+    /// keeps them in memory. Needs `REDIS_URL`: order ids come from the cart store's counter,
+    /// and only Redis's counter is shared by every instance and survives a restart.
+    pub orders_db: Option<PgConfig>,
+    /// `RESERVE_STOCK` (default true): reserve the cart's items at the product service before
+    /// the card is authorized. Off only to measure what reserving costs.
+    pub reserve_stock: bool,
+    /// `PENDING_ORDER_TIMEOUT_MS` (default 30 s): an order whose publish's fate was unknown and
+    /// that the warehouse has not reported after this long is withdrawn (a cancel is published).
+    pub pending_order_timeout: Duration,
 }
 
 impl Settings {
@@ -74,7 +85,28 @@ impl Settings {
             store: RedisConfig::from_env()?,
             cart_ttl: Duration::from_secs(config::positive("CART_TTL_SECONDS", 604_800u64)?),
             checkout_lease: Duration::ZERO,
+            orders_db: PgConfig::from_env("orders")?,
+            reserve_stock: config::flag("RESERVE_STOCK", true)?,
+            pending_order_timeout: config::millis(
+                "PENDING_ORDER_TIMEOUT_MS",
+                Duration::from_secs(30),
+            )?,
         };
+        if settings.orders_db.is_some() && settings.store.is_none() {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "(set)",
+                "orders in PostgreSQL need carts in Redis (set REDIS_URL): order ids come from \
+                 the cart store's counter, and an in-memory counter restarts at 1",
+            ));
+        }
+        if settings.pending_order_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "PENDING_ORDER_TIMEOUT_MS",
+                "0",
+                "must be at least 1",
+            ));
+        }
         let worst_case = settings.checkout_worst_case();
         settings.checkout_lease = config::millis("CHECKOUT_LEASE_MS", worst_case + LEASE_MARGIN)?;
         // A shorter hold could be taken over from a checkout that is still running.

@@ -13,12 +13,16 @@
 pub mod carts;
 pub mod clients;
 pub mod configuration;
+pub mod orders;
 pub mod publisher;
 pub mod routes;
 pub mod store;
 
+use crate::clients::stock::StockReservations;
 use crate::clients::{Authorizer, ProductCatalog};
 use crate::configuration::Settings;
+use crate::orders::events::OutcomeMetrics;
+use crate::orders::{MemoryOrderStore, OrderStore, PgOrderStore};
 use crate::publisher::OrderPublisher;
 use crate::store::{CartStore, MemoryCartStore, RedisCartStore};
 use common::config::redact_url;
@@ -38,6 +42,9 @@ pub struct AppState {
     pub authorizer: Authorizer,
     pub publisher: OrderPublisher,
     pub outcomes: routes::CheckoutOutcomes,
+    pub orders: Arc<dyn OrderStore>,
+    /// `None` when `RESERVE_STOCK=false`.
+    pub stock: Option<StockReservations>,
 }
 
 pub struct Application {
@@ -45,6 +52,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     settings: Settings,
+    outcome_metrics: OutcomeMetrics,
     pub state: Arc<AppState>,
 }
 
@@ -61,6 +69,21 @@ fn cart_store(settings: &Settings) -> Result<Arc<dyn CartStore>, Box<dyn std::er
     })
 }
 
+/// PostgreSQL if `DATABASE_URL` is set (waiting up to `STORE_STARTUP_TIMEOUT_MS` for it), else
+/// memory.
+async fn order_store(
+    settings: &Settings,
+) -> Result<Arc<dyn OrderStore>, Box<dyn std::error::Error>> {
+    Ok(match &settings.orders_db {
+        Some(config) => {
+            let pool =
+                common::store::postgres::connect(config, &orders::postgres::MIGRATOR).await?;
+            Arc::new(PgOrderStore::new(pool))
+        }
+        None => Arc::new(MemoryOrderStore::default()),
+    })
+}
+
 impl Application {
     /// Builds the app. The broker need not be up: publishing connects lazily and `/ready`
     /// reports the broker's state, so the service starts, says it is not ready, and heals.
@@ -71,12 +94,20 @@ impl Application {
         let http = clients::HttpClient::new(settings.cca_timeout.min(settings.product_timeout));
         let publisher = OrderPublisher::new(&settings, &metrics)?;
         let carts = cart_store(&settings)?;
+        let orders = order_store(&settings).await?;
+        let stock = if settings.reserve_stock {
+            Some(StockReservations::new(http.clone(), &settings)?)
+        } else {
+            None
+        };
         let state = Arc::new(AppState {
             carts: Arc::clone(&carts),
             products: ProductCatalog::new(http.clone(), &settings)?,
             authorizer: Authorizer::new(http, &settings)?,
             publisher: publisher.clone(),
             outcomes: routes::CheckoutOutcomes::register(&metrics),
+            orders: Arc::clone(&orders),
+            stock,
         });
         let mut readiness = Readiness::new().check("rabbitmq", move || {
             let publisher = publisher.clone();
@@ -88,8 +119,14 @@ impl Application {
                 async move { carts.check().await }
             });
         }
+        if settings.orders_db.is_some() {
+            readiness = readiness.check("postgresql", move || {
+                let orders = Arc::clone(&orders);
+                async move { orders.check().await }
+            });
+        }
         let router = with_common_layers(
-            routes::router(Arc::clone(&state)),
+            routes::router(Arc::clone(&state)).merge(orders::api::router(Arc::clone(&state))),
             &settings.service,
             &metrics,
             readiness,
@@ -107,6 +144,8 @@ impl Application {
             queue = %settings.topology.queue,
             store = %state.carts.kind(),
             store_at = %store_at,
+            orders = %state.orders.kind(),
+            reserve_stock = settings.reserve_stock,
             cart_ttl_s = settings.cart_ttl.as_secs(),
             checkout_lease_ms = settings.checkout_lease.as_millis() as u64,
             "cart-service listening"
@@ -116,6 +155,7 @@ impl Application {
             listener,
             router,
             settings,
+            outcome_metrics: OutcomeMetrics::register(&metrics),
             state,
         })
     }
@@ -126,6 +166,23 @@ impl Application {
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let publisher = self.state.publisher.clone();
+        // The order-outcome consumer and the pending-order settler stop once the server has
+        // drained, so checkouts finishing during the drain still get their outcomes applied.
+        let background = CancellationToken::new();
+        tokio::spawn(orders::events::consume_outcomes(
+            self.settings.amqp_url.clone(),
+            self.settings.topology.clone(),
+            Arc::clone(&self.state.orders),
+            self.outcome_metrics.clone(),
+            background.clone(),
+        ));
+        tokio::spawn(orders::events::settle_pending(
+            Arc::clone(&self.state.orders),
+            publisher.clone(),
+            self.settings.pending_order_timeout,
+            self.outcome_metrics.clone(),
+            background.clone(),
+        ));
         let result = common::shutdown::serve(
             self.listener,
             self.router,
@@ -133,6 +190,7 @@ impl Application {
             self.settings.service.shutdown_timeout,
         )
         .await;
+        background.cancel();
         // In-flight checkouts have drained: close the channels so the broker sees a clean goodbye.
         publisher.close().await;
         result

@@ -11,10 +11,11 @@
 //!   closed ones, so the pool heals by itself after the broker or the connection comes back.
 
 use crate::configuration::Settings;
-use common::messaging::{OrderMessage, Topology};
+use common::messaging::{CancelMessage, OrderMessage, Topology};
 use common::metrics::{Counter, Metrics};
 use deadpool::managed::{self, Object, PoolError, RecycleError, RecycleResult, TimeoutType};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::BasicProperties;
 use lapin::Confirmation;
 use lapin::{Channel, ConnectionProperties};
 use std::sync::Arc;
@@ -83,11 +84,24 @@ type ChannelPool = managed::Pool<ChannelManager>;
 pub struct OrderPublisher {
     channels: ChannelPool,
     queue: Arc<str>,
+    cancel_queue: Arc<str>,
     wait: Duration,
     confirm_timeout: Duration,
     in_flight: Arc<Semaphore>,
     published: Counter,
     failed: Counter,
+}
+
+impl PublishError {
+    /// The message certainly did not reach a queue: nothing was sent (no channel, no slot), or
+    /// the broker said so (nack, returned as unroutable). Otherwise its fate is unknown: it may
+    /// be in the queue although no confirm arrived.
+    pub fn certainly_not_enqueued(&self) -> bool {
+        matches!(
+            self,
+            Self::Busy(_) | Self::Unreachable(_) | Self::Nacked | Self::Returned(_)
+        )
+    }
 }
 
 impl OrderPublisher {
@@ -118,6 +132,7 @@ impl OrderPublisher {
         Ok(Self {
             channels,
             queue: settings.topology.queue.as_str().into(),
+            cancel_queue: settings.topology.cancel_queue.as_str().into(),
             wait: settings.channel_wait,
             confirm_timeout: settings.confirm_timeout,
             in_flight: Arc::new(Semaphore::new(settings.max_pending_confirms)),
@@ -145,7 +160,9 @@ impl OrderPublisher {
         order: &OrderMessage,
         request_id: &str,
     ) -> Result<(), PublishError> {
-        let result = self.publish_once(order, request_id).await;
+        let result = self
+            .publish_once(&self.queue, order.to_json(), order.properties(request_id))
+            .await;
         match &result {
             Ok(()) => self.published.inc(),
             Err(_) => self.failed.inc(),
@@ -153,10 +170,25 @@ impl OrderPublisher {
         result
     }
 
+    /// Publishes a cancel to the cancel queue, with the same guarantees as an order.
+    pub async fn publish_cancel(
+        &self,
+        cancel: &CancelMessage,
+        request_id: &str,
+    ) -> Result<(), PublishError> {
+        self.publish_once(
+            &self.cancel_queue,
+            cancel.to_json(),
+            cancel.properties(request_id),
+        )
+        .await
+    }
+
     async fn publish_once(
         &self,
-        order: &OrderMessage,
-        request_id: &str,
+        queue: &str,
+        payload: Vec<u8>,
+        properties: BasicProperties,
     ) -> Result<(), PublishError> {
         // Bound the confirms outstanding at once: past that, callers wait (briefly) and then get
         // a 503 rather than piling unconfirmed orders onto a slow broker.
@@ -164,7 +196,6 @@ impl OrderPublisher {
             .await
             .map_err(|_| PublishError::Busy(self.wait))?
             .map_err(|_| PublishError::Unreachable("the publisher is closed".to_string()))?;
-        let payload = order.to_json();
         let confirm = {
             // The channel is held only while the frames are handed to it, not while the broker
             // confirms: a confirm-mode channel pipelines, so one channel carries many orders in
@@ -173,13 +204,13 @@ impl OrderPublisher {
             match channel
                 .basic_publish(
                     "".into(),
-                    self.queue.as_ref().into(),
+                    queue.into(),
                     BasicPublishOptions {
                         mandatory: true,
                         ..BasicPublishOptions::default()
                     },
                     &payload,
-                    order.properties(request_id),
+                    properties,
                 )
                 .await
             {
@@ -200,7 +231,7 @@ impl OrderPublisher {
         };
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(PublishError::Returned(self.queue.to_string())),
+            Confirmation::Ack(Some(_)) => Err(PublishError::Returned(queue.to_string())),
             Confirmation::Nack(_) => Err(PublishError::Nacked),
             Confirmation::NotRequested => Err(PublishError::Channel(
                 "the channel is not in confirm mode".to_string(),

@@ -1,7 +1,9 @@
 //! The cart's HTTP API: create, add item, view, checkout.
 
 use crate::carts::{CartError, CartView, CheckoutTicket, StoreError};
+use crate::clients::stock::Reservation;
 use crate::clients::{Unavailable, Verdict};
+use crate::orders::{OrderStatus, OrderStoreError};
 use crate::publisher::PublishError;
 use crate::AppState;
 use axum::extract::State;
@@ -47,6 +49,11 @@ pub enum CartRouteError {
     Publish(#[from] PublishError),
     #[error(transparent)]
     Store(StoreUnavailable),
+    #[error("{}", .1.message)]
+    /// The product service refused the reservation (out of stock, unknown product): its answer.
+    StockRefused(StatusCode, ErrorBody),
+    #[error(transparent)]
+    Orders(#[from] OrderStoreError),
 }
 
 impl From<StoreError> for CartRouteError {
@@ -99,8 +106,11 @@ impl IntoResponse for CartRouteError {
             },
             Self::Publish(PublishError::Busy(_)) => ApiError::unavailable("BROKER_BUSY", message),
             Self::Publish(_) => ApiError::unavailable("ORDER_NOT_CONFIRMED", message)
-                .with_details("the cart is still open; retry the checkout"),
+                .with_details("nothing was placed and the cart is open; retry the checkout"),
             Self::Store(err) => err.into(),
+            Self::StockRefused(status, body) => ApiError { status, body },
+            Self::Orders(OrderStoreError::Unavailable(err)) => err.into(),
+            Self::Orders(err) => ApiError::internal(err.to_string()),
         };
         err.into_response()
     }
@@ -192,16 +202,33 @@ pub struct Checkout {
     pub credit_card_number: String,
 }
 
-#[derive(Serialize)]
+/// The checkout's answer: 200 once the broker confirmed the order; 202 with `status: pending`
+/// when the publish's fate is unknown (`GET /orders/{id}` settles it).
+#[derive(Debug, Serialize)]
 pub struct OrderPlaced {
     pub order_id: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<OrderStatus>,
+}
+
+impl OrderPlaced {
+    fn response(self) -> (StatusCode, Json<OrderPlaced>) {
+        let code = if self.status == Some(OrderStatus::Pending) {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        };
+        (code, Json(self))
+    }
 }
 
 /// Counts of checkout outcomes, for `/metrics`.
 #[derive(Clone)]
 pub struct CheckoutOutcomes {
     confirmed: Counter,
+    pending: Counter,
     declined: Counter,
+    out_of_stock: Counter,
     failed: Counter,
 }
 
@@ -209,7 +236,15 @@ impl CheckoutOutcomes {
     pub fn register(metrics: &Metrics) -> Self {
         Self {
             confirmed: metrics.counter("checkouts_confirmed_total", "Checkouts answered 200."),
+            pending: metrics.counter(
+                "checkouts_pending_total",
+                "Checkouts answered 202: the publish's fate was unknown.",
+            ),
             declined: metrics.counter("checkouts_declined_total", "Checkouts declined (402)."),
+            out_of_stock: metrics.counter(
+                "checkouts_out_of_stock_total",
+                "Checkouts refused for want of stock (409).",
+            ),
             failed: metrics.counter(
                 "checkouts_failed_total",
                 "Checkouts that failed on a dependency (503).",
@@ -227,7 +262,7 @@ async fn checkout(
     PathId(cart_id): PathId,
     RequestId(request_id): RequestId,
     ApiJson(body): ApiJson<Checkout>,
-) -> Result<Json<OrderPlaced>, CartRouteError> {
+) -> Result<(StatusCode, Json<OrderPlaced>), CartRouteError> {
     // An unknown cart is a 404 before a bad card is a 400. With a good card, taking the cart
     // says whether it exists: one store round trip instead of two.
     if !card::is_valid_format(&body.credit_card_number) {
@@ -242,7 +277,16 @@ async fn checkout(
             .with_details("credit_card_number"),
         ));
     }
-    let ticket = state.carts.begin_checkout(cart_id).await?;
+    let ticket = match state.carts.begin_checkout(cart_id).await {
+        Ok(ticket) => ticket,
+        // Checked out already (a client whose answer was lost, retrying): the order it placed,
+        // rather than an error that hides the order id.
+        Err(StoreError::Cart(CartError::AlreadyCheckedOut { order_id, .. })) => {
+            let status = state.orders.get(order_id).await?.map(|order| order.status);
+            return Ok(OrderPlaced { order_id, status }.response());
+        }
+        Err(err) => return Err(err.into()),
+    };
     // The checkout runs in its own task: if the client hangs up, the order is still either
     // placed or released, never left half-done with the cart stuck in `checking_out`.
     let task = tokio::spawn(place_order(
@@ -252,18 +296,29 @@ async fn checkout(
         request_id,
     ));
     match task.await {
-        Ok(result) => result.map(|order_id| Json(OrderPlaced { order_id })),
+        Ok(result) => result.map(OrderPlaced::response),
         Err(join_error) => Err(CartRouteError::Api(ApiError::internal(format!(
             "checkout task failed: {join_error}"
         )))),
     }
 }
 
+/// How far a checkout got, so a failure undoes exactly what it did.
+#[derive(Debug, Default, Clone, Copy)]
+struct Progress {
+    /// A reservation was asked for (it may exist even if the call failed).
+    reserved: bool,
+    /// The order was written `pending`.
+    recorded: bool,
+    /// A publish was attempted.
+    published: bool,
+}
+
 /// Releases the cart if a checkout panics: the normal ways out settle it explicitly.
 struct ReleaseOnPanic<'a> {
     state: &'a AppState,
     ticket: &'a CheckoutTicket,
-    published: bool,
+    progress: Progress,
     settled: bool,
 }
 
@@ -271,7 +326,8 @@ impl Drop for ReleaseOnPanic<'_> {
     fn drop(&mut self) {
         if !self.settled {
             let carts = Arc::clone(&self.state.carts);
-            let (ticket, published) = (self.ticket.clone(), self.published);
+            let (ticket, published) = (self.ticket.clone(), self.progress.published);
+            // A reservation left behind is returned by the product service's timeout.
             tokio::spawn(async move { carts.abort_checkout(&ticket, published).await });
         }
     }
@@ -282,53 +338,109 @@ async fn place_order(
     ticket: CheckoutTicket,
     card_number: String,
     request_id: String,
-) -> Result<i32, CartRouteError> {
+) -> Result<OrderPlaced, CartRouteError> {
     let mut guard = ReleaseOnPanic {
         state: &state,
         ticket: &ticket,
-        published: false,
+        progress: Progress::default(),
         settled: false,
     };
-    let outcome = authorize_and_publish(
+    let outcome = reserve_authorize_publish(
         &state,
         &ticket,
         &card_number,
         &request_id,
-        &mut guard.published,
+        &mut guard.progress,
     )
     .await;
     guard.settled = true;
-    if let Err(err) = outcome {
-        // If the store is down too, the hold lapses after its lease and a retry takes over.
-        if let Err(release) = state.carts.abort_checkout(&ticket, guard.published).await {
-            tracing::warn!(%request_id, cart_id = ticket.cart_id, error = %release, "checkout failed and the cart could not be released");
+    let progress = guard.progress;
+    let order = &ticket.order;
+    let status = match outcome {
+        Ok(status) => status,
+        Err(err) => {
+            undo(&state, &ticket, progress, &request_id).await;
+            return Err(err);
         }
-        return Err(err);
-    }
-    // The broker has the order, so it is placed whatever the store says now. If the cart
-    // cannot be closed, a retry after the lease republishes the same order (deduplicated).
+    };
+    // The broker has the order (or may have it): either way the cart is done, and the order
+    // record (placed, or pending until the warehouse or the settler decides) is what a retry
+    // of this checkout reports. If the cart cannot be closed, a retry after the lease takes
+    // it over and finds the order already recorded.
     if let Err(err) = state.carts.complete_checkout(&ticket).await {
-        tracing::warn!(%request_id, order_uid = %ticket.order.order_uid, error = %err, "order placed but the cart could not be closed");
+        tracing::warn!(%request_id, order_uid = %order.order_uid, error = %err, "order placed but the cart could not be closed");
     }
-    state.outcomes.confirmed.inc();
+    if status == OrderStatus::Placed {
+        if let Some(stock) = &state.stock {
+            stock.confirm(&order.order_uid);
+        }
+        state.outcomes.confirmed.inc();
+    } else {
+        state.outcomes.pending.inc();
+    }
     tracing::debug!(
-        order_id = ticket.order.order_id,
-        order_uid = %ticket.order.order_uid,
+        order_id = order.order_id,
+        order_uid = %order.order_uid,
         cart_id = ticket.cart_id,
+        status = status.as_str(),
         "order placed"
     );
-    Ok(ticket.order.order_id)
+    Ok(OrderPlaced {
+        order_id: order.order_id,
+        status: Some(status),
+    })
 }
 
-/// The card, then the order under publisher confirms. `published` turns true just before a
-/// publish is attempted: from then on the order's fate may be unknown.
-async fn authorize_and_publish(
+/// Undoes a checkout that will not place its order: the pending record, the reservation, the
+/// hold on the cart. Each step is idempotent; one that fails is left to its timeout (the
+/// reservation's TTL, the cart's lease) rather than failing the answer a second time.
+async fn undo(state: &AppState, ticket: &CheckoutTicket, progress: Progress, request_id: &str) {
+    let order_uid = &ticket.order.order_uid;
+    if progress.recorded {
+        if let Err(err) = state.orders.discard_pending(order_uid).await {
+            tracing::warn!(%request_id, %order_uid, error = %err, "failed checkout: its pending order could not be discarded");
+        }
+    }
+    if progress.reserved {
+        if let Some(stock) = &state.stock {
+            if let Err(err) = stock.release(order_uid, request_id).await {
+                tracing::warn!(%request_id, %order_uid, error = %err, "failed checkout: its reservation is left to time out");
+            }
+        }
+    }
+    // `published` is false here unless a panic path... the publish either certainly failed
+    // (nothing enqueued) or its fate is unknown, and the latter does not come here.
+    if let Err(err) = state.carts.abort_checkout(ticket, false).await {
+        tracing::warn!(%request_id, cart_id = ticket.cart_id, error = %err, "checkout failed and the cart could not be released");
+    }
+}
+
+/// Reserves the stock, authorizes the card, records the order and publishes it under
+/// confirms. `Placed`: the broker confirmed. `Pending`: the publish's fate is unknown.
+async fn reserve_authorize_publish(
     state: &AppState,
     ticket: &CheckoutTicket,
     card_number: &str,
     request_id: &str,
-    published: &mut bool,
-) -> Result<(), CartRouteError> {
+    progress: &mut Progress,
+) -> Result<OrderStatus, CartRouteError> {
+    let order = &ticket.order;
+    if let Some(stock) = &state.stock {
+        // Before the card: a customer is not charged for what cannot be sold.
+        progress.reserved = true;
+        match stock.reserve(order, request_id).await {
+            Ok(Reservation::Held) => {}
+            Ok(Reservation::Refused(status, body)) => {
+                state.outcomes.out_of_stock.inc();
+                return Err(CartRouteError::StockRefused(status, body));
+            }
+            Err(err) => {
+                state.outcomes.failed.inc();
+                tracing::warn!(%request_id, error = %err, "checkout failed: stock reservation");
+                return Err(err.into());
+            }
+        }
+    }
     let verdict = match state.authorizer.authorize(card_number, request_id).await {
         Ok(verdict) => verdict,
         Err(err) => {
@@ -345,16 +457,32 @@ async fn authorize_and_publish(
         }
         Verdict::Rejected(body) => return Err(CartRouteError::CardRejected(body)),
     }
-    *published = true;
-    if let Err(err) = state.publisher.publish(&ticket.order, request_id).await {
+    // Written before the publish: an order that may reach the warehouse always has a record.
+    progress.recorded = true;
+    if let Err(err) = state.orders.insert_pending(order).await {
         state.outcomes.failed.inc();
-        tracing::warn!(
-            %request_id,
-            order_uid = %ticket.order.order_uid,
-            error = %err,
-            "checkout failed: order not confirmed by the broker"
-        );
+        tracing::warn!(%request_id, order_uid = %order.order_uid, error = %err, "checkout failed: order store");
         return Err(err.into());
     }
-    Ok(())
+    progress.published = true;
+    match state.publisher.publish(order, request_id).await {
+        Ok(()) => {
+            // If this write fails the order stays `pending` until the warehouse reports it.
+            if let Err(err) = state.orders.mark_placed(&order.order_uid).await {
+                tracing::warn!(%request_id, order_uid = %order.order_uid, error = %err, "order confirmed but not yet marked placed");
+            }
+            Ok(OrderStatus::Placed)
+        }
+        Err(err) if err.certainly_not_enqueued() => {
+            state.outcomes.failed.inc();
+            tracing::warn!(%request_id, order_uid = %order.order_uid, error = %err, "checkout failed: order not accepted by the broker");
+            Err(err.into())
+        }
+        Err(err) => {
+            // It may be in the queue: neither a success nor a failure can be promised. The
+            // order stays `pending`; the warehouse's outcome or the settler decides it.
+            tracing::warn!(%request_id, order_uid = %order.order_uid, error = %err, "order publish unconfirmed: answered pending");
+            Ok(OrderStatus::Pending)
+        }
+    }
 }

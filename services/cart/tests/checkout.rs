@@ -3,6 +3,7 @@
 
 mod support;
 
+use common::messaging::CancelReason;
 use futures::future::join_all;
 use lapin::types::AMQPValue;
 use reqwest::StatusCode;
@@ -63,10 +64,13 @@ async fn a_confirmed_checkout_leaves_exactly_one_well_formed_persistent_message(
     assert_eq!(view["status"], "checked_out");
     assert_eq!(view["order_id"], order_id);
 
-    // The cart is closed now.
+    // The cart is closed now. A checkout retried by a client that lost the answer learns the
+    // order it placed, and nothing is published again.
     let resp = app.checkout(cart, CARD).await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(error_body(resp).await["error"], "CART_ALREADY_CHECKED_OUT");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(body["order_id"], order_id);
+    assert_eq!(body["status"], "placed");
     let resp = app.add_item(cart, 1, 1).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert!(app.drain().await.is_empty());
@@ -127,8 +131,7 @@ async fn concurrent_checkouts_of_one_cart_make_one_order() {
     let app = spawn_app().await;
     let cart = app.filled_cart().await;
     let responses = join_all((0..12).map(|_| app.checkout(cart, CARD))).await;
-    let statuses: Vec<StatusCode> = responses.iter().map(reqwest::Response::status).collect();
-    support::assert_one_checkout_won(&statuses);
+    support::assert_one_checkout_won(responses).await;
     assert_eq!(app.drain().await.len(), 1);
     app.delete_queues().await;
 }
@@ -183,19 +186,23 @@ async fn connections_closed_by_the_broker_are_replaced() {
                 confirmed += 1;
                 break;
             }
+            // 202: the close cut the confirm of a publish that may have got through.
+            if resp.status() == StatusCode::ACCEPTED {
+                break;
+            }
             assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
             assert!(attempts < 5, "checkouts did not recover");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    assert_eq!(confirmed, 3);
+    assert!(confirmed >= 2, "{confirmed}");
     let uids: HashSet<String> = app
         .drain()
         .await
         .into_iter()
         .map(|(o, _)| o.order_uid)
         .collect();
-    assert_eq!(uids.len(), 4);
+    assert!((1 + confirmed..=4).contains(&uids.len()), "{}", uids.len());
     app.delete_queues().await;
 }
 
@@ -267,11 +274,13 @@ async fn broker_down_fails_fast_and_recovers_without_a_restart() {
 }
 
 #[tokio::test]
-async fn a_retry_after_an_unconfirmed_publish_republishes_the_same_order() {
+async fn an_unconfirmed_publish_is_answered_pending_and_withdrawn_if_the_warehouse_never_reports_it(
+) {
     let proxy = FaultyProxy::start("127.0.0.1:5672").await;
     let app = spawn_app_with(Options {
         amqp_url: Some(support::amqp_url_via(&proxy)),
         confirm_timeout: Duration::from_millis(700),
+        pending_order_timeout: Duration::from_millis(1500),
         ..Options::default()
     })
     .await;
@@ -282,20 +291,52 @@ async fn a_retry_after_an_unconfirmed_publish_republishes_the_same_order() {
     let cart = app.filled_cart().await;
     proxy.set(Mode::Stall);
     let resp = app.checkout(cart, CARD).await;
-    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(error_body(resp).await["error"], "ORDER_NOT_CONFIRMED");
-    // The order's fate is unknown, so its items are frozen until it is retried.
-    let resp = app.add_item(cart, 5, 1).await;
-    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(body["status"], "pending");
+    let order_id = body["order_id"].as_i64().expect("order_id");
+    let order: serde_json::Value = app
+        .get(&format!("/orders/{order_id}"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(order["status"], "pending");
+    // The cart is done: a retry reports the same pending order instead of placing another.
+    let resp = app.checkout(cart, CARD).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let again: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(again["order_id"], order_id);
     proxy.set(Mode::Pass);
 
-    let order_id = order_id(app.checkout_until_ok(cart).await).await;
-    // The stalled publish reached the broker too: the queue holds the same order twice, with
-    // one message id, which is what lets the warehouse apply it once.
+    // No warehouse reports it here, so after the timeout the cart withdraws it: a confirmed
+    // cancel for the same uid, and the order shows `cancelling` until the warehouse decides.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let order = loop {
+        let order: serde_json::Value = app
+            .get(&format!("/orders/{order_id}"))
+            .await
+            .json()
+            .await
+            .expect("json");
+        if order["status"] == "cancelling" {
+            break order;
+        }
+        assert!(Instant::now() < deadline, "never withdrawn: {order}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(order["cancel_reason"], "not_confirmed");
+    let cancels = app.drain_cancels().await;
+    assert!(
+        cancels.iter().any(
+            |c| c.order_uid == order["order_uid"].as_str().unwrap_or_default()
+                && c.reason == CancelReason::NotConfirmed
+        ),
+        "{cancels:?}"
+    );
+    // The stalled publish reached the queue too: one uid, which the warehouse sees as the
+    // loser of the race against its cancel (or the winner, if it came first).
     let messages = app.drain().await;
-    assert!(!messages.is_empty());
-    let uids: HashSet<&str> = messages.iter().map(|(o, _)| o.order_uid.as_str()).collect();
-    assert_eq!(uids.len(), 1, "{messages:?}");
     assert!(messages
         .iter()
         .all(|(o, _)| i64::from(o.order_id) == order_id));

@@ -6,8 +6,9 @@
 
 use cart_service::{configuration::Settings, Application};
 use common::config::ServiceConfig;
-use common::messaging::{OrderMessage, QueueType, Topology, DEFAULT_AMQP_URL};
+use common::messaging::{CancelMessage, OrderMessage, QueueType, Topology, DEFAULT_AMQP_URL};
 use common::shutdown::CancellationToken;
+use common::store::postgres::PgConfig;
 use common::store::redis::RedisConfig;
 use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -40,6 +41,10 @@ pub struct Options {
     pub store: Option<RedisConfig>,
     pub cart_ttl: Duration,
     pub checkout_lease: Duration,
+    /// Orders in this PostgreSQL database instead of memory (needs `store`).
+    pub orders_db: Option<PgConfig>,
+    pub reserve_stock: bool,
+    pub pending_order_timeout: Duration,
 }
 
 impl Default for Options {
@@ -54,6 +59,9 @@ impl Default for Options {
             store: None,
             cart_ttl: Duration::from_secs(3600),
             checkout_lease: Duration::from_secs(30),
+            orders_db: None,
+            reserve_stock: true,
+            pending_order_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -131,6 +139,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         store: options.store,
         cart_ttl: options.cart_ttl,
         checkout_lease: options.checkout_lease,
+        orders_db: options.orders_db,
+        reserve_stock: options.reserve_stock,
+        pending_order_timeout: options.pending_order_timeout,
     };
     let app = Application::build(settings).await.expect("cart");
     let base = format!("http://127.0.0.1:{}", app.port());
@@ -262,20 +273,41 @@ impl TestApp {
         messages
     }
 
+    /// Takes every cancel now in the test's cancel queue.
+    pub async fn drain_cancels(&self) -> Vec<CancelMessage> {
+        let channel = self.broker.create_channel().await.expect("channel");
+        let topology = Topology::new(&self.queue, QueueType::Classic);
+        let mut cancels = Vec::new();
+        while let Some(msg) = channel
+            .basic_get(
+                topology.cancel_queue.as_str().into(),
+                BasicGetOptions::default(),
+            )
+            .await
+            .expect("basic_get")
+        {
+            cancels.push(CancelMessage::from_json(&msg.delivery.data).expect("a valid cancel"));
+            msg.delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .expect("ack");
+        }
+        cancels
+    }
+
     pub async fn delete_queues(&self) {
         let channel = self.broker.create_channel().await.expect("channel");
         let topology = Topology::new(&self.queue, QueueType::Classic);
-        for q in [&topology.queue, &topology.dead_letter_queue] {
+        for q in topology.queues() {
             let _ = channel
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .queue_delete(q.into(), QueueDeleteOptions::default())
                 .await;
         }
-        let _ = channel
-            .exchange_delete(
-                topology.dead_letter_exchange.as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
+        for exchange in [&topology.dead_letter_exchange, &topology.events_exchange] {
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
     }
 }
 
@@ -291,20 +323,28 @@ pub async fn error_body(resp: reqwest::Response) -> Value {
 
 pub use common::testing::{dead_port, FaultyProxy, Mode};
 
-/// Of concurrent checkouts of one cart, exactly one placed the order; every other one was told
-/// the cart is taken (409) or already checked out (400).
-pub fn assert_one_checkout_won(statuses: &[StatusCode]) {
-    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
-    assert_eq!(ok, 1, "{statuses:?}");
+/// Of concurrent checkouts of one cart, one placed the order: every 200 names that same order
+/// (a checkout that finds the cart already checked out reports its order), every other answer
+/// says the cart is being checked out (409). Returns the order id.
+pub async fn assert_one_checkout_won(responses: Vec<reqwest::Response>) -> i64 {
+    let mut statuses = Vec::new();
+    let mut orders = std::collections::HashSet::new();
+    for resp in responses {
+        let status = resp.status();
+        statuses.push(status);
+        if status == StatusCode::OK {
+            let body: Value = resp.json().await.expect("json");
+            orders.insert(body["order_id"].as_i64().expect("order_id"));
+        }
+    }
+    assert_eq!(orders.len(), 1, "{statuses:?} {orders:?}");
     assert!(
-        statuses.iter().all(|s| [
-            StatusCode::OK,
-            StatusCode::CONFLICT,
-            StatusCode::BAD_REQUEST
-        ]
-        .contains(s)),
+        statuses
+            .iter()
+            .all(|s| [StatusCode::OK, StatusCode::CONFLICT].contains(s)),
         "{statuses:?}"
     );
+    orders.into_iter().next().unwrap_or_default()
 }
 
 /// The broker's URL through `proxy`.

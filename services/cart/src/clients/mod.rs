@@ -1,4 +1,5 @@
-//! The cart's two synchronous dependencies: the product catalog and the card authorizer.
+//! The cart's two synchronous dependencies: the product service (the catalog here, stock
+//! reservations in [`stock`]) and the card authorizer.
 //!
 //! Both calls have a per-attempt timeout and a bounded, jittered retry on connection errors and
 //! 5xx only. A 4xx is an answer, never retried: retrying a 402 would be asking the bank again
@@ -22,6 +23,8 @@ use hyper_util::rt::TokioExecutor;
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub mod stock;
 
 /// First retry waits up to this long; each further one doubles it.
 const RETRY_BASE: Duration = Duration::from_millis(50);
@@ -117,7 +120,7 @@ impl HttpClient {
 
     /// Makes `call` up to `1 + retries` times; returns the first answer that is not a 5xx, or
     /// the last failure.
-    async fn send_with_retry(
+    pub(crate) async fn send_with_retry(
         &self,
         service: &'static str,
         retries: u32,
@@ -151,12 +154,12 @@ impl HttpClient {
 }
 
 /// One request to a dependency, as each attempt sends it.
-struct Call<'a> {
-    method: Method,
-    uri: &'a Uri,
-    body: Option<&'a Bytes>,
-    request_id: &'a str,
-    timeout: Duration,
+pub(crate) struct Call<'a> {
+    pub method: Method,
+    pub uri: &'a Uri,
+    pub body: Option<&'a Bytes>,
+    pub request_id: &'a str,
+    pub timeout: Duration,
 }
 
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
@@ -168,7 +171,7 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// `base` + `path` as a URI for the plain-HTTP client; `var` names the setting in the error.
-fn endpoint(var: &str, base: &str, path: &str) -> Result<Uri, String> {
+pub(crate) fn endpoint(var: &str, base: &str, path: &str) -> Result<Uri, String> {
     if !base.starts_with("http://") {
         return Err(format!(
             "{var}: expected an http:// URL (services talk plain HTTP inside the network), got {base}"
