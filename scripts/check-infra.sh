@@ -228,17 +228,21 @@ cart_ids = [env(c).get("INSTANCE_ID") for c in ("cart-1", "cart-2")]
 if len(set(cart_ids)) != 2 or None in cart_ids:
     errors.append(f"cart INSTANCE_IDs must be distinct: {cart_ids}")
 
-# Durable state: the catalog (shared by all three product instances) and the warehouse's ledger
-# in PostgreSQL, each in its own schema; carts in Redis, shared by both cart instances.
+# Durable state: the catalog (shared by all three product instances), the warehouse's ledger and
+# the orders in PostgreSQL, each in its own schema; carts in Redis, shared by both cart instances.
+# The product instances follow the warehouse's outcome events, so they need the broker too.
 def healthy_dep(name, dep):
     return (services.get(name, {}).get("depends_on") or {}).get(dep, {}).get("condition") == "service_healthy"
-for name, schema in [("product-1", "catalog"), ("product-2", "catalog"), ("product-bad", "catalog"), ("warehouse", "warehouse")]:
+for name, schema in [("product-1", "catalog"), ("product-2", "catalog"), ("product-bad", "catalog"), ("warehouse", "warehouse"), ("cart-1", "orders"), ("cart-2", "orders")]:
     if not env(name).get("DATABASE_URL", "").startswith("postgres://") or "@postgres:5432/" not in env(name).get("DATABASE_URL", ""):
         errors.append(f"{name}: DATABASE_URL must point at the postgres service")
     if env(name).get("DATABASE_SCHEMA") != schema:
         errors.append(f"{name}: DATABASE_SCHEMA must be {schema}")
     if not healthy_dep(name, "postgres"):
         errors.append(f"{name}: must depend on postgres being healthy")
+for name in ("product-1", "product-2", "product-bad"):
+    if not env(name).get("AMQP_URL", "").startswith("amqp://") or not healthy_dep(name, "rabbitmq"):
+        errors.append(f"{name}: needs AMQP_URL and a healthy rabbitmq (stock events)")
 for name in ("cart-1", "cart-2"):
     if not env(name).get("REDIS_URL", "").startswith("redis://redis:6379"):
         errors.append(f"{name}: REDIS_URL must point at the redis service")

@@ -10,8 +10,9 @@
 #   scripts/stack.sh status           pid, port and /ready of every service, stores, gateway targets
 #   scripts/stack.sh logs [service] [-f]   the last lines of every log, or one service's log
 #
-# Stores. The catalog (the three product instances share it) and the warehouse's ledger live in
-# PostgreSQL, each in its own schema (catalog, warehouse) of one database; carts live in Redis
+# Stores. The catalog and its stock (the three product instances share them), the warehouse's
+# ledger and the orders live in PostgreSQL, each in its own schema (catalog, warehouse, orders)
+# of one database; carts live in Redis
 # under REDIS_KEY_PREFIX. Which servers:
 #   1. DATABASE_URL / REDIS_URL when set;
 #   2. else the local ones, when installed: postgres://postgres@127.0.0.1:5432/shop and
@@ -31,7 +32,7 @@
 #   STACK_STORES       auto (default; durable when CI=true): the order above;
 #                      durable: fail unless both PostgreSQL and Redis are used;
 #                      memory: every store in memory, whatever is installed
-#   STACK_FRESH=1      start from empty: drop the schemas catalog and warehouse, delete the keys
+#   STACK_FRESH=1      start from empty: drop the schemas catalog, warehouse and orders, delete the keys
 #                      under REDIS_KEY_PREFIX
 #   SEED_PRODUCTS      products 1..N created by every product instance (default 1000)
 #   GATEWAY_PORT PRODUCT1_PORT PRODUCT2_PORT PRODUCT_BAD_PORT CART_PORT CART2_PORT CCA_PORT WAREHOUSE_PORT
@@ -131,6 +132,8 @@ env_of() {
             echo "SEED_PRODUCTS=$SEED_PRODUCTS"
             # The bad one shares the catalog too: only its answers are bad, not its data.
             if [[ $name == product-bad ]]; then echo "FAILURE_RATE=$BAD_FAILURE_RATE"; else echo "FAILURE_RATE=0"; fi
+            # The stock follows the warehouse's outcome events (sales, cancelled orders).
+            echo "AMQP_URL=$AMQP_URL"
             database_env catalog
             ;;
         credit-card-authorizer)
@@ -150,6 +153,8 @@ env_of() {
             if [[ -n $STORE_REDIS_URL ]]; then
                 echo "REDIS_URL=$STORE_REDIS_URL"
                 echo "REDIS_KEY_PREFIX=$REDIS_KEY_PREFIX"
+                # Orders in PostgreSQL need the shared order ids of Redis carts.
+                database_env orders
             fi
             ;;
         warehouse)
@@ -432,15 +437,15 @@ describe_stores() {
     local db="in memory (not durable, each product instance has its own catalog)" carts="in memory (not durable; one cart instance)"
     [[ -n $STORE_DATABASE_URL ]] && db=$(store_redact "$STORE_DATABASE_URL")
     [[ -n $STORE_REDIS_URL ]] && carts="$(store_redact "$STORE_REDIS_URL") (prefix $REDIS_KEY_PREFIX)"
-    echo "stores: catalog+ledger → $db, carts → $carts"
+    echo "stores: catalog+stock+ledger+orders → $db, carts → $carts"
 }
 
 # STACK_FRESH=1: the services find empty schemas (they migrate them at start) and no carts.
 fresh_stores() {
     [[ ${STACK_FRESH:-0} == 1 ]] || return 0
     if [[ -n $STORE_DATABASE_URL ]]; then
-        info "STACK_FRESH=1: dropping the schemas catalog and warehouse of $(store_redact "$STORE_DATABASE_URL")"
-        postgres_drop_schemas "$STORE_DATABASE_URL" catalog warehouse || die "could not drop the schemas"
+        info "STACK_FRESH=1: dropping the schemas catalog, warehouse and orders of $(store_redact "$STORE_DATABASE_URL")"
+        postgres_drop_schemas "$STORE_DATABASE_URL" catalog warehouse orders || die "could not drop the schemas"
     fi
     if [[ -n $STORE_REDIS_URL ]]; then
         info "STACK_FRESH=1: deleting the keys under $REDIS_KEY_PREFIX in $(store_redact "$STORE_REDIS_URL")"

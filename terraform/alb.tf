@@ -1,7 +1,8 @@
 # The ALB replaces the local gateway. Only two path rules exist:
-#   /product*       -> product target group (healthy + bad product tasks, ATW)
-#   /shopping-cart* -> cart target group
-# Everything else, including /credit-card-authorizer/*, gets the default 404.
+#   /product*                                  -> product target group (healthy + bad tasks, ATW)
+#   /shopping-cart*, /orders*, /customers*     -> cart target group
+# Everything else, including /credit-card-authorizer/* and the product service's /internal/*
+# (reservations: the cart calls them through Cloud Map), gets the default 404.
 
 resource "aws_lb" "this" {
   # checkov:skip=CKV_AWS_91: no access-log bucket in the demo (it would have to be emptied before destroy); enable for production
@@ -130,7 +131,8 @@ resource "aws_lb_listener_rule" "cart" {
 
   condition {
     path_pattern {
-      values = ["/shopping-cart*"] # /shopping-cart, /shopping-carts/{id}/...
+      # /shopping-cart, /shopping-carts/{id}/..., /orders/{id}[/cancel], /customers/{id}/orders
+      values = ["/shopping-cart*", "/orders*", "/customers*"]
     }
   }
 }

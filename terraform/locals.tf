@@ -43,7 +43,7 @@ locals {
         SEED_PRODUCTS = tostring(var.seed_products)
         FAILURE_RATE  = "0"
       })
-      secrets = local.database_secret
+      secrets = merge(local.database_secret, local.amqp_secret)
     }
     product-bad = {
       repository     = local.repositories.product
@@ -58,7 +58,7 @@ locals {
         SEED_PRODUCTS = tostring(var.seed_products)
         FAILURE_RATE  = var.product_bad_failure_rate
       })
-      secrets = local.database_secret
+      secrets = merge(local.database_secret, local.amqp_secret)
     }
     cart = {
       repository     = local.repositories.cart
@@ -75,8 +75,11 @@ locals {
         CHANNEL_POOL_SIZE = tostring(var.cart_channel_pool_size)
         REDIS_KEY_PREFIX  = "${var.name}:"
         CART_TTL_SECONDS  = tostring(var.cart_ttl_seconds)
+        DATABASE_SCHEMA   = "orders"
+        # The cart keeps a pool per task, like the warehouse: the same per-task budget.
+        DATABASE_MAX_CONNECTIONS = tostring(var.db_max_connections_per_task)
       }
-      secrets = merge(local.amqp_secret, local.redis_secret)
+      secrets = merge(local.amqp_secret, local.redis_secret, local.database_secret)
     }
     credit-card-authorizer = {
       repository     = local.repositories["credit-card-authorizer"]

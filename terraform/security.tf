@@ -5,8 +5,8 @@
 #                        --8082--> cart --8081--> product (Cloud Map name)
 #                                       --8083--> credit-card-authorizer   (cart only)
 #                                       --5672/5671--> rabbitmq / amazon mq
-#   warehouse --5672/5671--> rabbitmq / amazon mq;   rabbitmq --2049--> efs
-#   product, warehouse --5432--> postgres (RDS);   cart --6379--> redis (ElastiCache)
+#   warehouse, product --5672/5671--> rabbitmq / amazon mq;   rabbitmq --2049--> efs
+#   product, cart, warehouse --5432--> postgres (RDS);   cart --6379--> redis (ElastiCache)
 #   every task --443--> internet via NAT (ECR, CloudWatch Logs, SSM, Secrets Manager, ECR Public)
 
 locals {
@@ -16,9 +16,9 @@ locals {
     cart                   = "cart tasks: from the ALB"
     credit-card-authorizer = "credit card authorizer tasks: from the cart only"
     warehouse              = "warehouse tasks: no inbound traffic"
-    rabbitmq               = "RabbitMQ (Fargate task or Amazon MQ broker): from cart and warehouse"
+    rabbitmq               = "RabbitMQ (Fargate task or Amazon MQ broker): from cart, warehouse and product"
     efs                    = "EFS mount targets of the RabbitMQ volume: from RabbitMQ only"
-    postgres               = "RDS PostgreSQL: from the product and warehouse tasks only"
+    postgres               = "RDS PostgreSQL: from the product, cart and warehouse tasks only"
     redis                  = "ElastiCache Redis: from the cart tasks only"
   }
 
@@ -32,9 +32,11 @@ locals {
     cca-from-cart      = { sg = "credit-card-authorizer", from = "cart", port = 8083, what = "authorizations from the cart only" }
     rabbitmq-from-cart = { sg = "rabbitmq", from = "cart", port = local.amqp_port, what = "AMQP from the cart" }
     rabbitmq-from-wh   = { sg = "rabbitmq", from = "warehouse", port = local.amqp_port, what = "AMQP from the warehouse" }
+    rabbitmq-from-prod = { sg = "rabbitmq", from = "product", port = local.amqp_port, what = "AMQP from the product tasks (stock events)" }
     efs-from-rabbitmq  = { sg = "efs", from = "rabbitmq", port = 2049, what = "NFS from RabbitMQ" }
     postgres-from-prod = { sg = "postgres", from = "product", port = 5432, what = "PostgreSQL from the product tasks (catalog)" }
     postgres-from-wh   = { sg = "postgres", from = "warehouse", port = 5432, what = "PostgreSQL from the warehouse (ledger)" }
+    postgres-from-cart = { sg = "postgres", from = "cart", port = 5432, what = "PostgreSQL from the cart tasks (orders)" }
     redis-from-cart    = { sg = "redis", from = "cart", port = 6379, what = "Redis from the cart tasks" }
   }
 
@@ -48,6 +50,8 @@ locals {
     rabbitmq-to-efs     = { sg = "rabbitmq", to = "efs", port = 2049, what = "to the EFS mount targets" }
     product-to-postgres = { sg = "product", to = "postgres", port = 5432, what = "to PostgreSQL" }
     warehouse-to-pg     = { sg = "warehouse", to = "postgres", port = 5432, what = "to PostgreSQL" }
+    product-to-rabbitmq = { sg = "product", to = "rabbitmq", port = local.amqp_port, what = "to RabbitMQ" }
+    cart-to-postgres    = { sg = "cart", to = "postgres", port = 5432, what = "to PostgreSQL" }
     cart-to-redis       = { sg = "cart", to = "redis", port = 6379, what = "to Redis" }
   }
 

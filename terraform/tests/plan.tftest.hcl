@@ -124,8 +124,8 @@ run "listener_rules_route_only_product_and_cart" {
     error_message = "/product* must go to the product target group."
   }
   assert {
-    condition     = one(one(aws_lb_listener_rule.cart.condition).path_pattern).values == toset(["/shopping-cart*"])
-    error_message = "/shopping-cart* must be routed."
+    condition     = one(one(aws_lb_listener_rule.cart.condition).path_pattern).values == toset(["/shopping-cart*", "/orders*", "/customers*"])
+    error_message = "/shopping-cart*, /orders* and /customers* must be routed (and nothing else to the cart)."
   }
   assert {
     condition     = one(aws_lb_listener_rule.cart.action).target_group_arn == aws_lb_target_group.this["cart"].arn
@@ -254,10 +254,10 @@ run "secrets_come_from_ssm_not_the_environment" {
 
   assert {
     condition = alltrue([
-      for k in ["cart", "warehouse"] :
+      for k in ["cart", "warehouse", "product", "product-bad"] :
       contains([for s in jsondecode(aws_ecs_task_definition.service[k].container_definitions)[0].secrets : s.name], "AMQP_URL")
     ])
-    error_message = "cart and warehouse get AMQP_URL as an ECS secret."
+    error_message = "cart, warehouse and the product tasks (stock events) get AMQP_URL as an ECS secret."
   }
   assert {
     condition = alltrue([
@@ -457,8 +457,8 @@ run "datastores_only_reachable_from_their_services" {
     condition = toset([
       for r in aws_vpc_security_group_ingress_rule.internal : r.referenced_security_group_id
       if r.security_group_id == aws_security_group.this["postgres"].id
-    ]) == toset([aws_security_group.this["product"].id, aws_security_group.this["warehouse"].id])
-    error_message = "PostgreSQL accepts the product and the warehouse security groups, and no other."
+    ]) == toset([aws_security_group.this["product"].id, aws_security_group.this["warehouse"].id, aws_security_group.this["cart"].id])
+    error_message = "PostgreSQL accepts the product, cart and warehouse security groups, and no other."
   }
   assert {
     condition = alltrue([
@@ -502,10 +502,10 @@ run "store_urls_are_secrets" {
 
   assert {
     condition = alltrue([
-      for k in ["product", "product-bad", "warehouse"] :
+      for k in ["product", "product-bad", "warehouse", "cart"] :
       { for s in jsondecode(aws_ecs_task_definition.service[k].container_definitions)[0].secrets : s.name => s.valueFrom }["DATABASE_URL"] == aws_secretsmanager_secret.store_url["database-url"].arn
     ])
-    error_message = "product, product-bad and warehouse get DATABASE_URL from Secrets Manager."
+    error_message = "product, product-bad, warehouse and cart (orders) get DATABASE_URL from Secrets Manager."
   }
   assert {
     condition     = { for s in jsondecode(aws_ecs_task_definition.service["cart"].container_definitions)[0].secrets : s.name => s.valueFrom }["REDIS_URL"] == aws_secretsmanager_secret.store_url["redis-url"].arn
@@ -520,14 +520,14 @@ run "store_urls_are_secrets" {
   }
   assert {
     condition = alltrue([
-      for k in ["credit-card-authorizer", "cart"] :
+      for k in ["credit-card-authorizer"] :
       !contains([for s in jsondecode(aws_ecs_task_definition.service[k].container_definitions)[0].secrets : s.name], "DATABASE_URL")
     ])
     error_message = "Only the services that use the database get its URL."
   }
   assert {
     condition = alltrue([
-      for k, schema in { product = "catalog", product-bad = "catalog", warehouse = "warehouse" } :
+      for k, schema in { product = "catalog", product-bad = "catalog", warehouse = "warehouse", cart = "orders" } :
       { for e in jsondecode(aws_ecs_task_definition.service[k].container_definitions)[0].environment : e.name => e.value }["DATABASE_SCHEMA"] == schema
     ])
     error_message = "Each service works in its own schema; every product task in the one catalog."

@@ -150,7 +150,8 @@ pub struct GatewayConfig {
     pub service: ServiceConfig,
     /// `PRODUCT_TARGETS` (default `http://127.0.0.1:8081`): the `/product*` target group.
     pub product_targets: Vec<TargetUrl>,
-    /// `CART_TARGETS` (default `http://127.0.0.1:8082`): the `/shopping-cart*` target group.
+    /// `CART_TARGETS` (default `http://127.0.0.1:8082`): the `/shopping-cart*`, `/orders*` and
+    /// `/customers*` target group.
     pub cart_targets: Vec<TargetUrl>,
     /// `CCA_TARGETS` (default `http://127.0.0.1:8083`): `/credit-card-authorizer*`, only routed
     /// when `EXPOSE_CCA=true`.

@@ -49,7 +49,7 @@ impl Gateway {
         ));
         let cart = Arc::new(TargetGroup::new(
             "cart",
-            "/shopping-cart*",
+            "/shopping-cart*, /orders*, /customers*",
             &config.cart_targets,
         ));
         let cca = config.expose_cca.then(|| {
@@ -69,10 +69,11 @@ impl Gateway {
         }
     }
 
-    /// The path rules, as on the ALB: `/product*` → product, `/shopping-cart*` → cart, and
-    /// `/credit-card-authorizer*` → authorizer only when exposed. Matched as whole segments
-    /// (`/product`, `/products`, `/product/...`, `/products/...`), which covers every path of the
-    /// contract; anything else is the gateway's own (its routes, or 404 with the error body).
+    /// The path rules, as on the ALB: `/product*` → product; `/shopping-cart*`, `/orders*` and
+    /// `/customers*` → cart; `/credit-card-authorizer*` → authorizer only when exposed. Matched
+    /// as whole segments (`/product`, `/products`, `/product/...`, `/products/...`), which covers
+    /// every public path; anything else is the gateway's own (its routes, or 404 with the error
+    /// body), including the product service's `/internal/*`.
     pub fn group_for(&self, path: &str) -> Option<&Arc<TargetGroup>> {
         let under = |prefix: &str| {
             path.strip_prefix(prefix)
@@ -80,7 +81,11 @@ impl Gateway {
         };
         if under("/product") || under("/products") {
             Some(&self.product)
-        } else if under("/shopping-cart") || under("/shopping-carts") {
+        } else if under("/shopping-cart")
+            || under("/shopping-carts")
+            || under("/orders")
+            || under("/customers")
+        {
             Some(&self.cart)
         } else if under("/credit-card-authorizer") {
             self.cca.as_ref()

@@ -237,6 +237,9 @@ async fn path_rules_send_each_prefix_to_its_group_and_everything_else_gets_404()
         ("POST", "/shopping-cart", "cart-x"),
         ("GET", "/shopping-carts/3", "cart-x"),
         ("POST", "/shopping-carts/3/addItem", "cart-x"),
+        ("GET", "/orders/7", "cart-x"),
+        ("POST", "/orders/7/cancel", "cart-x"),
+        ("GET", "/customers/42/orders", "cart-x"),
     ] {
         let r = client
             .request(
@@ -254,6 +257,8 @@ async fn path_rules_send_each_prefix_to_its_group_and_everything_else_gets_404()
         "/credit-card-authorizer/authorize",
         "/",
         "/productsx/1",
+        "/ordersx",
+        "/internal/reservations",
     ] {
         let r = client
             .post(format!("{}{path}", gw.base))
