@@ -44,6 +44,10 @@ pub struct NewProduct {
     pub category_id: i32,
     pub weight: i32,
     pub some_other_id: i32,
+    /// The product's initial stock; absent (or null) means `SEED_STOCK`. Not part of the
+    /// product's JSON: stock changes, the catalog entry does not.
+    #[serde(default)]
+    pub quantity_on_hand: Option<i64>,
 }
 
 impl NewProduct {
@@ -54,6 +58,10 @@ impl NewProduct {
         check_min("category_id", self.category_id, 1)?;
         check_min("weight", self.weight, 0)?;
         check_min("some_other_id", self.some_other_id, 1)?;
+        if let Some(stock) = self.quantity_on_hand {
+            crate::stock::check_initial_stock(stock)
+                .map_err(|problem| ApiError::invalid_field("quantity_on_hand", problem))?;
+        }
         Ok(())
     }
 }
@@ -112,6 +120,7 @@ pub fn seed_product(i: u32) -> NewProduct {
         category_id: (i % 50 + 1) as i32,
         weight: ((i * 37) % 5000) as i32,
         some_other_id: (i % 1000 + 1) as i32,
+        quantity_on_hand: None,
     }
 }
 
@@ -124,6 +133,7 @@ pub(crate) fn valid_new_product() -> NewProduct {
         category_id: 1,
         weight: 0,
         some_other_id: 1,
+        quantity_on_hand: None,
     }
 }
 
@@ -154,6 +164,13 @@ mod tests {
         let mut p = valid();
         p.manufacturer = "Ac\0me".into();
         assert_eq!(failing_field(&p).as_deref(), Some("manufacturer"));
+        let mut p = valid();
+        p.quantity_on_hand = Some(-1);
+        assert_eq!(failing_field(&p).as_deref(), Some("quantity_on_hand"));
+        p.quantity_on_hand = Some(crate::stock::MAX_STOCK + 1);
+        assert_eq!(failing_field(&p).as_deref(), Some("quantity_on_hand"));
+        p.quantity_on_hand = Some(0);
+        assert!(p.validate().is_ok());
     }
 
     #[test]

@@ -1,11 +1,53 @@
 use common::config::{self, ConfigError, ServiceConfig};
+use common::messaging::{self, QueueType, Topology};
 use common::store::postgres::PgConfig;
+use std::time::Duration;
 
 /// Upper bound for `SEED_PRODUCTS`: a typo must not eat the machine's memory.
 const MAX_SEED: u32 = 5_000_000;
 
 /// Default for `CATALOG_CACHE_CAPACITY`: about 20 MB of rendered products.
 const DEFAULT_CACHE_CAPACITY: usize = 100_000;
+
+/// Default for `SEED_STOCK`: plenty for a load test, so the demo never runs dry by accident.
+pub const DEFAULT_SEED_STOCK: i64 = 1_000_000;
+
+/// Default for `RESERVATION_TTL_MS`: ten minutes, far above a checkout's worst case (the card
+/// authorization and the publish are bounded by seconds) and short enough to return the stock of
+/// a checkout that died half-way the same hour.
+pub const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(600);
+
+/// Unacked event messages the consumer may hold. It applies them one at a time; the prefetch
+/// only saves a round trip to the broker between them.
+const EVENTS_PREFETCH: u16 = 16;
+
+/// How the product service consumes the warehouse's outcome events.
+#[derive(Debug, Clone)]
+pub struct EventSettings {
+    pub amqp_url: String,
+    /// Names only `stock_events_queue` is consumed; the rest is declared (idempotently) so the
+    /// queue is bound to the events exchange whoever starts first.
+    pub topology: Topology,
+    pub prefetch: u16,
+    /// The connection name the broker shows.
+    pub connection_name: String,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl EventSettings {
+    /// The local broker, the given order queue's topology, quick reconnects (tests).
+    pub fn local(queue: &str) -> Self {
+        Self {
+            amqp_url: messaging::with_frame_max(messaging::DEFAULT_AMQP_URL),
+            topology: Topology::new(queue, QueueType::Classic),
+            prefetch: EVENTS_PREFETCH,
+            connection_name: format!("product-{queue}"),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(1),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -14,11 +56,20 @@ pub struct Settings {
     pub failure_rate: f64,
     /// `SEED_PRODUCTS`: demo products with ids 1..=N created at start.
     pub seed_products: u32,
+    /// `SEED_STOCK`: the stock seeded products get, and products created without
+    /// `quantity_on_hand`.
+    pub seed_stock: i64,
+    /// `RESERVATION_TTL_MS`: how long a reservation may stay `held` (not confirmed) before the
+    /// sweeper gives its stock back.
+    pub reservation_ttl: Duration,
     /// `DATABASE_URL` and friends: the catalog on PostgreSQL; `None` keeps it in memory.
     pub store: Option<PgConfig>,
     /// `CATALOG_CACHE_CAPACITY`: how many found products an instance keeps in front of
     /// PostgreSQL (0 = none). Unused by the memory store, which is all cache.
     pub cache_capacity: usize,
+    /// `AMQP_URL`, `ORDER_QUEUE`, `QUEUE_TYPE`, `RECONNECT_MIN_MS`, `RECONNECT_MAX_MS`: the
+    /// fulfilment events consumer. `None` runs without it (tests of the HTTP side).
+    pub events: Option<EventSettings>,
 }
 
 impl Settings {
@@ -31,23 +82,65 @@ impl Settings {
                 format!("at most {MAX_SEED}"),
             ));
         }
+        let seed_stock = config::var("SEED_STOCK", DEFAULT_SEED_STOCK)?;
+        crate::stock::check_initial_stock(seed_stock)
+            .map_err(|reason| ConfigError::new("SEED_STOCK", seed_stock.to_string(), reason))?;
+        let reservation_ttl = config::millis("RESERVATION_TTL_MS", DEFAULT_RESERVATION_TTL)?;
+        if reservation_ttl.is_zero() {
+            return Err(ConfigError::new(
+                "RESERVATION_TTL_MS",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        let service = ServiceConfig::from_env("product", crate::DEFAULT_PORT)?;
+        let reconnect_min = config::millis("RECONNECT_MIN_MS", Duration::from_millis(200))?;
+        let reconnect_max = config::millis("RECONNECT_MAX_MS", Duration::from_secs(10))?;
+        if reconnect_min.is_zero() {
+            return Err(ConfigError::new(
+                "RECONNECT_MIN_MS",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        if reconnect_max < reconnect_min {
+            return Err(ConfigError::new(
+                "RECONNECT_MAX_MS",
+                reconnect_max.as_millis().to_string(),
+                "must not be below RECONNECT_MIN_MS",
+            ));
+        }
+        let events = EventSettings {
+            amqp_url: messaging::amqp_url_from_env()?,
+            topology: Topology::from_env()?,
+            prefetch: EVENTS_PREFETCH,
+            connection_name: service.instance_id.clone(),
+            reconnect_min,
+            reconnect_max,
+        };
         Ok(Self {
-            service: ServiceConfig::from_env("product", crate::DEFAULT_PORT)?,
+            service,
             failure_rate: config::rate("FAILURE_RATE", 0.0)?,
             seed_products,
+            seed_stock,
+            reservation_ttl,
             store: PgConfig::from_env("catalog")?,
             cache_capacity: config::var("CATALOG_CACHE_CAPACITY", DEFAULT_CACHE_CAPACITY)?,
+            events: Some(events),
         })
     }
 
-    /// The in-memory catalog, an ephemeral port, nothing seeded.
+    /// The in-memory catalog, an ephemeral port, nothing seeded, no events consumer.
     pub fn for_tests() -> Self {
         Self {
             service: ServiceConfig::for_tests("product-test"),
             failure_rate: 0.0,
             seed_products: 0,
+            seed_stock: DEFAULT_SEED_STOCK,
+            reservation_ttl: DEFAULT_RESERVATION_TTL,
             store: None,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
+            events: None,
         }
     }
 

@@ -8,18 +8,27 @@
 //! `FAILURE_RATE` turns an instance into the deliberately bad one of the load-balancer
 //! demonstration: that share of catalog requests answer 503 while `/health` stays green, which is
 //! exactly the failure a health check cannot see and automatic target weights can.
+//!
+//! Each product also has stock ([`stock`]), which checkouts reserve through the internal API
+//! ([`internal`]); reservations are settled by the warehouse's outcome events ([`events`]) or
+//! returned by the timeout ([`sweeper`]).
 
 pub mod catalog;
 pub mod configuration;
+pub mod events;
+pub mod internal;
 pub mod routes;
+pub mod stock;
 pub mod store;
+pub mod sweeper;
 
 use crate::configuration::Settings;
+use crate::events::{EventConsumer, EventMetrics};
 use crate::store::memory::MemoryCatalog;
 use crate::store::postgres::PgCatalog;
-use crate::store::{CatalogError, CatalogStore};
+use crate::store::{CatalogError, CatalogStore, StockStore};
 use common::http::{bind, with_common_layers, Readiness};
-use common::metrics::Metrics;
+use common::metrics::{Counter, Metrics};
 use common::shutdown::CancellationToken;
 use common::store::postgres::{PgPool, PgSetupError};
 use common::store::retry_until;
@@ -45,11 +54,15 @@ pub struct Application {
     settings: Settings,
     pool: Option<PgPool>,
     pub catalog: Arc<dyn CatalogStore>,
+    pub stock: Arc<dyn StockStore>,
+    released_by_ttl: Counter,
+    event_metrics: EventMetrics,
 }
 
-/// The opened store and what `/ready` checks for it.
+/// The opened store (one object behind both traits) and what `/ready` checks for it.
 struct OpenStore {
     catalog: Arc<dyn CatalogStore>,
+    stock: Arc<dyn StockStore>,
     readiness: Readiness,
     pool: Option<PgPool>,
 }
@@ -58,11 +71,13 @@ struct OpenStore {
 /// `STORE_STARTUP_TIMEOUT_MS` for the database, so a service started with it comes up with it.
 async fn open_store(settings: &Settings) -> Result<OpenStore, BuildError> {
     let seed = settings.seed_products;
+    let seed_stock = settings.seed_stock;
     let Some(config) = &settings.store else {
-        let catalog = MemoryCatalog::default();
-        catalog.seed(seed).await?;
+        let store = Arc::new(MemoryCatalog::default());
+        store.seed(seed, seed_stock).await?;
         return Ok(OpenStore {
-            catalog: Arc::new(catalog),
+            catalog: store.clone(),
+            stock: store,
             readiness: Readiness::new(),
             pool: None,
         });
@@ -72,7 +87,7 @@ async fn open_store(settings: &Settings) -> Result<OpenStore, BuildError> {
         "the catalog seed",
         config.startup_timeout,
         |err: &CatalogError| matches!(err, CatalogError::Unavailable(_)),
-        || catalog.seed(seed),
+        || catalog.seed(seed, seed_stock),
     )
     .await?;
     let pool = catalog.pool().clone();
@@ -81,8 +96,10 @@ async fn open_store(settings: &Settings) -> Result<OpenStore, BuildError> {
         let pool = ping_pool.clone();
         async move { common::store::postgres::ping(&pool).await }
     });
+    let store = Arc::new(catalog);
     Ok(OpenStore {
-        catalog: Arc::new(catalog),
+        catalog: store.clone(),
+        stock: store,
         readiness,
         pool: Some(pool),
     })
@@ -92,6 +109,7 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, BuildError> {
         let OpenStore {
             catalog,
+            stock,
             readiness,
             pool,
         } = open_store(&settings).await?;
@@ -100,10 +118,18 @@ impl Application {
             "product_injected_failures_total",
             "Requests answered 503 on purpose (FAILURE_RATE).",
         );
+        let released_by_ttl = metrics.counter(
+            "product_reservations_released_by_ttl_total",
+            "Held reservations released because they outlived RESERVATION_TTL_MS unconfirmed.",
+        );
+        let event_metrics = EventMetrics::register(&metrics);
         let routes = routes::router(
             Arc::clone(&catalog),
+            Arc::clone(&stock),
             routes::FaultInjection::new(settings.failure_rate, injected),
-        );
+            settings.seed_stock,
+        )
+        .merge(internal::router(Arc::clone(&stock)));
         let router = with_common_layers(routes, &settings.service, &metrics, readiness);
         let listener = bind(settings.service.port).await?;
         let port = listener.local_addr()?.port();
@@ -112,7 +138,14 @@ impl Application {
             instance = %settings.service.instance_id,
             store = %catalog.kind(),
             seeded = settings.seed_products,
+            seed_stock = settings.seed_stock,
+            reservation_ttl_ms = settings.reservation_ttl.as_millis() as u64,
             failure_rate = settings.failure_rate,
+            events = settings
+                .events
+                .as_ref()
+                .map(|e| e.topology.stock_events_queue.as_str())
+                .unwrap_or("off"),
             "product-service listening"
         );
         Ok(Self {
@@ -122,6 +155,9 @@ impl Application {
             settings,
             pool,
             catalog,
+            stock,
+            released_by_ttl,
+            event_metrics,
         })
     }
 
@@ -129,7 +165,23 @@ impl Application {
         self.port
     }
 
+    /// Serves, sweeps and consumes until `shutdown` is cancelled. The background tasks stop with
+    /// the server (or if it fails), and are waited for: the consumer settles or hands back the
+    /// message in hand and closes its connection before the pool is closed.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let background = shutdown.child_token();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(sweeper::run(
+            Arc::clone(&self.stock),
+            self.settings.reservation_ttl,
+            self.released_by_ttl.clone(),
+            background.clone(),
+        ));
+        if let Some(events) = self.settings.events.clone() {
+            let consumer =
+                EventConsumer::new(events, Arc::clone(&self.stock), self.event_metrics.clone());
+            tasks.spawn(consumer.run(background.clone()));
+        }
         let served = common::shutdown::serve(
             self.listener,
             self.router,
@@ -137,6 +189,12 @@ impl Application {
             self.settings.service.shutdown_timeout,
         )
         .await;
+        background.cancel();
+        while let Some(done) = tasks.join_next().await {
+            if let Err(err) = done {
+                tracing::error!(error = %err, "a background task failed");
+            }
+        }
         // Say goodbye to the database instead of leaving it to notice the dropped sockets.
         if let Some(pool) = self.pool {
             pool.close().await;

@@ -1,8 +1,11 @@
-//! `POST /product`, `GET /products/{id}` and its alias `GET /product/{id}`.
+//! The public routes: `POST /product`, `GET /products/{id}` and its alias `GET /product/{id}`,
+//! `GET /products` (a page of the catalog) and `GET /products/{id}/stock`. All of them are
+//! subject to `FAILURE_RATE`; the internal reservation API ([`crate::internal`]) is not.
 
 use crate::catalog::NewProduct;
-use crate::store::{CatalogError, CatalogStore};
-use axum::extract::{FromRequestParts, State};
+use crate::stock::StockError;
+use crate::store::{CatalogError, CatalogStore, StockStore};
+use axum::extract::{FromRequestParts, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +25,8 @@ pub enum ProductError {
     Invalid(ApiError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Stock(#[from] StockError),
 }
 
 impl IntoResponse for ProductError {
@@ -36,6 +41,7 @@ impl IntoResponse for ProductError {
             Self::Catalog(err @ (CatalogError::Full | CatalogError::Internal(_))) => {
                 ApiError::internal(err.to_string()).into_response()
             }
+            Self::Stock(err) => ApiError::from(err).into_response(),
         }
     }
 }
@@ -57,7 +63,10 @@ impl FaultInjection {
 #[derive(Clone)]
 pub struct CatalogState {
     catalog: Arc<dyn CatalogStore>,
+    stock: Arc<dyn StockStore>,
     faults: FaultInjection,
+    /// `SEED_STOCK`: the stock of a product created without `quantity_on_hand`.
+    default_stock: i64,
 }
 
 /// An extractor that fails the request on purpose, before the body is even read. (An extractor
@@ -83,12 +92,108 @@ impl FromRequestParts<CatalogState> for PassedFaultInjection {
     }
 }
 
-pub fn router(catalog: Arc<dyn CatalogStore>, faults: FaultInjection) -> Router {
+pub fn router(
+    catalog: Arc<dyn CatalogStore>,
+    stock: Arc<dyn StockStore>,
+    faults: FaultInjection,
+    default_stock: i64,
+) -> Router {
     Router::new()
         .route("/product", post(create_product))
+        .route("/products", get(list_products))
         .route("/products/{product_id}", get(get_product))
         .route("/product/{product_id}", get(get_product))
-        .with_state(CatalogState { catalog, faults })
+        .route("/products/{product_id}/stock", get(get_stock))
+        .with_state(CatalogState {
+            catalog,
+            stock,
+            faults,
+            default_stock,
+        })
+}
+
+/// The default and largest page of `GET /products`.
+pub const DEFAULT_PAGE: u32 = 20;
+pub const MAX_PAGE: u32 = 100;
+
+/// A page request: the products with ids above `after`, at most `limit` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub after: i32,
+    pub limit: u32,
+}
+
+/// `limit` (1..=100, default 20) and `cursor` (the `next_cursor` of the previous page, which is
+/// the last id it listed; absent or empty for the first page). Other parameters are ignored; a
+/// repeated one counts as its last value.
+pub fn parse_page(query: Option<&str>) -> Result<Page, ApiError> {
+    let mut limit = None;
+    let mut cursor = None;
+    for pair in query.unwrap_or_default().split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "limit" => limit = Some(value),
+            "cursor" => cursor = Some(value),
+            _ => {}
+        }
+    }
+    let limit = match limit {
+        None => DEFAULT_PAGE,
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid_field(
+                    "limit",
+                    format!("must be a whole number from 1 to {MAX_PAGE}, got {raw:?}"),
+                )
+            })?,
+    };
+    let after = match cursor {
+        None | Some("") => 0,
+        Some(raw) => raw
+            .parse::<i32>()
+            .ok()
+            .filter(|id| *id >= 1)
+            .ok_or_else(|| {
+                ApiError::invalid_field(
+                    "cursor",
+                    format!("{raw:?} is not a cursor this service handed out"),
+                )
+            })?,
+    };
+    Ok(Page { after, limit })
+}
+
+#[tracing::instrument(level = "debug", skip_all)]
+async fn list_products(
+    _: PassedFaultInjection,
+    State(CatalogState { catalog, .. }): State<CatalogState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<serde_json::Value>, ProductError> {
+    let page = parse_page(query.as_deref()).map_err(ProductError::Invalid)?;
+    // One more than asked for tells whether there is a next page.
+    let mut items = catalog.list(page.after, page.limit + 1).await?;
+    let next_cursor = if items.len() > page.limit as usize {
+        items.truncate(page.limit as usize);
+        items.last().map(|p| p.product_id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(
+        serde_json::json!({ "items": items, "next_cursor": next_cursor }),
+    ))
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(product_id = id))]
+async fn get_stock(
+    _: PassedFaultInjection,
+    State(CatalogState { stock, .. }): State<CatalogState>,
+    PathId(id): PathId,
+) -> Result<Json<serde_json::Value>, ProductError> {
+    let levels = stock.levels(id).await?.ok_or(ProductError::NotFound(id))?;
+    Ok(Json(levels.public_view(id)))
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(product_id = id))]
@@ -111,14 +216,60 @@ async fn get_product(
 #[tracing::instrument(skip_all, fields(sku = %new.sku))]
 async fn create_product(
     _: PassedFaultInjection,
-    State(CatalogState { catalog, .. }): State<CatalogState>,
+    State(CatalogState {
+        catalog,
+        default_stock,
+        ..
+    }): State<CatalogState>,
     ApiJson(new): ApiJson<NewProduct>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ProductError> {
     new.validate().map_err(ProductError::Invalid)?;
-    let id = catalog.create(new).await?;
-    tracing::info!(product_id = id, "product created");
+    let stock = new.quantity_on_hand.unwrap_or(default_stock);
+    let id = catalog.create(new, stock).await?;
+    tracing::info!(product_id = id, stock, "product created");
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "product_id": id })),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(query: &str) -> Option<String> {
+        parse_page(Some(query)).err().and_then(|e| e.body.details)
+    }
+
+    #[test]
+    fn pages_are_parsed_and_bounded() {
+        assert_eq!(
+            parse_page(None).ok(),
+            Some(Page {
+                after: 0,
+                limit: DEFAULT_PAGE
+            })
+        );
+        assert_eq!(
+            parse_page(Some("limit=100&cursor=42&x=1")).ok(),
+            Some(Page {
+                after: 42,
+                limit: 100
+            })
+        );
+        assert_eq!(parse_page(Some("cursor=")).ok().map(|p| p.after), Some(0));
+        for bad in [
+            "limit=0",
+            "limit=101",
+            "limit=abc",
+            "limit=",
+            "limit=-1",
+            "limit=1.5",
+        ] {
+            assert_eq!(field(bad).as_deref(), Some("limit"), "{bad}");
+        }
+        for bad in ["cursor=0", "cursor=-3", "cursor=abc", "cursor=2147483648"] {
+            assert_eq!(field(bad).as_deref(), Some("cursor"), "{bad}");
+        }
+    }
 }

@@ -28,23 +28,31 @@ type Row = (i32, String, String, i32, i32, i32);
 const SELECT_PRODUCT: &str = "SELECT product_id, sku, manufacturer, category_id, weight, \
      some_other_id FROM products WHERE product_id = $1";
 
-const INSERT_PRODUCT: &str = "INSERT INTO products (sku, manufacturer, category_id, weight, \
-     some_other_id) VALUES ($1, $2, $3, $4, $5) RETURNING product_id";
+/// The product and its stock row in one statement: a product is never seen without its stock.
+const INSERT_PRODUCT: &str = "WITH p AS (INSERT INTO products (sku, manufacturer, category_id, \
+     weight, some_other_id) VALUES ($1, $2, $3, $4, $5) RETURNING product_id), \
+     s AS (INSERT INTO stock (product_id, on_hand, received) SELECT product_id, $6, $6 FROM p) \
+     SELECT product_id FROM p";
+
+const LIST_PRODUCTS: &str = "SELECT product_id, sku, manufacturer, category_id, weight, \
+     some_other_id FROM products WHERE product_id > $1 ORDER BY product_id LIMIT $2";
 
 /// Serialises seeding per schema, so instances starting together do not each insert N rows.
 const SEED_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.seed'))";
 
 const SEED_PRESENT: &str = "SELECT count(*) FROM products WHERE product_id BETWEEN 1 AND $1";
 
-/// The same products as [`crate::catalog::seed_product`], computed in SQL. A product that already
-/// has one of these ids (seeded before, or created earlier) is kept as it is.
-const SEED_INSERT: &str = "INSERT INTO products \
+/// The same products as [`crate::catalog::seed_product`], computed in SQL, each with `$3` units of
+/// stock. A product that already has one of these ids (seeded before, or created earlier) is kept
+/// as it is, stock included.
+const SEED_INSERT: &str = "WITH p AS (INSERT INTO products \
      (product_id, sku, manufacturer, category_id, weight, some_other_id) \
      SELECT i, 'SKU' || lpad((i % 10000000)::text, 7, '0'), \
             ($2::text[])[i % cardinality($2::text[]) + 1], \
             i % 50 + 1, (i::bigint * 37 % 5000)::integer, i % 1000 + 1 \
      FROM generate_series(1, $1::integer) AS i \
-     ON CONFLICT (product_id) DO NOTHING";
+     ON CONFLICT (product_id) DO NOTHING RETURNING product_id) \
+     INSERT INTO stock (product_id, on_hand, received) SELECT product_id, $3, $3 FROM p";
 
 /// Moves the id sequence past the seeded ids, forward only: moving it back could hand out an id a
 /// running instance has just taken.
@@ -52,9 +60,9 @@ const SEED_MOVE_SEQUENCE: &str = "SELECT setval('product_ids', $1) FROM product_
      WHERE CASE WHEN is_called THEN last_value ELSE last_value - 1 END < $1";
 
 pub struct PgCatalog {
-    pool: PgPool,
+    pub(super) pool: PgPool,
     cache: JsonCache,
-    timeout: Duration,
+    pub(super) timeout: Duration,
 }
 
 impl PgCatalog {
@@ -95,27 +103,32 @@ impl PgCatalog {
             .bind(id)
             .fetch_optional(&self.pool);
         let row = self.bounded(row).await.map_err(classify)?;
-        Ok(row.map(
-            |(product_id, sku, manufacturer, category_id, weight, some_other_id)| Product {
-                product_id,
-                sku,
-                manufacturer,
-                category_id,
-                weight,
-                some_other_id,
-            },
-        ))
+        Ok(row.map(product_from_row))
     }
 
-    async fn insert(&self, new: &NewProduct) -> Result<i32, sqlx::Error> {
+    async fn insert(&self, new: &NewProduct, stock: i64) -> Result<i32, sqlx::Error> {
         let insert = sqlx::query_scalar::<_, i32>(INSERT_PRODUCT)
             .bind(&new.sku)
             .bind(&new.manufacturer)
             .bind(new.category_id)
             .bind(new.weight)
             .bind(new.some_other_id)
+            .bind(stock)
             .fetch_one(&self.pool);
         self.bounded(insert).await
+    }
+}
+
+fn product_from_row(
+    (product_id, sku, manufacturer, category_id, weight, some_other_id): Row,
+) -> Product {
+    Product {
+        product_id,
+        sku,
+        manufacturer,
+        category_id,
+        weight,
+        some_other_id,
     }
 }
 
@@ -146,10 +159,10 @@ impl CatalogStore for PgCatalog {
         self.fetch(id).await
     }
 
-    async fn create(&self, new: NewProduct) -> Result<i32, CatalogError> {
+    async fn create(&self, new: NewProduct, stock: i64) -> Result<i32, CatalogError> {
         let mut attempt = 1;
         let id = loop {
-            match self.insert(&new).await {
+            match self.insert(&new, stock).await {
                 Ok(id) => break id,
                 Err(err) if is_unique_violation(&err) && attempt < CREATE_ATTEMPTS => {
                     attempt += 1;
@@ -164,7 +177,7 @@ impl CatalogStore for PgCatalog {
 
     /// One transaction under a per-schema advisory lock: the instances that start together take
     /// turns, and all but the first find the products present and insert nothing.
-    async fn seed(&self, n: u32) -> Result<(), CatalogError> {
+    async fn seed(&self, n: u32, stock: i64) -> Result<(), CatalogError> {
         if n == 0 {
             return Ok(());
         }
@@ -184,6 +197,7 @@ impl CatalogStore for PgCatalog {
             sqlx::query(SEED_INSERT)
                 .bind(n)
                 .bind(SEED_MAKERS.as_slice())
+                .bind(stock)
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;
@@ -202,6 +216,15 @@ impl CatalogStore for PgCatalog {
         let count = self.bounded(count).await.map_err(classify)?;
         Ok(u64::try_from(count).unwrap_or_default())
     }
+
+    async fn list(&self, after: i32, limit: u32) -> Result<Vec<Product>, CatalogError> {
+        let rows = sqlx::query_as::<_, Row>(LIST_PRODUCTS)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool);
+        let rows = self.bounded(rows).await.map_err(classify)?;
+        Ok(rows.into_iter().map(product_from_row).collect())
+    }
 }
 
 fn is_unique_violation(err: &sqlx::Error) -> bool {
@@ -210,7 +233,7 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
 
 /// An outage (no connection, too slow, the server shutting down or overloaded) is a 503 the
 /// client may retry; the end of the id range is [`CatalogError::Full`]; anything else is a bug.
-fn classify(err: sqlx::Error) -> CatalogError {
+pub(super) fn classify(err: sqlx::Error) -> CatalogError {
     let outage = match &err {
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
