@@ -43,6 +43,11 @@
 #   STACK_INSTALL_RABBITMQ=1 (or CI=true)  apt-get install rabbitmq-server if no broker is reachable
 #                      and none is installed (root or passwordless sudo)
 #   READY_TIMEOUT      seconds to wait for every /ready (default 90)
+#   FULFILMENT_DELAY_MS  how long the warehouse holds each order before fulfilling it (default 0;
+#                      e.g. 5000 leaves time to cancel an order by hand)
+#   SEED_STOCK, RESERVATION_TTL_MS  passed to the product instances when set (their defaults:
+#                      1000000 units per product, 600000 ms)
+#   PENDING_ORDER_TIMEOUT_MS  passed to the carts when set (default 30000)
 #   RUST_LOG, LOG_FORMAT, STORE_TIMEOUT_MS, DATABASE_MAX_CONNECTIONS, CART_TTL_SECONDS are passed
 #   through to every service.
 set -euo pipefail
@@ -66,6 +71,7 @@ WAREHOUSE_PORT="${WAREHOUSE_PORT:-8084}"
 BAD_FAILURE_RATE="${BAD_FAILURE_RATE:-0.5}"
 EXPOSE_CCA="${EXPOSE_CCA:-false}"
 READY_TIMEOUT="${READY_TIMEOUT:-90}"
+FULFILMENT_DELAY_MS="${FULFILMENT_DELAY_MS:-0}"
 STOP_TIMEOUT="${STOP_TIMEOUT:-20}"
 REDIS_KEY_PREFIX="${REDIS_KEY_PREFIX:-shop:}"
 if [[ ${CI:-} == true ]]; then STACK_STORES="${STACK_STORES:-durable}"; else STACK_STORES="${STACK_STORES:-auto}"; fi
@@ -135,6 +141,7 @@ env_of() {
             # The stock follows the warehouse's outcome events (sales, cancelled orders).
             echo "AMQP_URL=$AMQP_URL"
             database_env catalog
+            passed_env SEED_STOCK RESERVATION_TTL_MS
             ;;
         credit-card-authorizer)
             echo "INSTANCE_ID=credit-card-authorizer-1"
@@ -156,10 +163,12 @@ env_of() {
                 # Orders in PostgreSQL need the shared order ids of Redis carts.
                 database_env orders
             fi
+            passed_env PENDING_ORDER_TIMEOUT_MS
             ;;
         warehouse)
             echo "INSTANCE_ID=warehouse-1"
             echo "AMQP_URL=$AMQP_URL"
+            echo "FULFILMENT_DELAY_MS=$FULFILMENT_DELAY_MS"
             database_env warehouse
             ;;
         gateway)
@@ -179,6 +188,15 @@ database_env() {
     [[ -n $STORE_DATABASE_URL ]] || return 0
     echo "DATABASE_URL=$STORE_DATABASE_URL"
     echo "DATABASE_SCHEMA=$1"
+}
+
+# VAR=value for each of the named variables that is set in the caller's environment.
+passed_env() {
+    local var
+    for var in "$@"; do
+        [[ -n ${!var:-} ]] && echo "$var=${!var}"
+    done
+    return 0
 }
 
 is_active() {
@@ -485,6 +503,8 @@ start_one() {
     # the process list. The caller's store variables are dropped: each service gets its own.
     (
         unset DATABASE_URL DATABASE_SCHEMA REDIS_URL REDIS_KEY_PREFIX
+        # Only the services that use them get the order lifecycle's knobs (from env_of).
+        unset FULFILMENT_DELAY_MS SEED_STOCK RESERVATION_TTL_MS PENDING_ORDER_TIMEOUT_MS
         export "${envs[@]}"
         exec nohup "$bin"
     ) >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
@@ -580,6 +600,8 @@ cmd_up() {
 
     local carts="http://localhost:$CART_PORT"
     is_active cart-2 && carts+="  http://localhost:$CART2_PORT (sharing their carts)"
+    local held=""
+    [[ $FULFILMENT_DELAY_MS == 0 ]] || held=" (each order held ${FULFILMENT_DELAY_MS} ms before fulfilment: FULFILMENT_DELAY_MS)"
     cat <<EOF
 
 ${BOLD}The stack is up.${RESET}
@@ -589,7 +611,7 @@ ${BOLD}The stack is up.${RESET}
   product instances                http://localhost:$PRODUCT1_PORT  http://localhost:$PRODUCT2_PORT  http://localhost:$PRODUCT_BAD_PORT (bad: FAILURE_RATE=$BAD_FAILURE_RATE)
   cart                             $carts
   credit-card-authorizer           http://localhost:$CCA_PORT (internal)
-  warehouse stats                  http://localhost:$WAREHOUSE_PORT/stats
+  warehouse stats                  http://localhost:$WAREHOUSE_PORT/stats$held
   RabbitMQ                         $(redacted_amqp)
   $(describe_stores)
 
