@@ -57,7 +57,7 @@ req() {
         args+=(--data-binary "$data")
         [[ -n $ctype ]] && args+=(-H "content-type: $ctype")
     fi
-    for h in "${REQ_HEADERS[@]}"; do args+=(-H "$h"); done
+    for h in ${REQ_HEADERS[@]+"${REQ_HEADERS[@]}"}; do args+=(-H "$h"); done
     while true; do
         STATUS=$(curl "${args[@]}" "$BASE_URL$path" 2>/dev/null) || STATUS=${STATUS:-000}
         [[ -z $STATUS ]] && STATUS=000
@@ -654,11 +654,12 @@ if [[ -n $HAVE_IDEMPOTENCY ]]; then
     # Concurrent requests with one key create one cart: each answers it, or 409 while it runs.
     REQ_HEADERS=()
     outs=()
-    for i in 1 2 3 4; do
-        outs+=("$(mktemp)")
-        curl -s -o "${outs[-1]}" -w '%{http_code}' --max-time "$CURL_TIMEOUT" -X POST \
+    for _ in 1 2 3 4; do
+        out=$(mktemp)
+        outs+=("$out")
+        curl -s -o "$out" -w '%{http_code}' --max-time "$CURL_TIMEOUT" -X POST \
             -H 'content-type: application/json' -H "Idempotency-Key: $KEY-race" \
-            --data-binary "{\"customer_id\": $CUSTOMER}" "$BASE_URL/shopping-cart" >"${outs[-1]}.code" &
+            --data-binary "{\"customer_id\": $CUSTOMER}" "$BASE_URL/shopping-cart" >"$out.code" &
     done
     wait
     carts="" in_use=0 odd=""
