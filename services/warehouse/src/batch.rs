@@ -1,23 +1,27 @@
-//! The batch writers: the channel tasks hand validated deliveries over, a writer takes whatever
-//! is waiting (up to `batch_max`, without waiting for more), applies it to the ledger as one
-//! unit, and only after that commit acks each delivery.
+//! The batch writers: the channel tasks hand validated deliveries (orders and cancels) over, a
+//! writer takes whatever is waiting (up to `batch_max`, without waiting for more), applies it to
+//! the ledger as one unit, publishes the batch's outcome events, and only once the broker has
+//! confirmed them acks each delivery.
 //!
-//! Why this keeps "exactly once" with a durable store: an order's dedupe record and its effect
+//! Why this keeps "exactly once" with a durable store: an entry's outcome record and its effect
 //! on the totals commit together, and its ack is sent after the commit. A crash before the commit
-//! leaves the order unapplied and unacked (the broker redelivers it); a crash between the commit
-//! and the ack leaves it applied and unacked (the redelivery finds its uid and is a duplicate).
+//! leaves the entry unapplied and unacked (the broker redelivers it); a crash between the commit
+//! and the ack leaves it applied and unacked (the redelivery finds its uid's outcome, changes
+//! nothing, and announces that outcome again, so no event is lost either).
 //!
 //! A batch the store cannot take (it is down) is held, unacked, and retried with backoff until
 //! the store is back or the broker session ends (then the broker redelivers it to the next
 //! session). Nothing is rejected or requeued meanwhile, so the messages wait in the queue. A
-//! batch the store *refuses* (an order it can never store) is retried one order at a time and
-//! only the refused order is dead-lettered.
+//! batch the store *refuses* (an entry it can never store) is retried one entry at a time and
+//! only the refused entry is dead-lettered. A batch whose events the broker does not confirm is
+//! nacked with requeue after a backoff: its redelivery is a duplicate and re-announces.
 
 use crate::consumer::ConsumerState;
-use crate::ledger::{ApplyError, Ledger, Outcome};
-use common::messaging::OrderMessage;
+use crate::events::{self, EventPublisher};
+use crate::ledger::{ApplyError, Entry, Ledger, Recorded};
+use common::messaging::{CancelMessage, OrderMessage};
 use futures::future::join_all;
-use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::Acker;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,9 +33,29 @@ use tokio_util::sync::CancellationToken;
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
-/// A validated order whose delivery is not settled yet.
+/// What a valid delivery asks for.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Order(OrderMessage),
+    Cancel(CancelMessage),
+}
+
+impl Request {
+    pub fn entry(&self) -> Entry<'_> {
+        match self {
+            Self::Order(order) => Entry::Order(order),
+            Self::Cancel(cancel) => Entry::Cancel(cancel),
+        }
+    }
+
+    pub fn uid(&self) -> &str {
+        self.entry().uid()
+    }
+}
+
+/// A validated delivery that is not settled yet.
 pub struct Pending {
-    pub order: OrderMessage,
+    pub request: Request,
     pub acker: Acker,
     pub redelivered: bool,
 }
@@ -51,6 +75,7 @@ pub struct BatchSettings {
 pub fn spawn(
     ledger: Arc<Ledger>,
     state: Arc<ConsumerState>,
+    publisher: Arc<EventPublisher>,
     settings: BatchSettings,
     capacity: usize,
     session: CancellationToken,
@@ -63,6 +88,7 @@ pub fn spawn(
             lane,
             ledger: Arc::clone(&ledger),
             state: Arc::clone(&state),
+            publisher: Arc::clone(&publisher),
             session: session.clone(),
         };
         tasks.spawn(writer.run(Arc::clone(&rx), settings.batch_max.max(1)));
@@ -74,12 +100,13 @@ struct Writer {
     lane: u16,
     ledger: Arc<Ledger>,
     state: Arc<ConsumerState>,
+    publisher: Arc<EventPublisher>,
     session: CancellationToken,
 }
 
 /// What became of a batch.
 enum Commit {
-    Done(Vec<Outcome>),
+    Done(Vec<Recorded>),
     /// The session ended while the store was down: the broker takes the deliveries back.
     Abandoned,
     Refused(String),
@@ -87,9 +114,9 @@ enum Commit {
 
 impl Writer {
     async fn run(self, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, batch_max: usize) {
-        // A committed batch's acks are sent by a task of their own, so the writer goes straight
-        // on to the next commit; they are all awaited before the writer ends (and the session
-        // closes the connection).
+        // A committed batch's events and acks are sent by a task of their own, so the writer
+        // goes straight on to the next commit; they are all awaited before the writer ends (and
+        // the session closes the connection).
         let mut acks = JoinSet::new();
         loop {
             while acks.try_join_next().is_some() {}
@@ -104,19 +131,29 @@ impl Writer {
         acks.join_all().await;
     }
 
+    fn announcer(&self) -> Announcer {
+        Announcer {
+            ledger: Arc::clone(&self.ledger),
+            publisher: Arc::clone(&self.publisher),
+            session: self.session.clone(),
+        }
+    }
+
     async fn settle(&self, mut batch: Vec<Pending>, acks: &mut JoinSet<()>) {
         match self.commit(&mut batch).await {
-            Commit::Done(outcomes) => {
-                acks.spawn(ack(batch, outcomes));
+            Commit::Done(recorded) => {
+                acks.spawn(self.announcer().announce_then_ack(batch, recorded));
             }
             Commit::Abandoned => {}
             Commit::Refused(reason) if batch.len() == 1 => self.reject(batch, &reason).await,
             Commit::Refused(_) => {
-                // Find the order the store refuses: the others are applied as usual.
+                // Find the entry the store refuses: the others are applied as usual.
                 for pending in batch {
                     let mut single = vec![pending];
                     match self.commit(&mut single).await {
-                        Commit::Done(outcomes) => ack(single, outcomes).await,
+                        Commit::Done(recorded) => {
+                            self.announcer().announce_then_ack(single, recorded).await;
+                        }
                         Commit::Abandoned => return,
                         Commit::Refused(reason) => self.reject(single, &reason).await,
                     }
@@ -130,14 +167,17 @@ impl Writer {
         let mut backoff = RETRY_MIN;
         let mut failures = 0u32;
         loop {
-            let orders: Vec<&OrderMessage> = batch.iter().map(|p| &p.order).collect();
-            let error = match self.ledger.apply_batch(self.lane, &orders).await {
-                Ok(outcomes) => {
+            let applied = {
+                let entries: Vec<Entry<'_>> = batch.iter().map(|p| p.request.entry()).collect();
+                self.ledger.apply_batch(self.lane, &entries).await
+            };
+            let error = match applied {
+                Ok(recorded) => {
                     self.state.batch_committed();
                     if failures > 0 {
                         tracing::info!(failures, lane = self.lane, "the ledger store is back");
                     }
-                    return Commit::Done(outcomes);
+                    return Commit::Done(recorded);
                 }
                 Err(ApplyError::Refused(reason)) => return Commit::Refused(reason),
                 Err(ApplyError::Unavailable(e)) => e,
@@ -171,22 +211,69 @@ impl Writer {
                 .await;
             if matches!(rejected, Ok(true)) {
                 self.ledger.record_rejected();
-                tracing::warn!(order_uid = %pending.order.order_uid, %reason, "the ledger store refused an order; dead-lettered");
+                tracing::warn!(order_uid = %pending.request.uid(), %reason, "the ledger store refused a message; dead-lettered");
             }
         }
     }
 }
 
-/// Acks every delivery of a committed batch. An ack that fails (its channel died) leaves the
-/// order applied and unacked: the broker redelivers it and the ledger sees a duplicate.
-async fn ack(batch: Vec<Pending>, outcomes: Vec<Outcome>) {
-    let acks = batch.iter().zip(outcomes).map(|(pending, outcome)| async move {
-        tracing::debug!(order_uid = %pending.order.order_uid, ?outcome, redelivered = pending.redelivered, "order settled");
-        match pending.acker.ack(BasicAckOptions::default()).await {
-            Ok(true) => {}
-            Ok(false) => tracing::debug!(order_uid = %pending.order.order_uid, "not acked: the channel is gone"),
-            Err(e) => tracing::debug!(order_uid = %pending.order.order_uid, error = %e, "not acked"),
+/// Publishes a committed batch's events, then settles its deliveries.
+struct Announcer {
+    ledger: Arc<Ledger>,
+    publisher: Arc<EventPublisher>,
+    session: CancellationToken,
+}
+
+impl Announcer {
+    /// Acks every delivery once the events are confirmed. An ack that fails (its channel died)
+    /// leaves the entry applied and unacked: the broker redelivers it, the ledger sees a
+    /// duplicate and the event is published again. Events that are not confirmed: every
+    /// delivery is nacked with requeue after a backoff (not at once when the session ends).
+    async fn announce_then_ack(self, batch: Vec<Pending>, recorded: Vec<Recorded>) {
+        let outcomes: Vec<_> = recorded.iter().map(|r| r.outcome).collect();
+        let events = {
+            let entries: Vec<Entry<'_>> = batch.iter().map(|p| p.request.entry()).collect();
+            events::build(&entries, recorded)
+        };
+        if let Err(error) = self.publisher.publish(&events).await {
+            self.ledger.record_event_publish_failure();
+            let wait = self.publisher.backoff();
+            tracing::warn!(%error, deliveries = batch.len(), retry_in_ms = wait.as_millis() as u64, "the outcome events were not confirmed; requeueing the batch");
+            tokio::select! {
+                () = self.session.cancelled() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+            let nacks = batch.iter().map(|pending| {
+                pending.acker.nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+            });
+            for (pending, nacked) in batch.iter().zip(join_all(nacks).await) {
+                if !matches!(nacked, Ok(true)) {
+                    tracing::debug!(order_uid = %pending.request.uid(), "not nacked: the channel is gone (the broker requeues it)");
+                }
+            }
+            return;
         }
-    });
-    join_all(acks).await;
+        self.ledger
+            .record_events_published(events.events.len() as u64);
+        let acks = batch.iter().zip(outcomes).map(|(pending, outcome)| async move {
+            // Logged before the ack: a test reading the log knows every acked delivery.
+            match &pending.request {
+                Request::Order(order) => {
+                    tracing::debug!(order_uid = %order.order_uid, ?outcome, redelivered = pending.redelivered, "order settled");
+                }
+                Request::Cancel(cancel) => {
+                    tracing::debug!(order_uid = %cancel.order_uid, ?outcome, redelivered = pending.redelivered, "cancel settled");
+                }
+            }
+            match pending.acker.ack(BasicAckOptions::default()).await {
+                Ok(true) => {}
+                Ok(false) => tracing::debug!(order_uid = %pending.request.uid(), "not acked: the channel is gone"),
+                Err(e) => tracing::debug!(order_uid = %pending.request.uid(), error = %e, "not acked"),
+            }
+        });
+        join_all(acks).await;
+    }
 }

@@ -4,13 +4,14 @@
 //! |---|---|---|
 //! | `PORT` | 8084 | HTTP port (`/health`, `/ready`, `/stats`, `/metrics`) |
 //! | `AMQP_URL` | `amqp://guest:guest@127.0.0.1:5672/%2f` | the broker |
-//! | `ORDER_QUEUE` | `order_queue` | the queue to consume (DLQ is `<queue>.dlq`) |
+//! | `ORDER_QUEUE` | `order_queue` | the queue to consume (DLQ `<queue>.dlq`, cancels `<queue>.cancel`, events `<queue>.events`) |
 //! | `QUEUE_TYPE` | `classic` | `classic` or `quorum` |
 //! | `WAREHOUSE_CHANNELS` | 10 | consumer channels on the one connection |
 //! | `WAREHOUSE_PREFETCH` | 10 | unacked deliveries per channel |
 //! | `RECONNECT_MIN_MS` / `RECONNECT_MAX_MS` | 200 / 10000 | reconnect backoff bounds |
 //! | `WAREHOUSE_WRITERS` | 2 | batch writers (concurrent ledger transactions) |
 //! | `WAREHOUSE_BATCH_MAX` | 100 | most deliveries per batch (one transaction) |
+//! | `FULFILMENT_DELAY_MS` | 0 | how long an order is held after it arrives before it may be fulfilled (a window to cancel it in demos and tests), at most 600000 |
 //! | `DATABASE_URL` | unset | PostgreSQL for the ledger; unset = in memory, lost on restart |
 //! | `DATABASE_SCHEMA` | `warehouse` | the schema the ledger lives in |
 //!
@@ -30,6 +31,9 @@ pub const DEFAULT_WRITERS: u16 = 2;
 pub const DEFAULT_BATCH_MAX: u16 = 100;
 /// More concurrent transactions than this only queue up for the pool's connections.
 pub const MAX_WRITERS: u16 = 64;
+/// The longest `FULFILMENT_DELAY_MS`: held orders stay unacked, and RabbitMQ ends a consumer
+/// whose deliveries stay unacked past its `consumer_timeout` (30 minutes by default).
+pub const MAX_FULFILMENT_DELAY: Duration = Duration::from_secs(600);
 
 /// How the consumer talks to the broker.
 #[derive(Debug, Clone)]
@@ -46,6 +50,9 @@ pub struct ConsumerSettings {
     pub reconnect_max: Duration,
     /// How deliveries are batched into the ledger.
     pub batch: BatchSettings,
+    /// How long an order delivery is held after it arrived before it may be applied (zero: not
+    /// held). Cancels are never held.
+    pub fulfilment_delay: Duration,
 }
 
 impl ConsumerSettings {
@@ -63,6 +70,7 @@ impl ConsumerSettings {
                 writers: DEFAULT_WRITERS,
                 batch_max: usize::from(DEFAULT_BATCH_MAX),
             },
+            fulfilment_delay: Duration::ZERO,
         }
     }
 }
@@ -95,6 +103,14 @@ impl Settings {
                 "must be at most 64",
             ));
         }
+        let fulfilment_delay = config::millis("FULFILMENT_DELAY_MS", Duration::ZERO)?;
+        if fulfilment_delay > MAX_FULFILMENT_DELAY {
+            return Err(ConfigError::new(
+                "FULFILMENT_DELAY_MS",
+                fulfilment_delay.as_millis().to_string(),
+                "must be at most 600000 (held orders stay unacked, and the broker ends a consumer whose deliveries stay unacked too long)",
+            ));
+        }
         let consumer = ConsumerSettings {
             amqp_url: messaging::amqp_url_from_env()?,
             topology: Topology::from_env()?,
@@ -107,6 +123,7 @@ impl Settings {
                 writers,
                 batch_max: usize::from(config::positive("WAREHOUSE_BATCH_MAX", DEFAULT_BATCH_MAX)?),
             },
+            fulfilment_delay,
         };
         let store = PgConfig::from_env("warehouse")?;
         Ok(Self {

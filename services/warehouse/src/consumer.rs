@@ -1,38 +1,49 @@
-//! The AMQP side: one connection, `channels` channels with `prefetch` each, manual acks.
+//! The AMQP side: one connection; `channels` channels with `prefetch` each on the order queue,
+//! one more on the cancel queue, and one confirm-mode channel for outcome events; manual acks.
 //!
 //! Guarantees, and how they are kept:
-//! - **No order is silently lost.** A channel task validates a delivery and hands it to the
-//!   [`batch`](crate::batch) writers, which ack it only after the ledger has committed it, so a
-//!   crash at any point leaves every unapplied message unacked, and the broker redelivers it.
-//! - **No double counting.** Redeliveries (and republished orders) are deduplicated by the ledger
-//!   on `order_uid`, then acked.
-//! - **Poison never stalls a channel.** A message that is not a valid order is rejected without
-//!   requeue by its channel task, which dead-letters it to `<queue>.dlq` (whatever the state of
-//!   the ledger store), then counted and logged once.
+//! - **No order or cancel is silently lost.** A channel task validates a delivery and hands it
+//!   to the [`batch`](crate::batch) writers, which ack it only after the ledger has committed it
+//!   and the broker has confirmed its outcome event, so a crash at any point leaves every
+//!   unapplied (or unannounced) message unacked, and the broker redelivers it.
+//! - **One outcome per order.** The ledger records the first of an order and its cancel; a
+//!   redelivery or the one that came second changes nothing and is announced with the recorded
+//!   outcome, then acked.
+//! - **Cancels are never stuck behind orders.** They have their own queue and channel, and an
+//!   order held by `FULFILMENT_DELAY_MS` waits in a timer queue of its own, not in a channel or
+//!   a writer: neither the other channels nor the cancels wait for it.
+//! - **Poison never stalls a channel.** A message that is not a valid order (on the order queue)
+//!   or cancel (on the cancel queue) is rejected without requeue by its channel task, which
+//!   dead-letters it to `<queue>.dlq` (whatever the state of the ledger store), then counted and
+//!   logged once.
 //! - **Ledger store down.** The writers hold their batches unacked and retry; the channels stop
 //!   receiving once their prefetch is used up, so the rest waits in the queue.
-//! - **Connection or channel loss.** The whole session (connection and all its channels) is torn
-//!   down and rebuilt with exponential backoff: topology redeclared, prefetch reapplied, consumers
-//!   restarted. Unacked deliveries go back to the queue and come back here, deduplicated.
-//! - **Shutdown.** Each channel stops taking deliveries, the writers commit and ack what they
-//!   were handed (one try each if the store is down), then the connection is closed; prefetched
-//!   but unprocessed messages are requeued by the broker for the next consumer.
+//! - **Connection or channel loss** (the events channel included). The whole session
+//!   (connection and all its channels) is torn down and rebuilt with exponential backoff:
+//!   topology redeclared, prefetch reapplied, consumers restarted. Unacked deliveries go back to
+//!   the queue and come back here, deduplicated, and are announced again.
+//! - **Shutdown.** Each channel stops taking deliveries, the writers commit, announce and ack
+//!   what they were handed (one try each if the store is down), then the connection is closed;
+//!   prefetched but unprocessed messages, and orders still being held, are requeued by the
+//!   broker for the next consumer.
 
-use crate::batch::{self, Pending};
+use crate::batch::{self, Pending, Request};
 use crate::configuration::ConsumerSettings;
+use crate::events::{self, EventPublisher};
 use crate::ledger::{self, Ledger};
-use common::messaging::{self, OrderMessage};
+use common::messaging::{self, CancelMessage, OrderMessage};
 use common::metrics::{Counter, Gauge, Metrics};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
 
 /// How long a connection attempt may take (a black-holed broker would otherwise hang for the
@@ -45,7 +56,10 @@ const STABLE_SESSION: Duration = Duration::from_secs(5);
 
 /// What the rest of the service can see of the consumer (readiness, metrics).
 pub struct ConsumerState {
+    /// Order channels consuming.
     consuming: AtomicUsize,
+    /// Whether the cancel channel is consuming.
+    consuming_cancels: AtomicBool,
     channels: usize,
     last_error: Mutex<Option<String>>,
     sessions: Counter,
@@ -58,6 +72,7 @@ impl ConsumerState {
     pub fn new(channels: u16, metrics: &Metrics) -> Self {
         Self {
             consuming: AtomicUsize::new(0),
+            consuming_cancels: AtomicBool::new(false),
             channels: usize::from(channels),
             last_error: Mutex::new(None),
             sessions: metrics.counter(
@@ -79,9 +94,14 @@ impl ConsumerState {
         }
     }
 
-    /// Channels currently consuming.
+    /// Order channels currently consuming.
     pub fn consuming(&self) -> usize {
         self.consuming.load(Ordering::Relaxed)
+    }
+
+    /// Whether the cancel queue is being consumed.
+    pub fn consuming_cancels(&self) -> bool {
+        self.consuming_cancels.load(Ordering::Relaxed)
     }
 
     /// Sessions established so far: 1 after the first connect, +1 per reconnection.
@@ -107,10 +127,11 @@ impl ConsumerState {
         self.store_failures.inc();
     }
 
-    /// Ready when every configured channel is consuming.
+    /// Ready when every configured order channel and the cancel channel are consuming.
     pub fn readiness(&self) -> Result<(), String> {
         let consuming = self.consuming();
-        if consuming == self.channels {
+        let cancels = self.consuming_cancels();
+        if consuming == self.channels && cancels {
             return Ok(());
         }
         let last = self
@@ -120,13 +141,19 @@ impl ConsumerState {
             .and_then(|e| e.clone())
             .map(|e| format!("; last error: {e}"))
             .unwrap_or_default();
+        let cancels = if cancels {
+            ""
+        } else {
+            ", not the cancel queue"
+        };
         Err(format!(
-            "consuming on {consuming}/{} channels{last}",
+            "consuming on {consuming}/{} channels{cancels}{last}",
             self.channels
         ))
     }
 
-    fn set_consuming(&self, n: usize) {
+    fn set_consuming(&self, n: usize, cancels: bool) {
+        self.consuming_cancels.store(cancels, Ordering::Relaxed);
         self.consuming.store(n, Ordering::Relaxed);
         self.consuming_gauge
             .set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -159,6 +186,21 @@ enum ChannelError {
     WritersGone,
 }
 
+/// Which queue a channel consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Orders,
+    Cancels,
+}
+
+/// Where a channel task hands its valid deliveries.
+#[derive(Clone)]
+struct Handoff {
+    writers: mpsc::Sender<Pending>,
+    /// Orders go through the hold first when `FULFILMENT_DELAY_MS` is set.
+    held: Option<(mpsc::Sender<(TokioInstant, Pending)>, Duration)>,
+}
+
 /// Consumes the order queue into a ledger until shut down, reconnecting as needed.
 #[derive(Clone)]
 pub struct OrderConsumer {
@@ -186,7 +228,7 @@ impl OrderConsumer {
             }
             let started = Instant::now();
             let end = self.session(&shutdown).await;
-            self.state.set_consuming(0);
+            self.state.set_consuming(0, false);
             let reason = match end {
                 SessionEnd::Shutdown => break,
                 SessionEnd::Lost(reason) => reason,
@@ -248,17 +290,33 @@ impl OrderConsumer {
     }
 
     async fn consume(&self, connection: &Connection, shutdown: &CancellationToken) -> SessionEnd {
+        let publisher = match self.open_publisher(connection).await {
+            Ok(publisher) => Arc::new(publisher),
+            Err(e) => return SessionEnd::Lost(format!("cannot set up the events channel: {e}")),
+        };
         let session = shutdown.child_token();
         let mut writers = JoinSet::new();
-        let unacked = usize::from(self.settings.channels) * usize::from(self.settings.prefetch);
-        let handoff = batch::spawn(
+        let unacked =
+            (usize::from(self.settings.channels) + 1) * usize::from(self.settings.prefetch);
+        let to_writers = batch::spawn(
             Arc::clone(&self.ledger),
             Arc::clone(&self.state),
+            Arc::clone(&publisher),
             self.settings.batch,
             unacked,
             session.clone(),
             &mut writers,
         );
+        let delay = self.settings.fulfilment_delay;
+        let held = (!delay.is_zero()).then(|| {
+            let (tx, rx) = mpsc::channel(unacked);
+            writers.spawn(hold(rx, to_writers.clone(), session.clone()));
+            (tx, delay)
+        });
+        let handoff = Handoff {
+            writers: to_writers,
+            held,
+        };
         let mut tasks = JoinSet::new();
         let opened = self
             .open_channels(connection, &session, &mut tasks, &handoff)
@@ -273,14 +331,17 @@ impl OrderConsumer {
         }
         self.state.sessions.inc();
         self.state
-            .set_consuming(usize::from(self.settings.channels));
+            .set_consuming(usize::from(self.settings.channels), true);
         tracing::info!(
             queue = %self.settings.topology.queue,
+            cancel_queue = %self.settings.topology.cancel_queue,
+            events_exchange = %self.settings.topology.events_exchange,
             channels = self.settings.channels,
             prefetch = self.settings.prefetch,
             writers = self.settings.batch.writers,
             batch_max = self.settings.batch.batch_max,
-            "consuming orders"
+            fulfilment_delay_ms = delay.as_millis() as u64,
+            "consuming orders and cancels"
         );
 
         // Run until shutdown, or until any channel fails: then stop the others too, since the
@@ -293,8 +354,9 @@ impl OrderConsumer {
                 Err(e) => SessionEnd::Lost(format!("channel task failed: {e}")),
             },
             Some(writer) = writers.join_next() => SessionEnd::Lost(format!("a batch writer ended: {writer:?}")),
+            () = publisher.lost().cancelled() => SessionEnd::Lost("the events channel closed".to_string()),
         };
-        self.state.set_consuming(0);
+        self.state.set_consuming(0, false);
         session.cancel();
         while let Some(result) = tasks.join_next().await {
             match result {
@@ -303,7 +365,8 @@ impl OrderConsumer {
                 Err(e) => tracing::warn!(error = %e, "channel task failed"),
             }
         }
-        // The writers commit and ack what they were handed before the connection closes.
+        // The writers commit, announce and ack what they were handed before the connection
+        // closes.
         while let Some(result) = writers.join_next().await {
             if let Err(e) = result {
                 tracing::warn!(error = %e, "batch writer failed");
@@ -312,25 +375,42 @@ impl OrderConsumer {
         end
     }
 
+    /// Declares the topology (queues, dead-lettering, the events exchange and its listeners'
+    /// queues) and opens the events channel.
+    async fn open_publisher(&self, connection: &Connection) -> lapin::Result<EventPublisher> {
+        let publisher =
+            EventPublisher::open(connection, &self.settings.topology, events::CONFIRM_TIMEOUT)
+                .await?;
+        let setup = connection.create_channel().await?;
+        self.settings.topology.declare(&setup).await?;
+        let _ = setup.close(200, "declared".into()).await;
+        Ok(publisher)
+    }
+
     async fn open_channels(
         &self,
         connection: &Connection,
         session: &CancellationToken,
         tasks: &mut JoinSet<Result<(), ChannelError>>,
-        handoff: &mpsc::Sender<Pending>,
+        handoff: &Handoff,
     ) -> Result<(), lapin::Error> {
-        for index in 0..self.settings.channels {
+        let topology = &self.settings.topology;
+        let orders = (0..self.settings.channels)
+            .map(|index| (Source::Orders, &topology.queue, index.to_string()));
+        let cancels = std::iter::once((
+            Source::Cancels,
+            &topology.cancel_queue,
+            "cancel".to_string(),
+        ));
+        for (source, queue, suffix) in orders.chain(cancels) {
             let channel = connection.create_channel().await?;
-            if index == 0 {
-                self.settings.topology.declare(&channel).await?;
-            }
             channel
                 .basic_qos(self.settings.prefetch, BasicQosOptions::default())
                 .await?;
-            let tag = format!("{}-{index}", self.settings.connection_name);
+            let tag = format!("{}-{suffix}", self.settings.connection_name);
             let consumer = channel
                 .basic_consume(
-                    self.settings.topology.queue.as_str().into(),
+                    queue.as_str().into(),
                     tag.as_str().into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
@@ -339,6 +419,7 @@ impl OrderConsumer {
             tasks.spawn(consume_channel(
                 channel,
                 consumer,
+                source,
                 Arc::clone(&self.ledger),
                 handoff.clone(),
                 session.clone(),
@@ -348,14 +429,42 @@ impl OrderConsumer {
     }
 }
 
+/// Holds each order until its due time (arrival + `FULFILMENT_DELAY_MS`), then hands it to the
+/// writers. The delay is the same for all, so the queue is in due order (up to the few
+/// microseconds between channels). Ends with the session: what it still holds is dropped
+/// unacked, and the broker requeues it when the connection closes.
+async fn hold(
+    mut held: mpsc::Receiver<(TokioInstant, Pending)>,
+    writers: mpsc::Sender<Pending>,
+    session: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = session.cancelled() => return,
+            next = held.recv() => next,
+        };
+        let Some((due, pending)) = next else { return };
+        tokio::select! {
+            biased;
+            () = session.cancelled() => return,
+            () = tokio::time::sleep_until(due) => {}
+        }
+        if writers.send(pending).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// One channel's loop: take a delivery, hand it over (or reject it), repeat; stop between
 /// deliveries when asked.
 async fn consume_channel(
     // Held so the channel lives as long as its consumer.
     _channel: Channel,
     mut consumer: Consumer,
+    source: Source,
     ledger: Arc<Ledger>,
-    handoff: mpsc::Sender<Pending>,
+    handoff: Handoff,
     stop: CancellationToken,
 ) -> Result<(), ChannelError> {
     loop {
@@ -365,40 +474,62 @@ async fn consume_channel(
             next = consumer.next() => next,
         };
         match next {
-            Some(Ok(delivery)) => dispatch(&ledger, &handoff, delivery).await?,
+            Some(Ok(delivery)) => dispatch(&ledger, &handoff, source, delivery).await?,
             Some(Err(e)) => return Err(e.into()),
             None => return Err(ChannelError::Cancelled),
         }
     }
 }
 
-/// Hands a valid order to the writers; rejects anything else to the DLQ at once.
-async fn dispatch(
-    ledger: &Ledger,
-    handoff: &mpsc::Sender<Pending>,
-    delivery: Delivery,
-) -> Result<(), ChannelError> {
-    let parsed = OrderMessage::from_json(&delivery.data)
-        .and_then(|order| ledger::check_storable(&order).map(|()| order));
-    match parsed {
-        Ok(order) => {
-            let pending = Pending {
-                order,
-                acker: delivery.acker,
-                redelivered: delivery.redelivered,
-            };
-            // Never waits: the queue holds every delivery the broker may have unacked.
-            handoff
-                .send(pending)
-                .await
-                .map_err(|_| ChannelError::WritersGone)
-        }
-        Err(reason) => reject(ledger, delivery, &reason).await,
+/// What a delivery's body is, for its queue.
+fn parse(source: Source, body: &[u8]) -> Result<Request, String> {
+    match source {
+        Source::Orders => OrderMessage::from_json(body)
+            .and_then(|order| ledger::check_storable(&order).map(|()| Request::Order(order))),
+        Source::Cancels => CancelMessage::from_json(body)
+            .and_then(|cancel| ledger::check_cancel(&cancel).map(|()| Request::Cancel(cancel))),
     }
 }
 
-/// Dead-letters a message that is not a valid order (reject without requeue).
-async fn reject(ledger: &Ledger, delivery: Delivery, reason: &str) -> Result<(), ChannelError> {
+/// Hands a valid order or cancel over (an order through the hold, if any); rejects anything
+/// else to the DLQ at once.
+async fn dispatch(
+    ledger: &Ledger,
+    handoff: &Handoff,
+    source: Source,
+    delivery: Delivery,
+) -> Result<(), ChannelError> {
+    let request = match parse(source, &delivery.data) {
+        Ok(request) => request,
+        Err(reason) => return reject(ledger, delivery, source, &reason).await,
+    };
+    let is_order = matches!(request, Request::Order(_));
+    let pending = Pending {
+        request,
+        acker: delivery.acker,
+        redelivered: delivery.redelivered,
+    };
+    // Never waits: each queue holds every delivery the broker may have unacked.
+    match &handoff.held {
+        Some((held, delay)) if is_order => held
+            .send((TokioInstant::now() + *delay, pending))
+            .await
+            .map_err(|_| ChannelError::WritersGone),
+        _ => handoff
+            .writers
+            .send(pending)
+            .await
+            .map_err(|_| ChannelError::WritersGone),
+    }
+}
+
+/// Dead-letters a message that is not a valid order or cancel (reject without requeue).
+async fn reject(
+    ledger: &Ledger,
+    delivery: Delivery,
+    source: Source,
+    reason: &str,
+) -> Result<(), ChannelError> {
     let settled = delivery
         .reject(BasicRejectOptions { requeue: false })
         .await?;
@@ -424,7 +555,8 @@ async fn reject(ledger: &Ledger, delivery: Delivery, reason: &str) -> Result<(),
         bytes = delivery.data.len(),
         redelivered = delivery.redelivered,
         %preview,
-        "rejected a message that is not a valid order; dead-lettered"
+        queue = ?source,
+        "rejected a message that is not a valid order or cancel; dead-lettered"
     );
     Ok(())
 }

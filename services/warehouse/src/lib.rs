@@ -1,9 +1,14 @@
-//! The warehouse: consumes approved orders from RabbitMQ and keeps the books.
+//! The warehouse: consumes approved orders and their cancellations from RabbitMQ, records one
+//! outcome per order (fulfilled or cancelled, whichever came first), keeps the books, and
+//! announces every outcome on the events exchange.
 //!
-//! - [`ledger`]: the totals and the `order_uid` dedupe behind one [`ledger::LedgerStore`] trait,
-//!   in memory (default) or on PostgreSQL (`DATABASE_URL`).
-//! - [`consumer`]: the AMQP consumer: N channels, poison to the DLQ, reconnects.
-//! - [`batch`]: the writers that commit the channels' deliveries in batches, then ack them.
+//! - [`ledger`]: the outcomes and the totals behind one [`ledger::LedgerStore`] trait, in memory
+//!   (default) or on PostgreSQL (`DATABASE_URL`).
+//! - [`consumer`]: the AMQP consumer: N order channels, a cancel channel, the fulfilment hold,
+//!   poison to the DLQ, reconnects.
+//! - [`batch`]: the writers that commit the channels' deliveries in batches, then announce and
+//!   ack them.
+//! - [`events`]: the outcome events, published under confirms before the acks.
 //! - [`routes`]: `GET /stats`.
 //! - [`configuration`]: environment variables.
 //!
@@ -13,6 +18,7 @@
 pub mod batch;
 pub mod configuration;
 pub mod consumer;
+pub mod events;
 pub mod ledger;
 pub mod routes;
 

@@ -24,6 +24,7 @@ async fn main() -> ExitCode {
         Ok(Ok(stats)) => {
             tracing::info!(
                 orders_processed = stats.orders_processed,
+                orders_cancelled = stats.orders_cancelled,
                 duplicates = stats.duplicates,
                 rejected = stats.rejected,
                 stats = %serde_json::to_string(&stats).unwrap_or_default(),

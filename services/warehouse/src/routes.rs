@@ -29,9 +29,10 @@ impl IntoResponse for StatsError {
     }
 }
 
-/// `GET /stats`: `{orders_processed, duplicates, rejected, products: {"<id>": qty}}`.
-/// `orders_processed` and `products` come from the ledger store (durable with PostgreSQL);
-/// `duplicates` and `rejected` are this process's counts.
+/// `GET /stats`: `{orders_processed, duplicates, rejected, products: {"<id>": qty},
+/// orders_cancelled, orders_refused, cancels_lost, duplicate_cancels, events_published,
+/// event_publish_failures}`. `orders_processed` (fulfilled), `orders_cancelled` and `products`
+/// come from the ledger store (durable with PostgreSQL); the rest are this process's counts.
 #[tracing::instrument(skip_all)]
 async fn stats(State(ledger): State<Arc<Ledger>>) -> Result<Json<Stats>, StatsError> {
     Ok(Json(ledger.stats().await?))

@@ -1,23 +1,34 @@
 //! The in-memory ledger: the default when no database is configured. Fast and lock-free, but
 //! lost on restart and private to one process (a redelivery to a restarted or a second warehouse
-//! is applied again).
+//! is applied again, and a cancel it never saw does not stop an order there).
 //!
-//! The uid set and the product map are sharded `DashMap`s and every total is an atomic counter:
-//! no global lock. The uid check-and-insert is one atomic operation, so two channels racing on
-//! the same uid apply it exactly once. The uid set grows by one entry per order for the life of
-//! the process.
+//! The outcome records and the product map are sharded `DashMap`s and every total is an atomic
+//! counter: no global lock. Deciding a uid's outcome is one atomic check-and-insert on its shard,
+//! so an order and its cancel (or two copies of either) racing on two channels record exactly
+//! one outcome. The records grow by one entry per order for the life of the process; a fulfilled
+//! one keeps its order, so a cancel that loses can announce what it lost to.
 
-use super::{quantities, ApplyError, LedgerStore, Outcome, Totals};
-use common::messaging::OrderMessage;
+use super::{quantities, ApplyError, Entry, LedgerStore, Outcome, Recorded, Totals};
+use common::messaging::{CancelReason, OrderMessage, OrderOutcome};
 use common::store::{StoreKind, StoreUnavailable};
-use dashmap::{DashMap, DashSet};
+use dashmap::mapref::entry::Entry as MapEntry;
+use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A uid's outcome, as decided by its first entry.
+struct Record {
+    outcome: OrderOutcome,
+    reason: Option<CancelReason>,
+    /// The fulfilled order.
+    order: Option<OrderMessage>,
+}
 
 #[derive(Default)]
 pub struct MemoryLedger {
-    applied: DashSet<String>,
+    records: DashMap<String, Record>,
     products: DashMap<i32, AtomicU64>,
     orders: AtomicU64,
+    cancelled: AtomicU64,
 }
 
 impl MemoryLedger {
@@ -25,16 +36,50 @@ impl MemoryLedger {
         Self::default()
     }
 
-    fn apply(&self, order: &OrderMessage) -> Outcome {
-        // `insert` is the atomic check-and-set: exactly one caller sees `true` for a uid.
-        if !self.applied.insert(order.order_uid.clone()) {
-            return Outcome::Duplicate;
+    fn apply(&self, entry: Entry<'_>) -> Recorded {
+        let kind = entry.outcome();
+        // The entry API holds the shard's lock from the lookup to the insert: exactly one
+        // caller finds a uid vacant.
+        match self.records.entry(entry.uid().to_string()) {
+            MapEntry::Occupied(found) => {
+                let record = found.get();
+                let order = match entry {
+                    Entry::Cancel(_) => record.order.clone(),
+                    Entry::Order(_) => None,
+                };
+                Recorded {
+                    outcome: Outcome::of(kind, record.outcome, false),
+                    reason: record.reason,
+                    order,
+                }
+            }
+            MapEntry::Vacant(vacant) => {
+                vacant.insert(Record {
+                    outcome: kind,
+                    reason: entry.reason(),
+                    order: match entry {
+                        Entry::Order(order) => Some(order.clone()),
+                        Entry::Cancel(_) => None,
+                    },
+                });
+                match entry {
+                    Entry::Order(order) => {
+                        for (product_id, quantity) in quantities(order) {
+                            self.add_quantity(product_id, quantity);
+                        }
+                        self.orders.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Entry::Cancel(_) => {
+                        self.cancelled.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Recorded {
+                    outcome: Outcome::of(kind, kind, true),
+                    reason: entry.reason(),
+                    order: None,
+                }
+            }
         }
-        for (product_id, quantity) in quantities(order) {
-            self.add_quantity(product_id, quantity);
-        }
-        self.orders.fetch_add(1, Ordering::Relaxed);
-        Outcome::Applied
     }
 
     fn add_quantity(&self, product_id: i32, quantity: u64) {
@@ -57,20 +102,21 @@ impl LedgerStore for MemoryLedger {
         StoreKind::Memory
     }
 
-    /// Each order is applied atomically on its own; a batch is not (nothing survives a crash
+    /// Each entry is applied atomically on its own; a batch is not (nothing survives a crash
     /// here anyway).
     async fn apply_batch(
         &self,
         _lane: u16,
-        orders: &[&OrderMessage],
-    ) -> Result<Vec<Outcome>, ApplyError> {
-        Ok(orders.iter().map(|order| self.apply(order)).collect())
+        entries: &[Entry<'_>],
+    ) -> Result<Vec<Recorded>, ApplyError> {
+        Ok(entries.iter().map(|entry| self.apply(*entry)).collect())
     }
 
     /// Each counter is read atomically; not a global snapshot while orders are being applied.
     async fn totals(&self) -> Result<Totals, StoreUnavailable> {
         Ok(Totals {
             orders_processed: self.orders.load(Ordering::Relaxed),
+            orders_cancelled: self.cancelled.load(Ordering::Relaxed),
             products: self
                 .products
                 .iter()
@@ -79,7 +125,7 @@ impl LedgerStore for MemoryLedger {
         })
     }
 
-    async fn is_applied(&self, order_uid: &str) -> Result<bool, StoreUnavailable> {
-        Ok(self.applied.contains(order_uid))
+    async fn outcome(&self, order_uid: &str) -> Result<Option<OrderOutcome>, StoreUnavailable> {
+        Ok(self.records.get(order_uid).map(|record| record.outcome))
     }
 }

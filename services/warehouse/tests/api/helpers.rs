@@ -1,15 +1,19 @@
 //! Test helpers: the real app against the real broker, each test on its own queue.
 
-use common::messaging::{OrderItem, OrderMessage, QueueType, Topology, DEFAULT_AMQP_URL};
+use common::messaging::{
+    CancelMessage, CancelReason, OrderEvent, OrderEvents, OrderItem, OrderMessage, QueueType,
+    Topology, DEFAULT_AMQP_URL,
+};
 use common::store::postgres::PgConfig;
+use futures::StreamExt;
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use sqlx::{Connection as _, PgConnection};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -65,6 +69,21 @@ pub fn order(items: &[(i32, i32)]) -> OrderMessage {
     }
 }
 
+/// A cancel for `order` (reason: the customer's).
+pub fn cancel(order: &OrderMessage) -> CancelMessage {
+    CancelMessage {
+        order_uid: order.order_uid.clone(),
+        order_id: order.order_id,
+        reason: CancelReason::Customer,
+        requested_at: time::OffsetDateTime::now_utc(),
+    }
+}
+
+/// The cancel queue of a test's order queue.
+pub fn cancel_queue(queue: &str) -> String {
+    Topology::new(queue, QueueType::Classic).cancel_queue
+}
+
 /// A raw message for the queue: a body and its properties.
 pub struct Message {
     pub body: Vec<u8>,
@@ -76,6 +95,15 @@ impl From<&OrderMessage> for Message {
         Self {
             body: order.to_json(),
             properties: order.properties("test"),
+        }
+    }
+}
+
+impl From<&CancelMessage> for Message {
+    fn from(cancel: &CancelMessage) -> Self {
+        Self {
+            body: cancel.to_json(),
+            properties: cancel.properties("test"),
         }
     }
 }
@@ -114,7 +142,8 @@ impl Broker {
         }
     }
 
-    /// Declares the queue, its DLX and DLQ exactly as the warehouse does.
+    /// Declares the queue, its DLX and DLQ, the cancel queue and the events exchange with its
+    /// queues, exactly as the warehouse does.
     pub async fn declare(&self, queue: &str) {
         Topology::new(queue, QueueType::Classic)
             .declare(&self.publisher)
@@ -196,17 +225,19 @@ impl Drop for QueueGuard {
                     return;
                 };
                 if let Ok(channel) = connection.create_channel().await {
-                    for queue in [&topology.queue, &topology.dead_letter_queue] {
+                    for queue in topology.queues() {
                         let _ = channel
-                            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                            .queue_delete(queue.into(), QueueDeleteOptions::default())
                             .await;
                     }
-                    let _ = channel
-                        .exchange_delete(
-                            topology.dead_letter_exchange.as_str().into(),
-                            ExchangeDeleteOptions::default(),
-                        )
-                        .await;
+                    for exchange in [&topology.dead_letter_exchange, &topology.events_exchange] {
+                        let _ = channel
+                            .exchange_delete(
+                                exchange.as_str().into(),
+                                ExchangeDeleteOptions::default(),
+                            )
+                            .await;
+                    }
                 }
                 let _ = connection.close(200, "cleanup".into()).await;
             });
@@ -428,17 +459,35 @@ pub fn settings_on_postgres(queue: &str, database_url: &str) -> Settings {
     settings
 }
 
-/// Orders recorded in the ledger's database, read directly (not through the service or a proxy).
+/// Orders fulfilled in the ledger's database, read directly (not through the service or a
+/// proxy).
 pub async fn applied_in_database(database_url: &str) -> i64 {
     let mut connection = PgConnection::connect(database_url)
         .await
         .expect("connect to the test database");
-    let count = sqlx::query_scalar("SELECT count(*) FROM warehouse.applied_orders")
-        .fetch_one(&mut connection)
-        .await
-        .expect("count the applied orders");
+    let count = sqlx::query_scalar(
+        "SELECT count(*) FROM warehouse.applied_orders WHERE outcome = 'fulfilled'",
+    )
+    .fetch_one(&mut connection)
+    .await
+    .expect("count the applied orders");
     let _ = connection.close().await;
     count
+}
+
+/// Every recorded outcome row in the ledger's database: uid → outcome (one row per uid, by the
+/// primary key).
+pub async fn outcomes_in_database(database_url: &str) -> HashMap<String, String> {
+    let mut connection = PgConnection::connect(database_url)
+        .await
+        .expect("connect to the test database");
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT order_uid, outcome FROM warehouse.applied_orders")
+            .fetch_all(&mut connection)
+            .await
+            .expect("read the outcomes");
+    let _ = connection.close().await;
+    rows.into_iter().collect()
 }
 
 /// The expected quantity per product of `orders`.
@@ -479,4 +528,145 @@ pub async fn queue_depth(queue: &str) -> (u64, u64) {
     })
     .await
     .expect("rabbitmqctl task")
+}
+
+/// The outcome events a test receives: every events message from the test topology's fanout
+/// exchange, read by a consumer of its own (auto-ack), kept in arrival order.
+pub struct EventListener {
+    connection: Connection,
+    messages: Arc<std::sync::Mutex<Vec<Result<OrderEvents, String>>>>,
+    task: JoinHandle<()>,
+}
+
+impl EventListener {
+    /// Binds a queue of the test's own (exclusive, deleted with the connection) to the events
+    /// exchange of `queue`'s topology (declared first, so it exists), and listens on it.
+    pub async fn bind(queue: &str) -> Self {
+        let connection = Self::connect(queue).await;
+        let channel = connection.create_channel().await.expect("channel");
+        let topology = Topology::new(queue, QueueType::Classic);
+        topology.declare(&channel).await.expect("declare");
+        let own = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare the listener's queue");
+        let name = own.name().to_string();
+        channel
+            .queue_bind(
+                name.as_str().into(),
+                topology.events_exchange.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind to the events exchange");
+        Self::consume(connection, channel, &name).await
+    }
+
+    /// Listens on an existing queue (e.g. the topology's own `order_events_queue`, which the
+    /// warehouse binds again whenever it redeclares the exchange).
+    pub async fn on_queue(queue: &str, events_queue: &str) -> Self {
+        let connection = Self::connect(queue).await;
+        let channel = connection.create_channel().await.expect("channel");
+        Topology::new(queue, QueueType::Classic)
+            .declare(&channel)
+            .await
+            .expect("declare");
+        Self::consume(connection, channel, events_queue).await
+    }
+
+    async fn connect(queue: &str) -> Connection {
+        Connection::connect(
+            DEFAULT_AMQP_URL,
+            ConnectionProperties::default().with_connection_name(format!("events-{queue}").into()),
+        )
+        .await
+        .expect("the broker at 127.0.0.1:5672 is reachable")
+    }
+
+    async fn consume(connection: Connection, channel: Channel, queue: &str) -> Self {
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                "test-events".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume the events");
+        let messages = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&messages);
+        let task = tokio::spawn(async move {
+            let _channel = channel;
+            while let Some(Ok(delivery)) = consumer.next().await {
+                // A bad message is kept as an error: a panic here would only end this task.
+                let received = OrderEvents::from_json(&delivery.data).and_then(|events| {
+                    if delivery.properties.delivery_mode() == &Some(2) {
+                        Ok(events)
+                    } else {
+                        Err("an events message that is not persistent".to_string())
+                    }
+                });
+                sink.lock().expect("lock").push(received);
+            }
+        });
+        Self {
+            connection,
+            messages,
+            task,
+        }
+    }
+
+    /// Every events message received so far (panics on one that was not a valid, persistent
+    /// `OrderEvents`).
+    pub fn messages(&self) -> Vec<OrderEvents> {
+        self.messages
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|received| received.clone().expect("a valid events message"))
+            .collect()
+    }
+
+    /// Every event received so far, in order.
+    pub fn events(&self) -> Vec<OrderEvent> {
+        self.messages()
+            .into_iter()
+            .flat_map(|message| message.events)
+            .collect()
+    }
+
+    /// The events received for one uid.
+    pub fn of(&self, order_uid: &str) -> Vec<OrderEvent> {
+        self.events()
+            .into_iter()
+            .filter(|event| event.order_uid == order_uid)
+            .collect()
+    }
+
+    /// Waits until at least `n` events have arrived; returns them all.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<OrderEvent> {
+        wait_for(&format!("{n} events"), timeout, || {
+            let events = self.events();
+            async move { (events.len() >= n).then_some(events) }
+        })
+        .await
+    }
+
+    pub async fn close(self) {
+        self.task.abort();
+        let _ = self.connection.close(200, "done".into()).await;
+    }
 }

@@ -252,3 +252,17 @@ fn an_invalid_setting_stops_the_binary_naming_the_variable() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("WAREHOUSE_CHANNELS"), "{stderr}");
 }
+
+#[test]
+fn an_invalid_fulfilment_delay_stops_the_binary_naming_the_variable() {
+    for value in ["soon", "-1", "600001"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_warehouse"))
+            .env("FULFILMENT_DELAY_MS", value)
+            .env("PORT", "0")
+            .output()
+            .expect("run the binary");
+        assert_eq!(output.status.code(), Some(1), "FULFILMENT_DELAY_MS={value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("FULFILMENT_DELAY_MS"), "{stderr}");
+    }
+}
