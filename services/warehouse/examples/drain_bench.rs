@@ -6,7 +6,7 @@
 //! 2. drains it with a bare consumer: C channels, prefetch P, doing nothing but ack;
 //! 3. refills it and drains it with the warehouse's own consumer (the library, in process):
 //!    parse, validate, hand over to the batch writers, dedupe and apply (one transaction per
-//!    batch with PostgreSQL), ack;
+//!    batch with PostgreSQL), publish the batch's outcome events under confirms, ack;
 //! 4. prints both rates and their ratio (target: >= 0.9 in memory, >= 0.5 into PostgreSQL), and
 //!    deletes its queues (and its schemas).
 //!
@@ -24,6 +24,7 @@ use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -350,6 +351,14 @@ async fn run(
             );
             let (label, elapsed) = if is_warehouse {
                 app = drain_warehouse(url, topology, args).await?;
+                // The drain's outcome events, which nobody consumes here, would pile up.
+                let purge = connection.create_channel().await?;
+                for queue in [&topology.order_events_queue, &topology.stock_events_queue] {
+                    purge
+                        .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
+                        .await?;
+                }
+                let _ = purge.close(200, "purged".into()).await;
                 ("warehouse drain  ", app)
             } else {
                 raw = drain_raw(url, &topology.queue, args).await?;
@@ -395,17 +404,16 @@ async fn main() -> anyhow::Result<()> {
     let result = run(&args, &url, &topology, &connection).await;
     // Always clean up the queues this run created.
     let channel = connection.create_channel().await?;
-    for name in [&topology.queue, &topology.dead_letter_queue] {
+    for name in topology.queues() {
         channel
-            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            .queue_delete(name.into(), QueueDeleteOptions::default())
             .await?;
     }
-    channel
-        .exchange_delete(
-            topology.dead_letter_exchange.as_str().into(),
-            ExchangeDeleteOptions::default(),
-        )
-        .await?;
+    for exchange in [&topology.dead_letter_exchange, &topology.events_exchange] {
+        channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
     let _ = connection.close(200, "bench done".into()).await;
     result
 }
