@@ -2,21 +2,10 @@
 //! that `on_both_stores!` runs once on the memory store and once on PostgreSQL.
 
 use crate::support::{
-    concurrent_creates, db_scalar, error_body, product, spawn_on, Backend, SCHEMA,
+    concurrent_creates, db_scalar, error_body, on_both_stores, product, spawn_on, Backend, SCHEMA,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-macro_rules! on_both_stores {
-    ($($test:ident),* $(,)?) => {
-        mod memory {
-            $( #[tokio::test] async fn $test() { super::$test(super::Backend::Memory).await; } )*
-        }
-        mod postgres {
-            $( #[tokio::test] async fn $test() { super::$test(super::Backend::Postgres).await; } )*
-        }
-    };
-}
 
 on_both_stores!(
     create_then_read_by_both_paths,

@@ -3,10 +3,15 @@
 //! - this file: the HTTP plumbing, which does not depend on the store (memory store);
 //! - [`behaviour`]: the catalog's behaviour, run once per store (memory and PostgreSQL);
 //! - [`instances`]: several instances on one database (visibility, ids, start-up races);
-//! - [`store_down`]: PostgreSQL cut away under a running service, and back.
+//! - [`store_down`]: PostgreSQL cut away under a running service, and back;
+//! - [`stock`]: stock, pages and reservations, run once per store (concurrency and timeout
+//!   included);
+//! - [`events`]: the warehouse's outcome events through the real broker, once per store.
 
 mod behaviour;
+mod events;
 mod instances;
+mod stock;
 mod store_down;
 mod support;
 
