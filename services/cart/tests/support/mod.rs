@@ -295,6 +295,15 @@ impl TestApp {
         cancels
     }
 
+    /// Declares the test's topology again (after `delete_queues`).
+    pub async fn declare_queues(&self) {
+        let channel = self.broker.create_channel().await.expect("channel");
+        Topology::new(&self.queue, QueueType::Classic)
+            .declare(&channel)
+            .await
+            .expect("declare");
+    }
+
     pub async fn delete_queues(&self) {
         let channel = self.broker.create_channel().await.expect("channel");
         let topology = Topology::new(&self.queue, QueueType::Classic);
