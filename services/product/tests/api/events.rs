@@ -515,6 +515,51 @@ async fn the_service_runs_without_the_broker_and_catches_up_when_it_is_back(back
     assert_eq!(app.levels(a).await, Levels::new(3, 0, 2, 0));
 }
 
+/// The consumer and the sweeper stop with the service: the connection is closed (the broker
+/// sees no consumer left), and `run_until_stopped` returns.
+#[tokio::test]
+async fn shutdown_stops_the_consumer_and_closes_its_connection() {
+    let broker = TestBroker::new().await;
+    let mut settings = Settings::for_tests();
+    settings.events = Some(broker.settings());
+    let app = product_service::Application::build(settings)
+        .await
+        .expect("build");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = common::shutdown::CancellationToken::new();
+    let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let consumers = || async {
+        let channel = broker._connection.create_channel().await.expect("channel");
+        let declared = channel
+            .queue_declare(
+                broker.topology.stock_events_queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declared");
+        let _ = channel.close(200, "done".into()).await;
+        declared.consumer_count()
+    };
+    wait_for("the consumer", APPLIED, || async {
+        (consumers().await == 1).then_some(())
+    })
+    .await;
+    let health = reqwest::get(format!("{base}/health")).await.expect("up");
+    assert_eq!(health.status(), StatusCode::OK);
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("stopped in time")
+        .expect("task")
+        .expect("served");
+    assert_eq!(consumers().await, 0, "the consumer's connection is closed");
+}
+
 /// PostgreSQL goes away while an event waits: the message is held (not acked, not
 /// dead-lettered) and applied once the database is back.
 #[tokio::test]

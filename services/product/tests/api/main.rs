@@ -110,3 +110,33 @@ async fn a_good_instance_never_fails() {
         assert_eq!(app.get("/products/1").await.status(), StatusCode::OK);
     }
 }
+
+/// A bad value of a stock variable stops the binary at start, naming the variable (the same
+/// rule as every other variable: a typo must not silently become the default).
+#[tokio::test]
+async fn invalid_stock_settings_stop_the_start_naming_the_variable() {
+    let cases = [
+        ("SEED_STOCK", "-1"),
+        ("SEED_STOCK", "lots"),
+        ("SEED_STOCK", "1000000000001"),
+        ("RESERVATION_TTL_MS", "0"),
+        ("RESERVATION_TTL_MS", "10m"),
+        ("RECONNECT_MIN_MS", "0"),
+        ("AMQP_URL", "http://127.0.0.1:5672"),
+    ];
+    for (name, value) in cases {
+        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_product-service"))
+            .env_clear()
+            .env("PORT", "0")
+            .env(name, value)
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(std::time::Duration::from_secs(20), run)
+            .await
+            .unwrap_or_else(|_| panic!("{name}={value}: the service started instead of refusing"))
+            .expect("run the binary");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{name}={value}: {stderr}");
+        assert!(stderr.contains(name), "{name}={value}: {stderr}");
+    }
+}
