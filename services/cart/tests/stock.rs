@@ -197,3 +197,40 @@ async fn without_reservations_checkout_leaves_stock_alone() {
     assert_eq!(stock_of(&app, product).await["quantity_on_hand"], 1);
     app.delete_queues().await;
 }
+
+#[tokio::test]
+async fn a_cart_changed_after_a_failed_checkout_reserves_its_new_items() {
+    let app = spawn_app().await;
+    let product = product_with_stock(&app, 10).await;
+    let cart = cart_with(&app, product, 2).await;
+    // Warm the publisher, then take its queue away: the next publish is returned unroutable,
+    // a certain failure, so the checkout releases its reservation and reopens the cart.
+    let warm = cart_with(&app, product, 1).await;
+    assert_eq!(app.checkout(warm, CARD).await.status(), StatusCode::OK);
+    app.delete_queues().await;
+    let resp = app.checkout(cart, CARD).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let stock = stock_of(&app, product).await;
+    assert_eq!(
+        (&stock["quantity_on_hand"], &stock["reserved"]),
+        (&json!(9), &json!(1)),
+        "{stock}"
+    );
+    app.declare_queues().await;
+
+    // The customer changes the cart; the retry reserves what the cart holds now (the same
+    // order uid, other items).
+    assert_eq!(
+        app.add_item(cart, product, 3).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let resp = app.checkout(cart, CARD).await;
+    assert_eq!(resp.status(), StatusCode::OK, "{:?}", resp.text().await);
+    let stock = stock_of(&app, product).await;
+    assert_eq!(
+        (&stock["quantity_on_hand"], &stock["reserved"]),
+        (&json!(4), &json!(6)),
+        "{stock}"
+    );
+    app.delete_queues().await;
+}

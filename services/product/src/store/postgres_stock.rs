@@ -284,10 +284,21 @@ async fn reserve_in(
             let mut w = Working::new(by_uid(existing.clone()), rows);
             stock::hold(&mut w.rows, items)?;
             let reservation = stock::held(existing, order_uid, items.to_vec(), now);
-            // A new one was inserted as it is; only a re-held one needs its row updated.
+            // A new one was inserted as it is; only a re-held one needs its row updated, items
+            // included (it may be re-held with other items).
             if !is_new {
                 w.reservations
                     .insert(order_uid.to_string(), reservation.clone());
+                sqlx::query(
+                    "UPDATE reservations SET product_ids = $2, quantities = $3 \
+                     WHERE order_uid = $1",
+                )
+                .bind(order_uid)
+                .bind(&ids)
+                .bind(&quantities)
+                .execute(&mut *conn)
+                .await
+                .map_err(db)?;
             }
             write_back(conn, &w).await?;
             Ok(Reserved {
@@ -363,7 +374,12 @@ async fn apply_events_in(
     conn: &mut PgConnection,
     events: &[OrderEvent],
 ) -> Result<EventTally, StockError> {
-    let mut uids: Vec<&str> = events.iter().map(|e| e.order_uid.as_str()).collect();
+    // A uid no reservation can have is unknown without asking (PostgreSQL would refuse a NUL).
+    let mut uids: Vec<&str> = events
+        .iter()
+        .map(|e| e.order_uid.as_str())
+        .filter(|uid| stock::could_exist(uid))
+        .collect();
     uids.sort_unstable();
     uids.dedup();
     let rows = sqlx::query_as::<_, ReservationRow>(LOCK_RESERVATIONS)
