@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -168,6 +168,20 @@ impl Conn {
         started: Instant,
         stop_at: Option<Instant>,
     ) -> Result<Resp, Failure> {
+        self.request_with(method, path, &[], body, started, stop_at)
+            .await
+    }
+
+    /// [`Conn::request`] with extra request headers (e.g. `Idempotency-Key`).
+    pub async fn request_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Option<Bytes>,
+        started: Instant,
+        stop_at: Option<Instant>,
+    ) -> Result<Resp, Failure> {
         let timeout_at = started + self.timeout;
         let (deadline, on_deadline) = match stop_at {
             Some(s) if s < timeout_at => (s, Failure::Stopped),
@@ -190,6 +204,9 @@ impl Conn {
         if has_body {
             req.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        for (name, value) in headers {
+            req.headers_mut().insert(name.clone(), value.clone());
         }
 
         // At most one retry, and only when the request provably was not sent (stale keep-alive
