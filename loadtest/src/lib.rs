@@ -1,8 +1,9 @@
 //! Load tester for the e-commerce reference system.
 //!
-//! Scenarios (`checkout`, `flow`, `product`) run against a base URL (gateway or ALB) with
-//! `--concurrency` workers, either as a closed model (each worker sends, awaits, repeats) or an
-//! open model (`--rate`: fixed arrival rate, latency measured from the intended send time).
+//! Scenarios (`checkout`, `flow`, `product`, `lifecycle`) run against a base URL (gateway or
+//! ALB) with `--concurrency` workers, either as a closed model (each worker sends, awaits,
+//! repeats) or an open model (`--rate`: fixed arrival rate, latency measured from the intended
+//! send time).
 //! The binary `loadtest` is a thin wrapper around [`run`] and [`output::write_all`].
 
 pub mod http;
@@ -33,6 +34,9 @@ pub enum Scenario {
     Flow,
     /// GET /products/{id} flood; tallies responses per `x-served-by` instance over time.
     Product,
+    /// Per iteration: create cart → add 1–3 items → checkout (Idempotency-Key) → poll the
+    /// order, cancel a share of orders and poll them until final → list the customer's orders.
+    Lifecycle,
 }
 
 impl std::fmt::Display for Scenario {
@@ -41,6 +45,7 @@ impl std::fmt::Display for Scenario {
             Scenario::Checkout => "checkout",
             Scenario::Flow => "flow",
             Scenario::Product => "product",
+            Scenario::Lifecycle => "lifecycle",
         })
     }
 }
@@ -68,7 +73,7 @@ pub struct Cli {
     )]
     pub base_url: String,
     /// Iterations to run (checkout: carts prepared in setup and checked out). Default 200000;
-    /// with --duration and no --requests, flow/product run until the time is up.
+    /// with --duration and no --requests, flow/product/lifecycle run until the time is up.
     #[arg(long, short = 'n')]
     pub requests: Option<u64>,
     /// Concurrent workers = open connections = cap on outstanding requests.
@@ -101,6 +106,80 @@ pub struct Cli {
     /// Print the summary as JSON on stdout instead of the text report.
     #[arg(long)]
     pub json: bool,
+    /// lifecycle: GET /orders/{id} this many times after a checkout that placed an order.
+    #[arg(long, default_value_t = LifecycleConfig::DEFAULT.polls)]
+    pub polls: u32,
+    /// lifecycle: share of orders (0..=1, or 20%) cancelled right after their checkout, spread
+    /// evenly over the iterations.
+    #[arg(long, value_parser = parse_share, default_value_t = LifecycleConfig::DEFAULT.cancel_share)]
+    pub cancel_share: f64,
+    /// lifecycle: after a cancel, poll until the order is final, at most this many times.
+    #[arg(long, default_value_t = LifecycleConfig::DEFAULT.final_polls)]
+    pub final_polls: u32,
+    /// lifecycle: pause before each poll (0 = none), e.g. 100ms.
+    #[arg(long, value_parser = parse_pause, default_value = "100ms")]
+    pub poll_interval: Duration,
+}
+
+/// Settings of the `lifecycle` scenario (ignored by the others).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct LifecycleConfig {
+    /// Polls of `GET /orders/{id}` for an order that is not cancelled.
+    pub polls: u32,
+    /// Share of orders cancelled right after their checkout.
+    pub cancel_share: f64,
+    /// Bound on the polls after a cancel (stops earlier once the order is final).
+    pub final_polls: u32,
+    /// Pause before each poll: gives the warehouse time to decide, like a client's poll timer.
+    #[serde(serialize_with = "serialize_ms")]
+    pub poll_interval: Duration,
+}
+
+impl LifecycleConfig {
+    pub const DEFAULT: LifecycleConfig = LifecycleConfig {
+        polls: 2,
+        cancel_share: 0.2,
+        final_polls: 20,
+        poll_interval: Duration::from_millis(100),
+    };
+    /// Upper bound on either poll count: a typo like 10000 would make one iteration hours long.
+    pub const MAX_POLLS: u32 = 1000;
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig::DEFAULT
+    }
+}
+
+fn serialize_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+/// Parse a share between 0 and 1 (`0.2`; also `20%`).
+pub fn parse_share(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let v = match t.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => t.parse::<f64>(),
+    }
+    .map_err(|_| format!("invalid share {s:?} (a number between 0 and 1, e.g. 0.2, or 20%)"))?;
+    if !v.is_finite() || !(0.0..=1.0).contains(&v) {
+        return Err(format!("share {s:?} must be between 0 and 1"));
+    }
+    Ok(v)
+}
+
+/// Like [`parse_duration`], but `0` (no pause) is allowed.
+pub fn parse_pause(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t.trim_end_matches(|c: char| c.is_ascii_alphabetic())
+        .parse::<f64>()
+        .is_ok_and(|v| v == 0.0)
+    {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(t)
 }
 
 /// Parse `500ms`, `10s`, `2m`, `1h` or a plain number of seconds.
@@ -145,6 +224,8 @@ pub struct RunConfig {
     pub quiet: bool,
     /// Load-generator threads (`None` = one per core, at most one per worker).
     pub threads: Option<usize>,
+    /// `lifecycle` only.
+    pub lifecycle: LifecycleConfig,
 }
 
 impl RunConfig {
@@ -162,6 +243,7 @@ impl RunConfig {
             card: "1234-5678-9012-3456".into(),
             quiet: true,
             threads: None,
+            lifecycle: LifecycleConfig::DEFAULT,
         }
     }
 
@@ -169,7 +251,7 @@ impl RunConfig {
     pub fn effective_requests(&self) -> u64 {
         match (self.requests, self.duration, self.scenario) {
             (Some(n), _, _) => n,
-            (None, Some(_), Scenario::Flow | Scenario::Product) => u64::MAX,
+            (None, Some(_), Scenario::Flow | Scenario::Product | Scenario::Lifecycle) => u64::MAX,
             (None, _, _) => DEFAULT_REQUESTS,
         }
     }
@@ -203,6 +285,19 @@ impl RunConfig {
         if self.products == 0 {
             bail!("--products must be at least 1");
         }
+        let l = &self.lifecycle;
+        if !l.cancel_share.is_finite() || !(0.0..=1.0).contains(&l.cancel_share) {
+            bail!("--cancel-share must be between 0 and 1");
+        }
+        if l.polls > LifecycleConfig::MAX_POLLS || l.final_polls > LifecycleConfig::MAX_POLLS {
+            bail!(
+                "--polls and --final-polls must be at most {}",
+                LifecycleConfig::MAX_POLLS
+            );
+        }
+        if l.poll_interval > Duration::from_secs(60) {
+            bail!("--poll-interval must be at most 60s");
+        }
         Ok(())
     }
 }
@@ -221,6 +316,12 @@ impl From<&Cli> for RunConfig {
             card: c.card.clone(),
             quiet: c.quiet || c.json,
             threads: c.threads,
+            lifecycle: LifecycleConfig {
+                polls: c.polls,
+                cancel_share: c.cancel_share,
+                final_polls: c.final_polls,
+                poll_interval: c.poll_interval,
+            },
         }
     }
 }

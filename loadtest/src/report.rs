@@ -9,8 +9,10 @@ use serde::Serialize;
 
 use crate::http::Target;
 use crate::run::step_names;
-use crate::stats::{header_text, new_hist, SecondRow, StepStats, Tally, WorkerRec};
-use crate::{RunConfig, Scenario};
+use crate::stats::{
+    header_text, new_hist, LifecycleTallies, SecondRow, StepStats, Tally, WorkerRec,
+};
+use crate::{LifecycleConfig, RunConfig, Scenario};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SetupReport {
@@ -136,6 +138,14 @@ pub struct InstanceShare {
     pub share: f64,
 }
 
+/// The `lifecycle` scenario's settings and end-of-run tallies.
+#[derive(Debug, Clone, Serialize)]
+pub struct LifecycleReport {
+    pub settings: LifecycleConfig,
+    #[serde(flatten)]
+    pub tallies: LifecycleTallies,
+}
+
 /// Everything a run produced.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -162,6 +172,9 @@ pub struct Report {
     pub served_by: Vec<InstanceShare>,
     /// Connections opened in the timed phase (workers + reconnects).
     pub connections: u64,
+    /// `lifecycle` only: orders placed, cancels by answer, final statuses, failures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<LifecycleReport>,
     #[serde(skip)]
     pub timeseries: Vec<SecondRow>,
 }
@@ -185,7 +198,9 @@ pub(crate) fn build_report(
     let mut started = 0;
     let mut late = 0;
     let mut connections = 0;
+    let mut lifecycle = LifecycleTallies::default();
     for (r, conns) in &recs {
+        lifecycle.merge(&r.lifecycle);
         iter.merge(&r.iter);
         for (acc, s) in steps.iter_mut().zip(&r.steps) {
             acc.merge(s);
@@ -253,6 +268,10 @@ pub(crate) fn build_report(
         open_model,
         served_by,
         connections,
+        lifecycle: (cfg.scenario == Scenario::Lifecycle).then_some(LifecycleReport {
+            settings: cfg.lifecycle,
+            tallies: lifecycle,
+        }),
         timeseries,
     }
 }
@@ -281,7 +300,7 @@ impl Report {
             );
         }
         let unit = match self.scenario {
-            Scenario::Flow => "iterations",
+            Scenario::Flow | Scenario::Lifecycle => "iterations",
             _ => "requests",
         };
         let _ = writeln!(
@@ -332,6 +351,10 @@ impl Report {
                 "(open model: latency is measured from the intended send time)"
             );
         }
+        if let Some(l) = &self.lifecycle {
+            o.push('\n');
+            l.write_text(&mut o);
+        }
         if !self.served_by.is_empty() {
             o.push('\n');
             let _ = writeln!(o, "responses per x-served-by instance:");
@@ -346,6 +369,68 @@ impl Report {
             }
         }
         o
+    }
+}
+
+impl LifecycleReport {
+    fn write_text(&self, o: &mut String) {
+        let (s, t) = (&self.settings, &self.tallies);
+        let _ = writeln!(
+            o,
+            "lifecycle: {} polls per order; {:.0}% cancelled, then polled until final (at most {}); {} ms between polls",
+            s.polls,
+            s.cancel_share * 100.0,
+            s.final_polls,
+            s.poll_interval.as_millis()
+        );
+        let c = &t.checkouts;
+        let _ = writeln!(
+            o,
+            "  checkouts     {:>9}: placed (200) {}, pending (202) {}, out of stock (409) {}, declined (402) {}, failed {}",
+            c.placed + c.pending + c.out_of_stock + c.declined + c.failed,
+            c.placed,
+            c.pending,
+            c.out_of_stock,
+            c.declined,
+            c.failed
+        );
+        let c = &t.cancels;
+        let _ = writeln!(
+            o,
+            "  cancels       {:>9}: accepted (202) {}, already cancelled (200) {}, already fulfilled (409) {}, failed {}",
+            c.accepted + c.already_cancelled + c.already_fulfilled + c.failed,
+            c.accepted,
+            c.already_cancelled,
+            c.already_fulfilled,
+            c.failed
+        );
+        let f = &t.final_status;
+        let _ = writeln!(
+            o,
+            "  final status  {:>9}: fulfilled {}, cancelled {}, still not final {}, not followed to the end {}",
+            f.fulfilled + f.cancelled + f.not_final + f.unknown,
+            f.fulfilled,
+            f.cancelled,
+            f.not_final,
+            f.unknown
+        );
+        let i = &t.iterations;
+        let _ = writeln!(
+            o,
+            "  iterations    {:>9}: ok {}, failed {} (5xx {}, unexpected status {}, transport {}, timeout {}, bad body {})",
+            i.ok + i.failed,
+            i.ok,
+            i.failed,
+            i.failed_5xx,
+            i.failed_unexpected_status,
+            i.failed_transport,
+            i.failed_timeout,
+            i.failed_invalid
+        );
+        let _ = writeln!(
+            o,
+            "  (402, 409 OUT_OF_STOCK and 409 ORDER_ALREADY_FULFILLED are expected outcomes, not failures)"
+        );
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::Method;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Deserialize;
@@ -19,7 +20,7 @@ use tokio::time::Instant;
 use crate::http::{preflight, Conn, Failure, Target};
 use crate::report::{build_report, Report};
 use crate::stats::{collect_seconds, Live, Outcome, SecondBucket, WorkerRec};
-use crate::{RunConfig, Scenario};
+use crate::{LifecycleConfig, RunConfig, Scenario};
 
 /// Requests sent more than this after their intended time count as "late" (open model).
 const LATE_AFTER: Duration = Duration::from_millis(10);
@@ -32,7 +33,25 @@ pub fn step_names(s: Scenario) -> &'static [&'static str] {
         Scenario::Checkout => &["checkout"],
         Scenario::Flow => &["create_cart", "add_item", "checkout"],
         Scenario::Product => &["get_product"],
+        Scenario::Lifecycle => &[
+            "create_cart",
+            "add_item",
+            "checkout",
+            "get_order",
+            "cancel",
+            "list_orders",
+        ],
     }
+}
+
+/// Step indices of the `lifecycle` scenario (see [`step_names`]).
+mod lc {
+    pub const CREATE_CART: usize = 0;
+    pub const ADD_ITEM: usize = 1;
+    pub const CHECKOUT: usize = 2;
+    pub const GET_ORDER: usize = 3;
+    pub const CANCEL: usize = 4;
+    pub const LIST_ORDERS: usize = 5;
 }
 
 /// Shared, read-only context of the timed phase plus the ticket counter.
@@ -50,6 +69,12 @@ struct Ctx {
     products: u64,
     carts: Vec<u64>,
     checkout_body: Bytes,
+    lifecycle: LifecycleConfig,
+    /// `--cancel-share` in millionths, for an exact integer spread over iterations.
+    cancel_ppm: u64,
+    /// Prefix of this run's idempotency keys: unique per run, so that a second run against
+    /// the same server is not answered from the first one's keys.
+    run_id: String,
 }
 
 #[derive(Deserialize)]
@@ -139,6 +164,9 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         products: cfg.products.max(1),
         carts,
         checkout_body,
+        lifecycle: cfg.lifecycle,
+        cancel_ppm: (cfg.lifecycle.cancel_share.clamp(0.0, 1.0) * 1e6).round() as u64,
+        run_id: run_id(),
     });
     let _ = go_tx.send(Some(ctx.clone()));
 
@@ -430,7 +458,356 @@ async fn iteration(
                 timed_step(conn, rec, 2, done, Method::POST, &path, body, stop).await;
             (o, done)
         }
+        Scenario::Lifecycle => lifecycle(ctx, conn, t, rec, sent).await,
     }
+}
+
+/// `lt-<start time>-<pid>`: the run's prefix for idempotency keys.
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("lt-{nanos:x}-{:x}", std::process::id())
+}
+
+fn idempotency_key() -> HeaderName {
+    HeaderName::from_static("idempotency-key")
+}
+
+/// splitmix64: a well-mixed hash of the iteration number, so item counts and products do not
+/// follow the ticket order (which correlates with the cancel spread and the server's counters).
+fn mix(t: u64) -> u64 {
+    let mut z = t.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Whether iteration `t` cancels its order: spreads exactly `ppm` millionths of iterations
+/// evenly (iteration t is chosen when ⌊(t+1)·share⌋ passes ⌊t·share⌋).
+fn cancels(t: u64, ppm: u64) -> bool {
+    let (t, ppm) = (u128::from(t), u128::from(ppm));
+    (t + 1) * ppm / 1_000_000 > t * ppm / 1_000_000
+}
+
+/// An order's status as the API spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OrderStatus {
+    Pending,
+    Placed,
+    Cancelling,
+    Fulfilled,
+    Cancelled,
+}
+
+impl OrderStatus {
+    fn parse(s: &str) -> Option<OrderStatus> {
+        Some(match s {
+            "pending" => OrderStatus::Pending,
+            "placed" => OrderStatus::Placed,
+            "cancelling" => OrderStatus::Cancelling,
+            "fulfilled" => OrderStatus::Fulfilled,
+            "cancelled" => OrderStatus::Cancelled,
+            _ => return None,
+        })
+    }
+
+    fn is_final(self) -> bool {
+        matches!(self, OrderStatus::Fulfilled | OrderStatus::Cancelled)
+    }
+}
+
+/// `{order_id, status?}` of a checkout, `{…, status, …}` of an order or a cancel.
+#[derive(Deserialize)]
+struct OrderBody {
+    order_id: Option<u64>,
+    status: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+fn order_body(body: Option<&Bytes>) -> Option<OrderBody> {
+    body.and_then(|b| serde_json::from_slice(b).ok())
+}
+
+fn error_code(body: Option<&Bytes>) -> Option<String> {
+    body.and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok())
+        .map(|e| e.error)
+}
+
+/// Status from an order-shaped body, if it has a known one.
+fn body_status(body: Option<&Bytes>) -> Option<OrderStatus> {
+    order_body(body)?
+        .status
+        .as_deref()
+        .and_then(OrderStatus::parse)
+}
+
+/// Wait `d` before the next poll. `Err` when the run's stop time comes first.
+async fn pause(d: Duration, stop: Option<Instant>) -> Result<Instant, Instant> {
+    if d.is_zero() {
+        return Ok(Instant::now());
+    }
+    let until = Instant::now() + d;
+    match stop {
+        Some(s) if s <= until => {
+            tokio::time::sleep_until(s).await;
+            Err(Instant::now())
+        }
+        _ => {
+            tokio::time::sleep_until(until).await;
+            Ok(Instant::now())
+        }
+    }
+}
+
+/// One iteration of `lifecycle`: create a cart, add 1–3 items, check out with an
+/// `Idempotency-Key`; for an order (200/202), cancel it if chosen and poll it until final
+/// (bounded), or else poll it `--polls` times; list the customer's orders. Stops at the first
+/// failure (5xx, transport, timeout, unexpected status or body), which is the iteration's
+/// outcome; otherwise the outcome is the checkout's status.
+async fn lifecycle(
+    ctx: &Ctx,
+    conn: &mut Conn,
+    t: u64,
+    rec: &RefCell<WorkerRec>,
+    sent: Instant,
+) -> (Outcome, Instant) {
+    let stop = ctx.end;
+    let cfg = &ctx.lifecycle;
+    let fail = |o: Outcome, at: Instant| {
+        rec.borrow_mut().lifecycle.failure(o);
+        (o, at)
+    };
+    let customer = t % 10_000 + 1;
+    let body = Bytes::from(format!("{{\"customer_id\":{customer}}}"));
+    let (o, resp, done) = timed_step(
+        conn,
+        rec,
+        lc::CREATE_CART,
+        sent,
+        Method::POST,
+        "/shopping-cart",
+        Some(body),
+        stop,
+    )
+    .await;
+    if !o.is_ok() {
+        return fail(o, done);
+    }
+    let cart = match resp.and_then(|b| serde_json::from_slice::<CartCreated>(&b).ok()) {
+        Some(c) => c.shopping_cart_id,
+        None => return fail(Outcome::Invalid(201), done),
+    };
+
+    let h = mix(t);
+    let items = h % 3 + 1;
+    let first = (h >> 8) % ctx.products;
+    let path = format!("/shopping-carts/{cart}/addItem");
+    let mut done = done;
+    for k in 0..items {
+        let body = Bytes::from(format!(
+            "{{\"product_id\":{},\"quantity\":1}}",
+            (first + k) % ctx.products + 1
+        ));
+        let (o, _, d) = timed_step(
+            conn,
+            rec,
+            lc::ADD_ITEM,
+            done,
+            Method::POST,
+            &path,
+            Some(body),
+            stop,
+        )
+        .await;
+        if !o.is_ok() {
+            return fail(o, d);
+        }
+        done = d;
+    }
+
+    // Older servers ignore the header; the key is unique per run and iteration.
+    let key = HeaderValue::from_str(&format!("{}-{t}", ctx.run_id));
+    let headers: Vec<(HeaderName, HeaderValue)> =
+        key.into_iter().map(|k| (idempotency_key(), k)).collect();
+    let path = format!("/shopping-carts/{cart}/checkout");
+    let (checkout, resp, done) = timed_request(
+        conn,
+        rec,
+        lc::CHECKOUT,
+        done,
+        Method::POST,
+        &path,
+        &headers,
+        Some(ctx.checkout_body.clone()),
+        stop,
+    )
+    .await;
+    let order = match checkout {
+        Outcome::Status(code @ (200 | 202)) => match order_body(resp.as_ref()) {
+            Some(OrderBody {
+                order_id: Some(id),
+                status,
+            }) => {
+                let mut r = rec.borrow_mut();
+                let seen = status.as_deref().and_then(OrderStatus::parse);
+                if code == 200 {
+                    r.lifecycle.checkouts.placed += 1;
+                } else {
+                    r.lifecycle.checkouts.pending += 1;
+                }
+                let default = if code == 200 {
+                    OrderStatus::Placed
+                } else {
+                    OrderStatus::Pending
+                };
+                Some((id, seen.unwrap_or(default)))
+            }
+            _ => {
+                rec.borrow_mut().lifecycle.checkouts.failed += 1;
+                return fail(Outcome::Invalid(code), done);
+            }
+        },
+        Outcome::Status(402) => {
+            rec.borrow_mut().lifecycle.checkouts.declined += 1;
+            None
+        }
+        Outcome::Status(409) if error_code(resp.as_ref()).as_deref() == Some("OUT_OF_STOCK") => {
+            rec.borrow_mut().lifecycle.checkouts.out_of_stock += 1;
+            None
+        }
+        Outcome::Failed(Failure::Stopped) => return (checkout, done),
+        other => {
+            rec.borrow_mut().lifecycle.checkouts.failed += 1;
+            return fail(other, done);
+        }
+    };
+
+    let mut done = done;
+    if let Some((id, status)) = order {
+        match follow_order(ctx, cfg, conn, t, rec, id, status, done).await {
+            Ok((status, d)) => {
+                let mut r = rec.borrow_mut();
+                let f = &mut r.lifecycle.final_status;
+                match status {
+                    OrderStatus::Fulfilled => f.fulfilled += 1,
+                    OrderStatus::Cancelled => f.cancelled += 1,
+                    _ => f.not_final += 1,
+                }
+                done = d;
+            }
+            Err((o, d)) => {
+                rec.borrow_mut().lifecycle.final_status.unknown += 1;
+                return fail(o, d);
+            }
+        }
+    }
+
+    let path = format!("/customers/{customer}/orders?limit=10");
+    let (o, resp, done) = timed_step(
+        conn,
+        rec,
+        lc::LIST_ORDERS,
+        done,
+        Method::GET,
+        &path,
+        None,
+        stop,
+    )
+    .await;
+    if o != Outcome::Status(200) {
+        return fail(o, done);
+    }
+    let page = resp.and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    if !page.is_some_and(|p| p.get("items").is_some_and(serde_json::Value::is_array)) {
+        return fail(Outcome::Invalid(200), done);
+    }
+    rec.borrow_mut().lifecycle.iterations.ok += 1;
+    (checkout, done)
+}
+
+/// The order part of a `lifecycle` iteration: cancel (if `t` is chosen) and poll until final,
+/// or poll `--polls` times. Returns the last status seen, or the outcome that ended it.
+#[allow(clippy::too_many_arguments)]
+async fn follow_order(
+    ctx: &Ctx,
+    cfg: &LifecycleConfig,
+    conn: &mut Conn,
+    t: u64,
+    rec: &RefCell<WorkerRec>,
+    id: u64,
+    mut status: OrderStatus,
+    mut done: Instant,
+) -> Result<(OrderStatus, Instant), (Outcome, Instant)> {
+    let stop = ctx.end;
+    let cancel = cancels(t, ctx.cancel_ppm);
+    let polls = if cancel {
+        let path = format!("/orders/{id}/cancel");
+        let (o, resp, d) =
+            timed_step(conn, rec, lc::CANCEL, done, Method::POST, &path, None, stop).await;
+        done = d;
+        let mut r = rec.borrow_mut();
+        let c = &mut r.lifecycle.cancels;
+        match o {
+            Outcome::Status(202) => {
+                c.accepted += 1;
+                status = body_status(resp.as_ref()).unwrap_or(OrderStatus::Cancelling);
+            }
+            Outcome::Status(200) => {
+                c.already_cancelled += 1;
+                status = OrderStatus::Cancelled;
+            }
+            Outcome::Status(409)
+                if error_code(resp.as_ref()).as_deref() == Some("ORDER_ALREADY_FULFILLED") =>
+            {
+                c.already_fulfilled += 1;
+                status = OrderStatus::Fulfilled;
+            }
+            Outcome::Failed(Failure::Stopped) => return Err((o, done)),
+            other => {
+                c.failed += 1;
+                return Err((other, done));
+            }
+        }
+        cfg.final_polls
+    } else {
+        cfg.polls
+    };
+    let path = format!("/orders/{id}");
+    for _ in 0..polls {
+        // After a cancel, polling ends as soon as the order is final.
+        if cancel && status.is_final() {
+            break;
+        }
+        let now = match pause(cfg.poll_interval, stop).await {
+            Ok(now) => now,
+            Err(now) => return Err((Outcome::Failed(Failure::Stopped), now)),
+        };
+        let (o, resp, d) = timed_step(
+            conn,
+            rec,
+            lc::GET_ORDER,
+            now,
+            Method::GET,
+            &path,
+            None,
+            stop,
+        )
+        .await;
+        done = d;
+        if o != Outcome::Status(200) {
+            return Err((o, done));
+        }
+        status = match body_status(resp.as_ref()) {
+            Some(s) => s,
+            None => return Err((Outcome::Invalid(200), done)),
+        };
+    }
+    Ok((status, done))
 }
 
 /// Send one request (starting now, `t0` being "now" as already measured), record it as step
@@ -446,7 +823,25 @@ async fn timed_step(
     body: Option<Bytes>,
     stop: Option<Instant>,
 ) -> (Outcome, Option<Bytes>, Instant) {
-    let res = conn.request(method, path, body, t0, stop).await;
+    timed_request(conn, rec, idx, t0, method, path, &[], body, stop).await
+}
+
+/// [`timed_step`] with extra request headers.
+#[allow(clippy::too_many_arguments)]
+async fn timed_request(
+    conn: &mut Conn,
+    rec: &RefCell<WorkerRec>,
+    idx: usize,
+    t0: Instant,
+    method: Method,
+    path: &str,
+    headers: &[(HeaderName, HeaderValue)],
+    body: Option<Bytes>,
+    stop: Option<Instant>,
+) -> (Outcome, Option<Bytes>, Instant) {
+    let res = conn
+        .request_with(method, path, headers, body, t0, stop)
+        .await;
     let done = Instant::now();
     let mut rec = rec.borrow_mut();
     let (o, body) = match res {

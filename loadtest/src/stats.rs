@@ -187,6 +187,114 @@ impl SecondBucket {
     }
 }
 
+/// Checkout answers of the `lifecycle` scenario.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CheckoutTally {
+    /// 200: the broker confirmed the order.
+    pub placed: u64,
+    /// 202: the confirm was lost; the order is `pending`.
+    pub pending: u64,
+    /// 409 `OUT_OF_STOCK` (expected, not a failure).
+    pub out_of_stock: u64,
+    /// 402 (expected, not a failure).
+    pub declined: u64,
+    /// 5xx, transport errors, timeouts, unusable bodies and any other status.
+    pub failed: u64,
+}
+
+/// Cancel answers of the `lifecycle` scenario (one per cancel request that got an answer).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CancelTally {
+    /// 202: the cancel is on its way (`cancelling`).
+    pub accepted: u64,
+    /// 200: the order was already cancelled.
+    pub already_cancelled: u64,
+    /// 409 `ORDER_ALREADY_FULFILLED`: the warehouse was first (expected, not a failure).
+    pub already_fulfilled: u64,
+    /// 5xx (e.g. 503 `BROKER_UNAVAILABLE`), transport errors, timeouts, any other status.
+    pub failed: u64,
+}
+
+/// The last status seen of each order a checkout created (200 or 202), counted once per order.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FinalTally {
+    pub fulfilled: u64,
+    pub cancelled: u64,
+    /// Still `pending`, `placed` or `cancelling` when its polls were used up.
+    pub not_final: u64,
+    /// Not followed to the end: a failure or the stop time ended its iteration first.
+    pub unknown: u64,
+}
+
+/// How `lifecycle` iterations ended. Expected non-2xx answers (402, 409 `OUT_OF_STOCK`,
+/// 409 `ORDER_ALREADY_FULFILLED`) are not failures; iterations cut at the stop time are in
+/// neither count.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct IterationTally {
+    pub ok: u64,
+    pub failed: u64,
+    /// The failures by the kind of the request that ended them.
+    pub failed_5xx: u64,
+    /// Any status the step does not expect (e.g. 404 for an order just placed, 400).
+    pub failed_unexpected_status: u64,
+    pub failed_transport: u64,
+    pub failed_timeout: u64,
+    /// A 2xx whose body could not be understood (no order id, unknown status).
+    pub failed_invalid: u64,
+}
+
+/// End-of-run tallies of the `lifecycle` scenario.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LifecycleTallies {
+    pub checkouts: CheckoutTally,
+    pub cancels: CancelTally,
+    pub final_status: FinalTally,
+    pub iterations: IterationTally,
+}
+
+impl LifecycleTallies {
+    /// Record the failure that ended an iteration (a cut at the stop time is not one).
+    pub fn failure(&mut self, o: Outcome) {
+        let i = &mut self.iterations;
+        match o {
+            Outcome::Status(s) if s >= 500 => i.failed_5xx += 1,
+            Outcome::Status(_) => i.failed_unexpected_status += 1,
+            Outcome::Invalid(_) => i.failed_invalid += 1,
+            Outcome::Failed(Failure::Transport) => i.failed_transport += 1,
+            Outcome::Failed(Failure::Timeout) => i.failed_timeout += 1,
+            Outcome::Failed(Failure::Stopped) => return,
+        }
+        i.failed += 1;
+    }
+
+    pub fn merge(&mut self, o: &LifecycleTallies) {
+        let (c, oc) = (&mut self.checkouts, &o.checkouts);
+        c.placed += oc.placed;
+        c.pending += oc.pending;
+        c.out_of_stock += oc.out_of_stock;
+        c.declined += oc.declined;
+        c.failed += oc.failed;
+        let (c, oc) = (&mut self.cancels, &o.cancels);
+        c.accepted += oc.accepted;
+        c.already_cancelled += oc.already_cancelled;
+        c.already_fulfilled += oc.already_fulfilled;
+        c.failed += oc.failed;
+        let (f, of) = (&mut self.final_status, &o.final_status);
+        f.fulfilled += of.fulfilled;
+        f.cancelled += of.cancelled;
+        f.not_final += of.not_final;
+        f.unknown += of.unknown;
+        let (i, oi) = (&mut self.iterations, &o.iterations);
+        i.ok += oi.ok;
+        i.failed += oi.failed;
+        i.failed_5xx += oi.failed_5xx;
+        i.failed_unexpected_status += oi.failed_unexpected_status;
+        i.failed_transport += oi.failed_transport;
+        i.failed_timeout += oi.failed_timeout;
+        i.failed_invalid += oi.failed_invalid;
+    }
+}
+
 /// Everything one worker records; merged after the run.
 pub struct WorkerRec {
     pub iter: StepStats,
@@ -196,6 +304,8 @@ pub struct WorkerRec {
     pub served_total: Vec<(HeaderValue, u64)>,
     pub started: u64,
     pub late: u64,
+    /// `lifecycle` only (stays zero for the other scenarios).
+    pub lifecycle: LifecycleTallies,
     open_model: bool,
     /// Completions not yet published to the live counters (batched to keep atomics cold).
     pending_live: u64,
@@ -220,6 +330,7 @@ impl WorkerRec {
             served_total: Vec::new(),
             started: 0,
             late: 0,
+            lifecycle: LifecycleTallies::default(),
             open_model,
             pending_live: 0,
             bucket: None,
