@@ -11,7 +11,9 @@
 //! | `GET /internal/products/{id}/stock` | 200 `{product_id, quantity_on_hand, reserved, sold, oversold}`; 404 |
 //! | `POST /internal/products/{id}/stock` `{delta}` | 200 the new levels; 409 `INSUFFICIENT_STOCK`; 404 |
 
-use crate::stock::{AdjustRequest, ConfirmRequest, ReserveRequest, StockError, MAX_CONFIRM_UIDS};
+use crate::stock::{
+    self, AdjustRequest, ConfirmRequest, ReserveRequest, StockError, MAX_CONFIRM_UIDS,
+};
 use crate::store::StockStore;
 use axum::extract::{FromRequestParts, RawPathParams, State};
 use axum::http::request::Parts;
@@ -75,6 +77,9 @@ async fn reserve(State(stock): State<Stock>, ApiJson(body): ApiJson<ReserveReque
 
 #[tracing::instrument(level = "debug", skip_all, fields(order_uid = %order_uid))]
 async fn release(State(stock): State<Stock>, PathUid(order_uid): PathUid) -> Answer {
+    if !stock::could_exist(&order_uid) {
+        return Err(StockError::ReservationNotFound(order_uid).into());
+    }
     let released = stock.release(&order_uid).await?;
     Ok((StatusCode::OK, Json(released.summary())))
 }
@@ -90,16 +95,23 @@ async fn confirm(State(stock): State<Stock>, ApiJson(body): ApiJson<ConfirmReque
             ),
         ));
     }
-    let confirmed = stock.confirm(&body.order_uids).await?;
+    let uids: Vec<String> = body
+        .order_uids
+        .into_iter()
+        .filter(|uid| stock::could_exist(uid))
+        .collect();
+    let confirmed = stock.confirm(&uids).await?;
     Ok((StatusCode::OK, Json(json!({ "confirmed": confirmed }))))
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(order_uid = %order_uid))]
 async fn reservation(State(stock): State<Stock>, PathUid(order_uid): PathUid) -> Answer {
-    let found = stock
-        .reservation(&order_uid)
-        .await?
-        .ok_or(StockError::ReservationNotFound(order_uid))?;
+    let found = if stock::could_exist(&order_uid) {
+        stock.reservation(&order_uid).await?
+    } else {
+        None
+    };
+    let found = found.ok_or(StockError::ReservationNotFound(order_uid))?;
     Ok((StatusCode::OK, Json(found.detail())))
 }
 

@@ -409,9 +409,15 @@ async fn release_gives_the_stock_back_exactly_once(backend: Backend) {
         assert_eq!(app.levels(a).await, Levels::new(10, 0, 0, 0), "#{attempt}");
     }
     assert_eq!(app.status_of("r").await, "released");
-    let resp = app.release("unknown-uid").await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-    assert_eq!(error_body(resp).await["error"], "RESERVATION_NOT_FOUND");
+    // Unknown, and uids no reservation can have (a NUL, too long): absent on both stores alike.
+    let long = "u".repeat(65);
+    for uid in ["unknown-uid", "a%00b", long.as_str()] {
+        let resp = app.release(uid).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{uid}");
+        assert_eq!(error_body(resp).await["error"], "RESERVATION_NOT_FOUND");
+        assert_eq!(app.reservation(uid).await, None, "{uid}");
+    }
+    assert_eq!(app.confirm(&["a\u{0}b", "", &long]).await, 0);
     // A uid with characters that need escaping in a path still works.
     assert_eq!(
         app.reserve("a b/c?", &[(a, 1)]).await.status(),
