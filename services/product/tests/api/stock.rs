@@ -278,12 +278,33 @@ async fn a_different_reservation_under_the_same_uid_is_a_mismatch(backend: Backe
     }
     assert_eq!(app.levels(a).await, Levels::new(8, 2, 0, 0));
     assert_eq!(app.levels(b).await, Levels::new(10, 0, 0, 0));
-    // Also after its release: the uid stays bound to its items.
-    assert_eq!(app.release("u").await.status(), StatusCode::OK);
+    // Confirmed, it is still bound to its items.
+    assert_eq!(app.confirm(&["u"]).await, 1);
     let resp = app.reserve("u", &[(a, 3)]).await;
     assert_eq!(resp.status(), StatusCode::CONFLICT);
     assert_eq!(error_body(resp).await["error"], "RESERVATION_MISMATCH");
+
+    // Released, it holds nothing: a checkout retried after the cart changed (same order uid)
+    // holds the new items, and from then on the uid is bound to those.
+    assert_eq!(app.release("u").await.status(), StatusCode::OK);
+    let resp = app.reserve("u", &[(b, 1), (a, 3)]).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let items = json!([{"product_id": a, "quantity": 3}, {"product_id": b, "quantity": 1}]);
+    assert_eq!(resp.json::<Value>().await.expect("json")["items"], items);
+    assert_eq!(app.reservation("u").await.expect("exists")["items"], items);
+    assert_eq!(app.levels(a).await, Levels::new(7, 3, 0, 0));
+    assert_eq!(app.levels(b).await, Levels::new(9, 1, 0, 0));
+    let resp = app.reserve("u", &[(a, 2)]).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::CONFLICT,
+        "the old items are now the other ones"
+    );
+    assert_eq!(error_body(resp).await["error"], "RESERVATION_MISMATCH");
+    // Released again, the new items go back.
+    assert_eq!(app.release("u").await.status(), StatusCode::OK);
     assert_eq!(app.levels(a).await, Levels::new(10, 0, 0, 0));
+    assert_eq!(app.levels(b).await, Levels::new(10, 0, 0, 0));
 }
 
 async fn out_of_stock_reserves_nothing_and_names_every_product(backend: Backend) {
