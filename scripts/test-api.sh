@@ -15,8 +15,8 @@
 #   product, cart and order. With STACK_STORES=memory each product instance keeps its own catalog
 #   and stock: a product created through the load balancer lives on the one instance that took
 #   the POST, so reading it back may take a few tries, the cart checks use a seeded product
-#   (SEED_PRODUCT_ID, default 1), and the check that a cancelled order's stock comes back is
-#   skipped (another instance may consume the stock event).
+#   (SEED_PRODUCT_ID, default 1), and stock levels are not checked (a read may reach another
+#   instance, which has its own product under the same id).
 # - The warehouse holds each order FULFILMENT_DELAY_MS (default 0) before fulfilling it, so a
 #   cancel may win or lose the race. The suite accepts both outcomes of a racing cancel, then
 #   cancels an order it has seen fulfilled, which must be refused. It waits for an order's
@@ -207,6 +207,16 @@ wait_order() {
     done
 }
 
+# check_stock NAME PRODUCT WANT: the product's stock is WANT (skipped without a shared catalog).
+check_stock() {
+    if [[ -z $SHARED_CATALOG ]]; then
+        skip "$1" "per-instance catalogs"
+        return 0
+    fi
+    stock_of "$2"
+    check_eq "$1" "$STOCK" "$3"
+}
+
 # wait_stock PRODUCT WANT → $STOCK: polls the product's stock until it is WANT (or ORDER_WAIT s).
 wait_stock() {
     local deadline=$((SECONDS + ORDER_WAIT))
@@ -228,11 +238,12 @@ expect "POST /product valid → 201" 201
 PRODUCT_ID=$(json_field product_id)
 if [[ $PRODUCT_ID =~ ^[0-9]+$ ]]; then pass "POST /product returns a numeric product_id ($PRODUCT_ID)"; else fail "POST /product returns a numeric product_id" "got: $(short_body)"; fi
 
-# The new product lives on the instance that took the POST: read it back, trying a few times.
+# The new product lives on the instance that took the POST: read it back, trying a few times
+# (with per-instance catalogs another instance may have a product of its own under that id).
 found=""
 for _ in $(seq 1 30); do
     req GET "/products/${PRODUCT_ID:-0}"
-    if [[ $STATUS == 200 ]]; then found=yes; break; fi
+    if [[ $STATUS == 200 && $(json_field sku) == "$SKU" ]]; then found=yes; break; fi
 done
 if [[ -n $found ]]; then
     pass "GET /products/{new id} → 200"
@@ -241,6 +252,15 @@ if [[ -n $found ]]; then
 else
     fail "GET /products/{new id} → 200" "expected 200 got $STATUS: $(short_body)"
 fi
+# Does every instance serve this product? With per-instance catalogs (STACK_STORES=memory) some
+# reads miss it or find another product under the same id; stock read through the load balancer
+# then says nothing about the cart's product instance, and those checks are skipped.
+SHARED_CATALOG=yes
+for _ in $(seq 1 6); do
+    req GET "/products/${PRODUCT_ID:-0}"
+    [[ $STATUS == 200 && $(json_field sku) == "$SKU" ]] || SHARED_CATALOG=""
+done
+[[ -n $SHARED_CATALOG ]] || echo "note: the product instances do not share their catalog: stock levels are not checked"
 
 req GET "/products/$SEED_PRODUCT_ID"
 expect "GET /products/$SEED_PRODUCT_ID (seeded) → 200" 200
@@ -527,7 +547,6 @@ fi
 # try again until the cart accepts the product.)
 STOCK_PRODUCT=""
 STOCK_CART=""
-SHARED_CATALOG=yes
 for attempt in $(seq 1 20); do
     req POST /product "{\"sku\": \"STOCK-$$-$RANDOM\", \"manufacturer\": \"Acme Test Co\", \"category_id\": 3, \"weight\": 10, \"some_other_id\": 7, \"quantity_on_hand\": 1}"
     [[ $STATUS == 201 ]] || continue
@@ -546,13 +565,11 @@ if [[ -z $STOCK_PRODUCT ]]; then
     fail "a product created with quantity_on_hand 1 goes into a cart" "last answer $STATUS: $(short_body)"
 else
     pass "POST /product with quantity_on_hand 1 → 201, and 2 of it into a cart ($STOCK_PRODUCT)"
-    stock_of "$STOCK_PRODUCT"
-    check_eq "GET /products/{new id}/stock → quantity_on_hand 1" "$STOCK" 1
+    check_stock "GET /products/{new id}/stock → quantity_on_hand 1" "$STOCK_PRODUCT" 1
     checkout "$STOCK_CART" "$CARD"
     expect_error "checkout of 2 with 1 in stock → 409" 409 OUT_OF_STOCK
     check_eq "OUT_OF_STOCK names the product short" "$(json_field details)" "product_id=$STOCK_PRODUCT requested=2 available=1"
-    stock_of "$STOCK_PRODUCT"
-    check_eq "a refused checkout reserves nothing (stock still 1)" "$STOCK" 1
+    check_stock "a refused checkout reserves nothing (stock still 1)" "$STOCK_PRODUCT" 1
     req GET "/shopping-carts/$STOCK_CART"
     check_eq "the refused cart is open again" "$(json_field status)" open
 
@@ -571,8 +588,7 @@ else
     SOLD_ORDER=$(json_field order_id)
     SOLD_ORDER=${SOLD_ORDER:-0}
     MY_ORDERS+=("$SOLD_ORDER")
-    stock_of "$STOCK_PRODUCT"
-    check_eq "the sold unit is gone (stock 0)" "$STOCK" 0
+    check_stock "the sold unit is gone (stock 0)" "$STOCK_PRODUCT" 0
     new_cart "$CUSTOMER"
     LATE_CART=${CART_ID:-0}
     add_item "$LATE_CART" "$STOCK_PRODUCT" 1
@@ -614,8 +630,7 @@ else
                 ;;
             fulfilled)
                 pass "the cancel lost the race: the order is fulfilled (also correct)"
-                stock_of "$STOCK_PRODUCT"
-                check_eq "a fulfilled order's unit stays sold (stock 0)" "$STOCK" 0
+                check_stock "a fulfilled order's unit stays sold (stock 0)" "$STOCK_PRODUCT" 0
                 ;;
             *) fail "the cancelled order settles as cancelled or fulfilled within ${ORDER_WAIT}s" "got: $(short_body)" ;;
         esac
