@@ -25,6 +25,8 @@ pub struct TestApp {
     pub broker: Connection,
     pub product_url: String,
     pub cca_url: String,
+    /// The running app's state: its stores, to set a cart up in a state HTTP cannot reach.
+    pub state: std::sync::Arc<cart_service::AppState>,
     shutdown: CancellationToken,
 }
 
@@ -134,6 +136,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     };
     let app = Application::build(settings).await.expect("cart");
     let base = format!("http://127.0.0.1:{}", app.port());
+    let state = std::sync::Arc::clone(&app.state);
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
 
     let broker = Connection::connect(DEFAULT_AMQP_URL, ConnectionProperties::default())
@@ -152,6 +155,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         broker,
         product_url,
         cca_url,
+        state,
         shutdown,
     }
 }
