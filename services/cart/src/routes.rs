@@ -6,6 +6,7 @@ use crate::publisher::PublishError;
 use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
@@ -16,13 +17,18 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 pub fn router(state: Arc<AppState>) -> Router {
+    // `Idempotency-Key` on the two POSTs that are not idempotent by nature.
+    let idempotent = from_fn_with_state(state.idempotency.clone(), crate::idempotency::guard);
     Router::new()
-        .route("/shopping-cart", post(create_cart))
+        .route(
+            "/shopping-cart",
+            post(create_cart).route_layer(idempotent.clone()),
+        )
         .route("/shopping-carts/{shopping_cart_id}", get(get_cart))
         .route("/shopping-carts/{shopping_cart_id}/addItem", post(add_item))
         .route(
             "/shopping-carts/{shopping_cart_id}/checkout",
-            post(checkout),
+            post(checkout).route_layer(idempotent),
         )
         .route(
             "/shopping-carts/{shopping_cart_id}/items/{product_id}",

@@ -40,6 +40,8 @@ pub struct Options {
     pub queue: Option<String>,
     /// Carts in Redis instead of memory.
     pub store: Option<RedisConfig>,
+    /// How long answers to requests with an `Idempotency-Key` are kept.
+    pub idempotency_ttl: Duration,
     pub cart_ttl: Duration,
     pub checkout_lease: Duration,
 }
@@ -54,6 +56,7 @@ impl Default for Options {
             confirm_timeout: Duration::from_secs(5),
             queue: None,
             store: None,
+            idempotency_ttl: Duration::from_secs(3600),
             cart_ttl: Duration::from_secs(3600),
             checkout_lease: Duration::from_secs(30),
         }
@@ -131,6 +134,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         cca_retries: 2,
         product_timeout: Duration::from_secs(2),
         store: options.store,
+        idempotency_ttl: options.idempotency_ttl,
         cart_ttl: options.cart_ttl,
         checkout_lease: options.checkout_lease,
     };
