@@ -67,6 +67,8 @@ pub enum CartError {
     OrderPending(i32),
     #[error("shopping cart {0} is empty")]
     Empty(i32),
+    #[error("product {product_id} is not in shopping cart {cart_id}")]
+    ItemNotFound { cart_id: i32, product_id: i32 },
     #[error("quantity of product {product_id} would exceed {max}", max = i32::MAX)]
     QuantityOverflow { product_id: i32 },
     #[error("no id left in the int32 range for a new {0}")]

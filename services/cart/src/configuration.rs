@@ -38,6 +38,9 @@ pub struct Settings {
     /// `REDIS_URL`, `REDIS_KEY_PREFIX`, `STORE_TIMEOUT_MS`: carts in Redis; `None` (no
     /// `REDIS_URL`) keeps them in memory.
     pub store: Option<RedisConfig>,
+    /// `IDEMPOTENCY_TTL_MS` (default 24 h): how long the answer to a request with an
+    /// `Idempotency-Key` is kept for replay.
+    pub idempotency_ttl: Duration,
     /// `CART_TTL_SECONDS` (default 7 days): a cart untouched this long is forgotten; a
     /// checked-out cart stays readable this long after its checkout.
     pub cart_ttl: Duration,
@@ -83,6 +86,7 @@ impl Settings {
             cca_retries,
             product_timeout: config::millis("PRODUCT_TIMEOUT_MS", Duration::from_secs(2))?,
             store: RedisConfig::from_env()?,
+            idempotency_ttl: idempotency_ttl()?,
             cart_ttl: Duration::from_secs(config::positive("CART_TTL_SECONDS", 604_800u64)?),
             checkout_lease: Duration::ZERO,
             orders_db: PgConfig::from_env("orders")?,
@@ -141,4 +145,17 @@ impl Settings {
             checkout_lease: self.checkout_lease,
         }
     }
+}
+
+/// `IDEMPOTENCY_TTL_MS`: at least 1 ms (0 would keep nothing and make every key useless).
+fn idempotency_ttl() -> Result<Duration, ConfigError> {
+    let ttl = config::millis("IDEMPOTENCY_TTL_MS", Duration::from_secs(24 * 3600))?;
+    if ttl.is_zero() {
+        return Err(ConfigError::new(
+            "IDEMPOTENCY_TTL_MS",
+            "0",
+            "must be at least 1",
+        ));
+    }
+    Ok(ttl)
 }

@@ -13,6 +13,7 @@
 pub mod carts;
 pub mod clients;
 pub mod configuration;
+pub mod idempotency;
 pub mod orders;
 pub mod publisher;
 pub mod routes;
@@ -38,6 +39,8 @@ pub const DEFAULT_PORT: u16 = 8082;
 #[derive(Clone)]
 pub struct AppState {
     pub carts: Arc<dyn CartStore>,
+    /// Where `Idempotency-Key`s and their answers are kept.
+    pub idempotency: idempotency::Idempotency,
     pub products: ProductCatalog,
     pub authorizer: Authorizer,
     pub publisher: OrderPublisher,
@@ -89,6 +92,7 @@ impl Application {
     /// reports the broker's state, so the service starts, says it is not ready, and heals.
     pub async fn build(settings: Settings) -> Result<Self, Box<dyn std::error::Error>> {
         let metrics = Metrics::new();
+        let idempotency = idempotency::Idempotency::from_settings(&settings, &metrics)?;
         // Connecting is part of each call's own timeout; this only stops a connect from outliving
         // the shorter of the two.
         let http = clients::HttpClient::new(settings.cca_timeout.min(settings.product_timeout));
@@ -102,6 +106,7 @@ impl Application {
         };
         let state = Arc::new(AppState {
             carts: Arc::clone(&carts),
+            idempotency,
             products: ProductCatalog::new(http.clone(), &settings)?,
             authorizer: Authorizer::new(http, &settings)?,
             publisher: publisher.clone(),

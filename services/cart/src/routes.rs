@@ -1,4 +1,4 @@
-//! The cart's HTTP API: create, add item, view, checkout.
+//! The cart's HTTP API: create, add, change and remove items, view, checkout.
 
 use crate::carts::{CartError, CartView, CheckoutTicket, StoreError};
 use crate::clients::stock::Reservation;
@@ -8,8 +8,9 @@ use crate::publisher::PublishError;
 use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use common::metrics::{Counter, Metrics};
 use common::store::StoreUnavailable;
@@ -18,13 +19,22 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 pub fn router(state: Arc<AppState>) -> Router {
+    // `Idempotency-Key` on the two POSTs that are not idempotent by nature.
+    let idempotent = from_fn_with_state(state.idempotency.clone(), crate::idempotency::guard);
     Router::new()
-        .route("/shopping-cart", post(create_cart))
+        .route(
+            "/shopping-cart",
+            post(create_cart).route_layer(idempotent.clone()),
+        )
         .route("/shopping-carts/{shopping_cart_id}", get(get_cart))
         .route("/shopping-carts/{shopping_cart_id}/addItem", post(add_item))
         .route(
             "/shopping-carts/{shopping_cart_id}/checkout",
-            post(checkout),
+            post(checkout).route_layer(idempotent),
+        )
+        .route(
+            "/shopping-carts/{shopping_cart_id}/items/{product_id}",
+            patch(set_quantity).delete(remove_item),
         )
         .with_state(state)
 }
@@ -75,6 +85,9 @@ impl IntoResponse for CartRouteError {
                     .with_details(format!("order_id={order_id}"))
             }
             Self::Cart(CartError::Empty(_)) => ApiError::bad_request("CART_EMPTY", message),
+            Self::Cart(CartError::ItemNotFound { .. }) => {
+                ApiError::not_found("ITEM_NOT_FOUND", message)
+            }
             Self::Cart(CartError::QuantityOverflow { .. }) => {
                 ApiError::invalid_field("quantity", message)
             }
@@ -485,4 +498,80 @@ async fn reserve_authorize_publish(
             Ok(OrderStatus::Pending)
         }
     }
+}
+
+#[derive(Deserialize)]
+pub struct SetQuantity {
+    pub quantity: i32,
+}
+
+/// `/shopping-carts/{shopping_cart_id}/items/{product_id}`: both ids, each a positive int32;
+/// a bad one is 400 `INVALID_ID` naming it.
+pub struct ItemPath {
+    pub cart_id: i32,
+    pub product_id: i32,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ItemPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let params = axum::extract::RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| {
+                ApiError::bad_request("INVALID_ID", "the path does not carry valid ids")
+                    .with_details(rejection.body_text())
+            })?;
+        let id = |field: &str| {
+            let raw = params
+                .iter()
+                .find_map(|(name, value)| (name == field).then_some(value))
+                .unwrap_or_default();
+            common::extract::parse_id(raw).map_err(|err| {
+                ApiError::bad_request("INVALID_ID", format!("{field}: {}", err.body.message))
+                    .with_details(field)
+            })
+        };
+        Ok(Self {
+            cart_id: id("shopping_cart_id")?,
+            product_id: id("product_id")?,
+        })
+    }
+}
+
+/// `PATCH`: sets the quantity of a product already in the cart. No product service call: the
+/// product was checked when it was added.
+#[tracing::instrument(level = "debug", skip_all, fields(cart_id = path.cart_id, product_id = path.product_id, quantity = body.quantity))]
+async fn set_quantity(
+    State(state): State<Arc<AppState>>,
+    path: ItemPath,
+    ApiJson(body): ApiJson<SetQuantity>,
+) -> Result<StatusCode, CartRouteError> {
+    if body.quantity < 1 {
+        return Err(CartRouteError::Api(ApiError::invalid_field(
+            "quantity",
+            "must be at least 1 (DELETE the item to remove it)",
+        )));
+    }
+    state
+        .carts
+        .set_quantity(path.cart_id, path.product_id, body.quantity)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE`: removes a product from the cart.
+#[tracing::instrument(level = "debug", skip_all, fields(cart_id = path.cart_id, product_id = path.product_id))]
+async fn remove_item(
+    State(state): State<Arc<AppState>>,
+    path: ItemPath,
+) -> Result<StatusCode, CartRouteError> {
+    state
+        .carts
+        .remove_item(path.cart_id, path.product_id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

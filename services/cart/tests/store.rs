@@ -105,6 +105,8 @@ async fn an_unknown_cart_is_not_found_everywhere(kind: Kind) {
     let nf = CartError::NotFound(99);
     assert_eq!(refused(store.view(99).await), nf);
     assert_eq!(refused(store.add_item(99, 1, 1).await), nf);
+    assert_eq!(refused(store.set_quantity(99, 1, 1).await), nf);
+    assert_eq!(refused(store.remove_item(99, 1).await), nf);
     assert_eq!(refused(store.begin_checkout(99).await), nf);
 }
 
@@ -255,6 +257,126 @@ async fn untouched_carts_expire_and_every_change_refreshes_the_ttl(kind: Kind) {
     );
 }
 
+async fn quantities_are_set_and_items_removed(kind: Kind) {
+    let store = store(kind).await;
+    let id = store.create(5).await.expect("create");
+    store.add_item(id, 3, 2).await.expect("add");
+    store.add_item(id, 1, 1).await.expect("add");
+    store.set_quantity(id, 3, 9).await.expect("set");
+    // Set, not added: the old quantity is gone.
+    assert_eq!(
+        store.view(id).await.expect("view").items,
+        vec![item(1, 1), item(3, 9)]
+    );
+    store.set_quantity(id, 1, i32::MAX).await.expect("set");
+    store.remove_item(id, 3).await.expect("remove");
+    assert_eq!(
+        store.view(id).await.expect("view").items,
+        vec![item(1, i32::MAX)]
+    );
+    let absent = CartError::ItemNotFound {
+        cart_id: id,
+        product_id: 3,
+    };
+    assert_eq!(refused(store.set_quantity(id, 3, 1).await), absent);
+    assert_eq!(refused(store.remove_item(id, 3).await), absent);
+    // A refused change changed nothing; an item removed can be added again from zero.
+    assert_eq!(
+        store.view(id).await.expect("view").items,
+        vec![item(1, i32::MAX)]
+    );
+    store.add_item(id, 3, 4).await.expect("add");
+    store.remove_item(id, 1).await.expect("remove");
+    assert_eq!(store.view(id).await.expect("view").items, vec![item(3, 4)]);
+    // Emptied by removals: nothing to check out.
+    store.remove_item(id, 3).await.expect("remove");
+    let view = store.view(id).await.expect("view");
+    assert_eq!((view.status, view.items), (CartStatus::Open, vec![]));
+    assert_eq!(
+        refused(store.begin_checkout(id).await),
+        CartError::Empty(id)
+    );
+}
+
+async fn item_changes_follow_the_checkout_state_machine(kind: Kind) {
+    let lease = Duration::from_millis(300);
+    let store = store_with(kind, lifetimes(Duration::from_secs(60), lease)).await;
+    let id = store.create(1).await.expect("create");
+    store.add_item(id, 1, 2).await.expect("add");
+    store.add_item(id, 2, 1).await.expect("add");
+    // Held by a checkout.
+    let first = store.begin_checkout(id).await.expect("begin");
+    let in_progress = CartError::CheckoutInProgress(id);
+    assert_eq!(refused(store.set_quantity(id, 1, 5).await), in_progress);
+    assert_eq!(refused(store.remove_item(id, 1).await), in_progress);
+    // The hold lapsed (its holder may have published): frozen, whatever the item.
+    tokio::time::sleep(lease + Duration::from_millis(150)).await;
+    let pending = CartError::OrderPending(id);
+    assert_eq!(refused(store.set_quantity(id, 1, 5).await), pending);
+    assert_eq!(refused(store.remove_item(id, 9).await), pending);
+    // Released without a publish after a take-over: still frozen.
+    let second = store.begin_checkout(id).await.expect("take over");
+    store.abort_checkout(&second, false).await.expect("abort");
+    assert_eq!(refused(store.set_quantity(id, 2, 3).await), pending);
+    assert_eq!(refused(store.remove_item(id, 2).await), pending);
+    assert_eq!(second.order.items, first.order.items);
+    // Placed: closed for good.
+    let third = store.begin_checkout(id).await.expect("begin");
+    store.complete_checkout(&third).await.expect("complete");
+    let closed = CartError::AlreadyCheckedOut {
+        cart_id: id,
+        order_id: third.order.order_id,
+    };
+    assert_eq!(refused(store.set_quantity(id, 1, 5).await), closed);
+    assert_eq!(refused(store.remove_item(id, 1).await), closed);
+    assert_eq!(
+        store.view(id).await.expect("view").items,
+        vec![item(1, 2), item(2, 1)]
+    );
+}
+
+async fn item_changes_are_allowed_again_after_a_checkout_that_published_nothing(kind: Kind) {
+    let store = store(kind).await;
+    let id = filled(&*store).await;
+    store.add_item(id, 2, 1).await.expect("add");
+    let ticket = store.begin_checkout(id).await.expect("begin");
+    // Declined before any publish: the customer may fix the cart.
+    store.abort_checkout(&ticket, false).await.expect("abort");
+    store.set_quantity(id, 1, 3).await.expect("set");
+    store.remove_item(id, 2).await.expect("remove");
+    let retry = store.begin_checkout(id).await.expect("begin");
+    assert_eq!(retry.order.order_uid, ticket.order.order_uid);
+    assert_eq!(retry.order.items, vec![item(1, 3)]);
+    // Once a publish may have happened, the items are frozen.
+    store.abort_checkout(&retry, true).await.expect("abort");
+    assert_eq!(
+        refused(store.set_quantity(id, 1, 1).await),
+        CartError::OrderPending(id)
+    );
+    assert_eq!(
+        refused(store.remove_item(id, 1).await),
+        CartError::OrderPending(id)
+    );
+}
+
+async fn setting_and_removing_items_refresh_the_ttl(kind: Kind) {
+    let ttl = Duration::from_secs(2);
+    let store = store_with(kind, lifetimes(ttl, Duration::from_secs(30))).await;
+    let step = Duration::from_millis(1200);
+    let id = store.create(1).await.expect("create");
+    store.add_item(id, 1, 1).await.expect("add");
+    store.add_item(id, 2, 1).await.expect("add");
+    tokio::time::sleep(step).await;
+    store.set_quantity(id, 1, 4).await.expect("set");
+    tokio::time::sleep(step).await;
+    // 2.4 s after the last add: alive only because the set refreshed it.
+    store.remove_item(id, 2).await.expect("remove");
+    tokio::time::sleep(step).await;
+    assert_eq!(store.view(id).await.expect("view").items, vec![item(1, 4)]);
+    tokio::time::sleep(step).await;
+    assert_eq!(refused(store.view(id).await), CartError::NotFound(id));
+}
+
 macro_rules! for_both_stores {
     ($($test:ident),* $(,)?) => {
         mod memory {
@@ -281,6 +403,10 @@ for_both_stores!(
     a_retry_after_a_failed_publish_reuses_the_order_and_freezes_the_items,
     a_lapsed_hold_is_taken_over_with_the_same_order,
     untouched_carts_expire_and_every_change_refreshes_the_ttl,
+    quantities_are_set_and_items_removed,
+    item_changes_follow_the_checkout_state_machine,
+    item_changes_are_allowed_again_after_a_checkout_that_published_nothing,
+    setting_and_removing_items_refresh_the_ttl,
 );
 
 /// Two Redis stores on one prefix, each with its own connection: two cart processes.

@@ -55,6 +55,17 @@ impl Cart {
             }),
         }
     }
+
+    /// Only an open cart whose items are not frozen may change its items.
+    fn ensure_editable(&self, cart_id: i32, now: Instant) -> Result<(), CartError> {
+        self.ensure_takeable(cart_id, now)?;
+        // A lapsed hold counts as a publish of unknown fate, like a failed one.
+        let lapsed = self.status == CartStatus::CheckingOut;
+        if lapsed || self.pending.as_ref().is_some_and(|p| p.publish_attempted) {
+            return Err(CartError::OrderPending(cart_id));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
@@ -225,17 +236,49 @@ impl CartStore for MemoryCartStore {
     ) -> Result<(), StoreError> {
         let ttl = self.lifetimes.cart_ttl;
         Ok(self.with_cart(cart_id, |cart, now| {
-            cart.ensure_takeable(cart_id, now)?;
-            // A lapsed hold counts as a publish of unknown fate, like a failed one.
-            let lapsed = cart.status == CartStatus::CheckingOut;
-            if lapsed || cart.pending.as_ref().is_some_and(|p| p.publish_attempted) {
-                return Err(CartError::OrderPending(cart_id));
-            }
+            cart.ensure_editable(cart_id, now)?;
             let current = cart.items.get(&product_id).copied().unwrap_or(0);
             let total = current
                 .checked_add(quantity)
                 .ok_or(CartError::QuantityOverflow { product_id })?;
             cart.items.insert(product_id, total);
+            cart.expires_at = now + ttl;
+            Ok(())
+        })?)
+    }
+
+    async fn set_quantity(
+        &self,
+        cart_id: i32,
+        product_id: i32,
+        quantity: i32,
+    ) -> Result<(), StoreError> {
+        let ttl = self.lifetimes.cart_ttl;
+        Ok(self.with_cart(cart_id, |cart, now| {
+            cart.ensure_editable(cart_id, now)?;
+            let item = cart
+                .items
+                .get_mut(&product_id)
+                .ok_or(CartError::ItemNotFound {
+                    cart_id,
+                    product_id,
+                })?;
+            *item = quantity;
+            cart.expires_at = now + ttl;
+            Ok(())
+        })?)
+    }
+
+    async fn remove_item(&self, cart_id: i32, product_id: i32) -> Result<(), StoreError> {
+        let ttl = self.lifetimes.cart_ttl;
+        Ok(self.with_cart(cart_id, |cart, now| {
+            cart.ensure_editable(cart_id, now)?;
+            cart.items
+                .remove(&product_id)
+                .ok_or(CartError::ItemNotFound {
+                    cart_id,
+                    product_id,
+                })?;
             cart.expires_at = now + ttl;
             Ok(())
         })?)

@@ -37,6 +37,19 @@ pub trait CartStore: Send + Sync {
         quantity: i32,
     ) -> Result<(), StoreError>;
 
+    /// Sets the quantity (≥ 1) of a product already in the cart; `ItemNotFound` if it is not.
+    /// The same guards as `add_item`: only an open cart whose items are not frozen changes.
+    async fn set_quantity(
+        &self,
+        cart_id: i32,
+        product_id: i32,
+        quantity: i32,
+    ) -> Result<(), StoreError>;
+
+    /// Removes a product from the cart; `ItemNotFound` if it is not there. The same guards as
+    /// `add_item`.
+    async fn remove_item(&self, cart_id: i32, product_id: i32) -> Result<(), StoreError>;
+
     /// Takes the cart for checkout: `open → checking_out` (or takes over a hold whose lease
     /// ran out). Exactly one concurrent caller wins; the others get `CheckoutInProgress`.
     async fn begin_checkout(&self, cart_id: i32) -> Result<CheckoutTicket, StoreError>;

@@ -35,10 +35,12 @@ const ORDER_PENDING: i64 = 4;
 const EMPTY: i64 = 5;
 const OVERFLOW: i64 = 6;
 const IDS_EXHAUSTED: i64 = 7;
+const ITEM_NOT_FOUND: i64 = 8;
 
 struct Scripts {
     create: Script,
     add_item: Script,
+    set_item: Script,
     begin_checkout: Script,
     complete_checkout: Script,
     abort_checkout: Script,
@@ -87,6 +89,7 @@ impl RedisCartStore {
             scripts: Scripts {
                 create: Script::new(include_str!("lua/create.lua")),
                 add_item: Script::new(include_str!("lua/add_item.lua")),
+                set_item: Script::new(include_str!("lua/set_item.lua")),
                 begin_checkout: Script::new(include_str!("lua/begin_checkout.lua")),
                 complete_checkout: Script::new(include_str!("lua/complete_checkout.lua")),
                 abort_checkout: Script::new(include_str!("lua/abort_checkout.lua")),
@@ -120,6 +123,40 @@ impl RedisCartStore {
                 format!("no answer within {:?}", self.timeout),
             )
             .into()),
+        }
+    }
+
+    /// `set_item.lua`: sets a quantity, or removes the item with 0.
+    async fn set_item(
+        &self,
+        cart_id: i32,
+        product_id: i32,
+        quantity: i32,
+    ) -> Result<(), StoreError> {
+        let mut field = String::with_capacity(13);
+        let _ = write!(field, "i:{product_id}");
+        let reply: Vec<i64> = self
+            .bounded(
+                self.scripts
+                    .set_item
+                    .key(self.cart_key(cart_id))
+                    .arg(field)
+                    .arg(quantity)
+                    .arg(self.ttl_ms)
+                    .invoke_async(&mut self.connection()),
+            )
+            .await?;
+        match reply.first().copied() {
+            Some(OK) => Ok(()),
+            Some(ITEM_NOT_FOUND) => Err(CartError::ItemNotFound {
+                cart_id,
+                product_id,
+            }
+            .into()),
+            Some(code) => Err(refusal(cart_id, code, reply.get(1).copied())
+                .map(StoreError::from)
+                .unwrap_or_else(|| malformed("set_item"))),
+            None => Err(malformed("set_item")),
         }
     }
 }
@@ -303,6 +340,20 @@ impl CartStore for RedisCartStore {
                 .unwrap_or_else(|| malformed("add_item"))),
             None => Err(malformed("add_item")),
         }
+    }
+
+    async fn set_quantity(
+        &self,
+        cart_id: i32,
+        product_id: i32,
+        quantity: i32,
+    ) -> Result<(), StoreError> {
+        // 0 means "remove" to the script; the trait's callers pass at least 1.
+        self.set_item(cart_id, product_id, quantity.max(1)).await
+    }
+
+    async fn remove_item(&self, cart_id: i32, product_id: i32) -> Result<(), StoreError> {
+        self.set_item(cart_id, product_id, 0).await
     }
 
     async fn begin_checkout(&self, cart_id: i32) -> Result<CheckoutTicket, StoreError> {

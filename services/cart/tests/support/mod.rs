@@ -26,6 +26,8 @@ pub struct TestApp {
     pub broker: Connection,
     pub product_url: String,
     pub cca_url: String,
+    /// The running app's state: its stores, to set a cart up in a state HTTP cannot reach.
+    pub state: std::sync::Arc<cart_service::AppState>,
     shutdown: CancellationToken,
 }
 
@@ -39,6 +41,8 @@ pub struct Options {
     pub queue: Option<String>,
     /// Carts in Redis instead of memory.
     pub store: Option<RedisConfig>,
+    /// How long answers to requests with an `Idempotency-Key` are kept.
+    pub idempotency_ttl: Duration,
     pub cart_ttl: Duration,
     pub checkout_lease: Duration,
     /// Orders in this PostgreSQL database instead of memory (needs `store`).
@@ -57,6 +61,7 @@ impl Default for Options {
             confirm_timeout: Duration::from_secs(5),
             queue: None,
             store: None,
+            idempotency_ttl: Duration::from_secs(3600),
             cart_ttl: Duration::from_secs(3600),
             checkout_lease: Duration::from_secs(30),
             orders_db: None,
@@ -137,6 +142,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         cca_retries: 2,
         product_timeout: Duration::from_secs(2),
         store: options.store,
+        idempotency_ttl: options.idempotency_ttl,
         cart_ttl: options.cart_ttl,
         checkout_lease: options.checkout_lease,
         orders_db: options.orders_db,
@@ -145,6 +151,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     };
     let app = Application::build(settings).await.expect("cart");
     let base = format!("http://127.0.0.1:{}", app.port());
+    let state = std::sync::Arc::clone(&app.state);
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
 
     let broker = Connection::connect(DEFAULT_AMQP_URL, ConnectionProperties::default())
@@ -163,6 +170,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         broker,
         product_url,
         cca_url,
+        state,
         shutdown,
     }
 }
