@@ -321,8 +321,6 @@ async fn checkout(
 struct Progress {
     /// A reservation was asked for (it may exist even if the call failed).
     reserved: bool,
-    /// The order was written `pending`.
-    recorded: bool,
     /// A publish was attempted.
     published: bool,
 }
@@ -376,10 +374,14 @@ async fn place_order(
             return Err(err);
         }
     };
-    // The broker has the order (or may have it): either way the cart is done, and the order
-    // record (placed, or pending until the warehouse or the settler decides) is what a retry
-    // of this checkout reports. If the cart cannot be closed, a retry after the lease takes
-    // it over and finds the order already recorded.
+    // The broker has the order (or may have it). The record is what `GET /orders/{id}` and a
+    // retried checkout report; if it cannot be written now, the warehouse's outcome event
+    // writes it later (it carries the order), so the answer stands.
+    if let Err(err) = state.orders.record(order, status).await {
+        tracing::warn!(%request_id, order_uid = %order.order_uid, error = %err, "order placed but not yet recorded");
+    }
+    // Either way the cart is done. If it cannot be closed, a retry after the lease takes it
+    // over and finds the order recorded.
     if let Err(err) = state.carts.complete_checkout(&ticket).await {
         tracing::warn!(%request_id, order_uid = %order.order_uid, error = %err, "order placed but the cart could not be closed");
     }
@@ -404,16 +406,11 @@ async fn place_order(
     })
 }
 
-/// Undoes a checkout that will not place its order: the pending record, the reservation, the
-/// hold on the cart. Each step is idempotent; one that fails is left to its timeout (the
-/// reservation's TTL, the cart's lease) rather than failing the answer a second time.
+/// Undoes a checkout that will not place its order: the reservation, the hold on the cart.
+/// Each step is idempotent; one that fails is left to its timeout (the reservation's TTL, the
+/// cart's lease) rather than failing the answer a second time.
 async fn undo(state: &AppState, ticket: &CheckoutTicket, progress: Progress, request_id: &str) {
     let order_uid = &ticket.order.order_uid;
-    if progress.recorded {
-        if let Err(err) = state.orders.discard_pending(order_uid).await {
-            tracing::warn!(%request_id, %order_uid, error = %err, "failed checkout: its pending order could not be discarded");
-        }
-    }
     if progress.reserved {
         if let Some(stock) = &state.stock {
             if let Err(err) = stock.release(order_uid, request_id).await {
@@ -421,15 +418,15 @@ async fn undo(state: &AppState, ticket: &CheckoutTicket, progress: Progress, req
             }
         }
     }
-    // `published` is false here unless a panic path... the publish either certainly failed
-    // (nothing enqueued) or its fate is unknown, and the latter does not come here.
+    // Not `published`: an order whose publish may have reached the queue is never undone (its
+    // fate unknown, it is answered pending); only one that certainly did not comes here.
     if let Err(err) = state.carts.abort_checkout(ticket, false).await {
         tracing::warn!(%request_id, cart_id = ticket.cart_id, error = %err, "checkout failed and the cart could not be released");
     }
 }
 
-/// Reserves the stock, authorizes the card, records the order and publishes it under
-/// confirms. `Placed`: the broker confirmed. `Pending`: the publish's fate is unknown.
+/// Reserves the stock, authorizes the card and publishes the order under confirms. `Placed`:
+/// the broker confirmed. `Pending`: the publish's fate is unknown.
 async fn reserve_authorize_publish(
     state: &AppState,
     ticket: &CheckoutTicket,
@@ -470,22 +467,9 @@ async fn reserve_authorize_publish(
         }
         Verdict::Rejected(body) => return Err(CartRouteError::CardRejected(body)),
     }
-    // Written before the publish: an order that may reach the warehouse always has a record.
-    progress.recorded = true;
-    if let Err(err) = state.orders.insert_pending(order).await {
-        state.outcomes.failed.inc();
-        tracing::warn!(%request_id, order_uid = %order.order_uid, error = %err, "checkout failed: order store");
-        return Err(err.into());
-    }
     progress.published = true;
     match state.publisher.publish(order, request_id).await {
-        Ok(()) => {
-            // If this write fails the order stays `pending` until the warehouse reports it.
-            if let Err(err) = state.orders.mark_placed(&order.order_uid).await {
-                tracing::warn!(%request_id, order_uid = %order.order_uid, error = %err, "order confirmed but not yet marked placed");
-            }
-            Ok(OrderStatus::Placed)
-        }
+        Ok(()) => Ok(OrderStatus::Placed),
         Err(err) if err.certainly_not_enqueued() => {
             state.outcomes.failed.inc();
             tracing::warn!(%request_id, order_uid = %order.order_uid, error = %err, "checkout failed: order not accepted by the broker");

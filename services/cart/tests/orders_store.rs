@@ -51,20 +51,21 @@ async fn status(store: &dyn OrderStore, order_id: i32) -> Option<OrderStatus> {
 }
 
 #[tokio::test]
-async fn an_order_goes_pending_placed_fulfilled_and_never_back() {
+async fn an_order_goes_placed_fulfilled_and_never_back() {
     for (store, _db) in stores().await {
         let kind = store.kind();
         let o = order(1, 7);
-        store.insert_pending(&o).await.expect("insert");
+        store.record(&o, OrderStatus::Placed).await.expect("record");
         // A retried checkout writes it again: no change, no error.
-        store.insert_pending(&o).await.expect("insert again");
+        store
+            .record(&o, OrderStatus::Pending)
+            .await
+            .expect("record again");
         let read = store.get(1).await.expect("get").expect("found");
-        assert_eq!(read.status, OrderStatus::Pending, "{kind}");
+        assert_eq!(read.status, OrderStatus::Placed, "{kind}");
         assert_eq!(read.order_uid, o.order_uid);
         assert_eq!(read.items, o.items);
         assert_eq!(read.created_at, o.created_at, "{kind}");
-        store.mark_placed(&o.order_uid).await.expect("placed");
-        assert_eq!(status(store.as_ref(), 1).await, Some(OrderStatus::Placed));
         store
             .apply_outcomes(&[event(&o, OrderOutcome::Fulfilled, true)])
             .await
@@ -73,9 +74,9 @@ async fn an_order_goes_pending_placed_fulfilled_and_never_back() {
             status(store.as_ref(), 1).await,
             Some(OrderStatus::Fulfilled)
         );
-        // Late or repeated news changes nothing final: not a confirm, not a cancel, not an
-        // (impossible) contrary outcome.
-        store.mark_placed(&o.order_uid).await.expect("placed");
+        // Late or repeated news changes nothing final: not the checkout's record, not a cancel,
+        // not an (impossible) contrary outcome.
+        store.record(&o, OrderStatus::Placed).await.expect("record");
         let after = store
             .mark_cancelling(&o.order_uid, CancelReason::Customer)
             .await
@@ -90,11 +91,6 @@ async fn an_order_goes_pending_placed_fulfilled_and_never_back() {
             status(store.as_ref(), 1).await,
             Some(OrderStatus::Fulfilled)
         );
-        store.discard_pending(&o.order_uid).await.expect("discard");
-        assert_eq!(
-            status(store.as_ref(), 1).await,
-            Some(OrderStatus::Fulfilled)
-        );
     }
 }
 
@@ -104,8 +100,7 @@ async fn a_cancel_moves_placed_to_cancelling_then_to_the_warehouse_outcome() {
         let kind = store.kind();
         let (a, b) = (order(1, 7), order(2, 7));
         for o in [&a, &b] {
-            store.insert_pending(o).await.expect("insert");
-            store.mark_placed(&o.order_uid).await.expect("placed");
+            store.record(o, OrderStatus::Placed).await.expect("record");
         }
         for o in [&a, &b] {
             let now = store
@@ -155,6 +150,12 @@ async fn outcomes_of_orders_never_recorded_here_are_recorded_from_the_event() {
         let read = store.get(5).await.expect("get").expect("recorded");
         assert_eq!(read.status, OrderStatus::Fulfilled, "{kind}");
         assert_eq!(read.customer_id, 9);
+        // The checkout's own record, arriving after the outcome, changes nothing.
+        store.record(&o, OrderStatus::Placed).await.expect("record");
+        assert_eq!(
+            status(store.as_ref(), 5).await,
+            Some(OrderStatus::Fulfilled)
+        );
         // Without the order in the event there is nothing to record.
         let unknown = order(6, 9);
         store
@@ -166,13 +167,15 @@ async fn outcomes_of_orders_never_recorded_here_are_recorded_from_the_event() {
 }
 
 #[tokio::test]
-async fn only_pending_orders_are_discarded_or_found_stale() {
+async fn only_pending_orders_are_found_stale() {
     for (store, _db) in stores().await {
         let kind = store.kind();
         let (a, b) = (order(1, 7), order(2, 7));
-        store.insert_pending(&a).await.expect("insert");
-        store.insert_pending(&b).await.expect("insert");
-        store.mark_placed(&b.order_uid).await.expect("placed");
+        store
+            .record(&a, OrderStatus::Pending)
+            .await
+            .expect("record");
+        store.record(&b, OrderStatus::Placed).await.expect("record");
         let later = b.created_at + time::Duration::seconds(10);
         let stale = store.stale_pending(later, 10).await.expect("stale");
         assert_eq!(
@@ -185,21 +188,30 @@ async fn only_pending_orders_are_discarded_or_found_stale() {
             .await
             .expect("stale")
             .is_empty());
-        store.discard_pending(&a.order_uid).await.expect("discard");
-        store.discard_pending(&b.order_uid).await.expect("discard");
-        assert!(store.get(1).await.expect("get").is_none(), "{kind}");
-        assert_eq!(status(store.as_ref(), 2).await, Some(OrderStatus::Placed));
-        // The id is free again for the retried checkout of the same order.
-        store.insert_pending(&a).await.expect("insert again");
-        assert_eq!(status(store.as_ref(), 1).await, Some(OrderStatus::Pending));
+        // Withdrawn (a cancel published), it is no longer stale.
+        store
+            .mark_cancelling(&a.order_uid, CancelReason::NotConfirmed)
+            .await
+            .expect("cancelling");
+        assert!(
+            store
+                .stale_pending(later, 10)
+                .await
+                .expect("stale")
+                .is_empty(),
+            "{kind}"
+        );
     }
 }
 
 #[tokio::test]
 async fn one_id_cannot_hold_two_orders() {
     for (store, _db) in stores().await {
-        store.insert_pending(&order(1, 7)).await.expect("insert");
-        let clash = store.insert_pending(&order(1, 8)).await;
+        store
+            .record(&order(1, 7), OrderStatus::Placed)
+            .await
+            .expect("record");
+        let clash = store.record(&order(1, 8), OrderStatus::Placed).await;
         assert!(
             matches!(
                 clash,
@@ -216,10 +228,13 @@ async fn a_customers_orders_come_newest_first_in_pages() {
     for (store, _db) in stores().await {
         let kind = store.kind();
         for id in 1..=5 {
-            store.insert_pending(&order(id, 7)).await.expect("insert");
+            store
+                .record(&order(id, 7), OrderStatus::Placed)
+                .await
+                .expect("record");
         }
         store
-            .insert_pending(&order(6, 8))
+            .record(&order(6, 8), OrderStatus::Placed)
             .await
             .expect("other customer");
         let page = store.list_for_customer(7, None, 2).await.expect("list");

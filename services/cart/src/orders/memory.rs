@@ -83,38 +83,16 @@ impl OrderStore for MemoryOrderStore {
         StoreKind::Memory
     }
 
-    async fn insert_pending(&self, order: &OrderMessage) -> Result<(), OrderStoreError> {
+    async fn record(
+        &self,
+        order: &OrderMessage,
+        status: OrderStatus,
+    ) -> Result<(), OrderStoreError> {
         let mut orders = self.lock();
         if orders.id_of_uid.contains_key(&order.order_uid) {
             return Ok(());
         }
-        orders.insert(Order::from_message(order, OrderStatus::Pending))
-    }
-
-    async fn mark_placed(&self, order_uid: &str) -> Result<(), OrderStoreError> {
-        let mut orders = self.lock();
-        if orders.by_uid(order_uid).map(|o| o.status) == Some(OrderStatus::Pending) {
-            orders.set_status(order_uid, OrderStatus::Placed);
-        }
-        Ok(())
-    }
-
-    async fn discard_pending(&self, order_uid: &str) -> Result<(), OrderStoreError> {
-        let mut orders = self.lock();
-        let Some(&id) = orders.id_of_uid.get(order_uid) else {
-            return Ok(());
-        };
-        if orders.by_id.get(&id).map(|o| o.status) != Some(OrderStatus::Pending) {
-            return Ok(());
-        }
-        if let Some(order) = orders.by_id.remove(&id) {
-            orders.id_of_uid.remove(order_uid);
-            orders.pending.remove(&id);
-            if let Some(ids) = orders.by_customer.get_mut(&order.customer_id) {
-                ids.remove(&id);
-            }
-        }
-        Ok(())
+        orders.insert(Order::from_message(order, status))
     }
 
     async fn get(&self, order_id: i32) -> Result<Option<Order>, OrderStoreError> {

@@ -89,12 +89,17 @@ impl OrderStore for PgOrderStore {
         StoreKind::Postgres
     }
 
-    async fn insert_pending(&self, order: &OrderMessage) -> Result<(), OrderStoreError> {
-        // ON CONFLICT on the uid only: the same order again is a retry (keep its status); the
-        // same id with another uid is a clash and must not pass silently.
+    async fn record(
+        &self,
+        order: &OrderMessage,
+        status: OrderStatus,
+    ) -> Result<(), OrderStoreError> {
+        // ON CONFLICT on the uid only: the same order again is a retry, or its outcome came
+        // first (keep what is there); the same id with another uid is a clash and must not pass
+        // silently.
         let result = sqlx::query(
             "INSERT INTO orders (order_id, order_uid, shopping_cart_id, customer_id, items, \
-             status, created_at) VALUES ($1, $2, $3, $4, $5::jsonb, 'pending', $6) \
+             status, created_at) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7) \
              ON CONFLICT (order_uid) DO NOTHING",
         )
         .bind(order.order_id)
@@ -102,6 +107,7 @@ impl OrderStore for PgOrderStore {
         .bind(order.shopping_cart_id)
         .bind(order.customer_id)
         .bind(items_json(&order.items))
+        .bind(status.as_str())
         .bind(order.created_at)
         .execute(&self.pool)
         .await;
@@ -114,27 +120,6 @@ impl OrderStore for PgOrderStore {
             }
             Err(err) => Err(unavailable(err)),
         }
-    }
-
-    async fn mark_placed(&self, order_uid: &str) -> Result<(), OrderStoreError> {
-        sqlx::query(
-            "UPDATE orders SET status = 'placed', updated_at = now() \
-             WHERE order_uid = $1 AND status = 'pending'",
-        )
-        .bind(order_uid)
-        .execute(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        Ok(())
-    }
-
-    async fn discard_pending(&self, order_uid: &str) -> Result<(), OrderStoreError> {
-        sqlx::query("DELETE FROM orders WHERE order_uid = $1 AND status = 'pending'")
-            .bind(order_uid)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
     }
 
     async fn get(&self, order_id: i32) -> Result<Option<Order>, OrderStoreError> {
