@@ -277,11 +277,17 @@ async fn cancels_racing_fulfilment_have_one_winner_each_and_stock_is_conserved()
         let quantity = 1 + (i % 3) as i64;
         let id = order_id(shop.buy(product, quantity).await).await;
         tokio::time::sleep(Duration::from_millis(i * 10)).await;
-        let cancel = shop.cancel(id).await.status();
-        assert!(
-            [StatusCode::ACCEPTED, StatusCode::OK, StatusCode::CONFLICT].contains(&cancel),
-            "{cancel}"
-        );
+        let resp = shop.cancel(id).await;
+        let cancel = resp.status();
+        let body: Value = resp.json().await.expect("json");
+        // The answer agrees with itself: 202 is `cancelling`, 200 `cancelled`, 409 the
+        // fulfilment that came first; never a stale `placed` read next to a lost update.
+        match cancel {
+            StatusCode::ACCEPTED => assert_eq!(body["status"], "cancelling", "{body}"),
+            StatusCode::OK => assert_eq!(body["status"], "cancelled", "{body}"),
+            StatusCode::CONFLICT => assert_eq!(body["error"], "ORDER_ALREADY_FULFILLED"),
+            other => panic!("cancel answered {other}: {body}"),
+        }
         let order = shop.order_when(id, is_final).await;
         if cancel == StatusCode::CONFLICT {
             assert_eq!(order["status"], "fulfilled");

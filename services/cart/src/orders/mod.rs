@@ -2,11 +2,13 @@
 //! the warehouse decides the outcome and announces it on the events exchange.
 //!
 //! ```text
-//! pending ──confirm──▶ placed ──▶ fulfilled          (the warehouse applied it)
-//!    │                   │
-//!    │               cancel ──▶ cancelling ──▶ cancelled   (the cancel reached the warehouse first)
-//!    │                                    └──▶ fulfilled   (the order did: the cancel lost)
-//!    └── not seen within PENDING_ORDER_TIMEOUT_MS ──▶ cancelling (reason not_confirmed) ──▶ …
+//! checkout ──confirmed──▶ placed ──▶ fulfilled                 (the warehouse applied it)
+//!    │                      │
+//!    │                   cancel ──▶ cancelling ──▶ cancelled   (the cancel reached the warehouse first)
+//!    │                                        └──▶ fulfilled   (the order did: the cancel lost)
+//!    └──fate unknown──▶ pending ──▶ fulfilled                  (it did reach the warehouse)
+//!                          └── not reported within PENDING_ORDER_TIMEOUT_MS
+//!                              ──▶ cancelling (reason not_confirmed) ──▶ cancelled | fulfilled
 //! ```
 //!
 //! - The checkout records the order once the publish has an outcome: `placed` (the broker

@@ -155,21 +155,26 @@ impl OrderStore for PgOrderStore {
         order_uid: &str,
         reason: CancelReason,
     ) -> Result<Option<Order>, OrderStoreError> {
-        // Update if allowed, then read: both in one statement, so the answer is the state the
-        // update left (or found).
-        let row = sqlx::query(&format!(
-            "WITH moved AS ( \
-                 UPDATE orders SET status = 'cancelling', cancel_reason = $2, updated_at = now() \
-                 WHERE order_uid = $1 AND status IN ('pending', 'placed') \
-                 RETURNING {COLUMNS} \
-             ) \
-             SELECT * FROM moved \
-             UNION ALL \
-             SELECT {COLUMNS} FROM orders \
-             WHERE order_uid = $1 AND NOT EXISTS (SELECT 1 FROM moved)"
+        // Two statements, not one: an UPDATE that waited for a concurrent outcome and then
+        // found the row no longer eligible changes nothing, and a read in the same statement
+        // would still see the row as it was when the statement began (`placed`). A separate
+        // read sees the committed outcome.
+        let moved = sqlx::query(&format!(
+            "UPDATE orders SET status = 'cancelling', cancel_reason = $2, updated_at = now() \
+             WHERE order_uid = $1 AND status IN ('pending', 'placed') RETURNING {COLUMNS}"
         ))
         .bind(order_uid)
         .bind(reason_str(reason))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        if let Some(row) = moved {
+            return order_of(&row).map(Some);
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM orders WHERE order_uid = $1"
+        ))
+        .bind(order_uid)
         .fetch_optional(&self.pool)
         .await
         .map_err(unavailable)?;
