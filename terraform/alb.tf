@@ -98,7 +98,8 @@ resource "aws_lb_listener" "http" {
 
     fixed_response {
       content_type = "application/json"
-      message_body = "{\"error\":\"not found\"}"
+      # The services' error body, so clients (and scripts/test-api.sh) read one shape everywhere.
+      message_body = jsonencode({ error = "NOT_FOUND", message = "no route for this path" })
       status_code  = "404"
     }
   }
