@@ -143,7 +143,7 @@ echo
 echo "$TABLE"
 if [[ -n $OUT ]]; then
   awk -v table="$TABLE" -v store="$STORE" '
-    index($0, "## Stock reservations (" store " stores)") == 1 { print table; skip = 1; done = 1; next }
+    index($0, "## Stock reservations (" store " stores)") == 1 { print table; print ""; skip = 1; done = 1; next }
     skip && /^## / { skip = 0 }
     !skip { print }
     END { if (!done) { print ""; print table } }' "$OUT" >"$WORK/out.md"
