@@ -126,6 +126,28 @@ impl RedisCartStore {
         }
     }
 
+    /// Runs one of the item scripts (`add_item.lua`, `set_item.lua`): both take the cart key, the
+    /// item's field, a quantity and the cart's TTL, and answer a status code first.
+    async fn item_script(
+        &self,
+        script: &Script,
+        cart_id: i32,
+        product_id: i32,
+        quantity: i32,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut field = String::with_capacity(13);
+        let _ = write!(field, "i:{product_id}");
+        self.bounded(
+            script
+                .key(self.cart_key(cart_id))
+                .arg(field)
+                .arg(quantity)
+                .arg(self.ttl_ms)
+                .invoke_async(&mut self.connection()),
+        )
+        .await
+    }
+
     /// `set_item.lua`: sets a quantity, or removes the item with 0.
     async fn set_item(
         &self,
@@ -133,18 +155,8 @@ impl RedisCartStore {
         product_id: i32,
         quantity: i32,
     ) -> Result<(), StoreError> {
-        let mut field = String::with_capacity(13);
-        let _ = write!(field, "i:{product_id}");
-        let reply: Vec<i64> = self
-            .bounded(
-                self.scripts
-                    .set_item
-                    .key(self.cart_key(cart_id))
-                    .arg(field)
-                    .arg(quantity)
-                    .arg(self.ttl_ms)
-                    .invoke_async(&mut self.connection()),
-            )
+        let reply = self
+            .item_script(&self.scripts.set_item, cart_id, product_id, quantity)
             .await?;
         match reply.first().copied() {
             Some(OK) => Ok(()),
@@ -319,18 +331,8 @@ impl CartStore for RedisCartStore {
         product_id: i32,
         quantity: i32,
     ) -> Result<(), StoreError> {
-        let mut field = String::with_capacity(13);
-        let _ = write!(field, "i:{product_id}");
-        let reply: Vec<i64> = self
-            .bounded(
-                self.scripts
-                    .add_item
-                    .key(self.cart_key(cart_id))
-                    .arg(field)
-                    .arg(quantity)
-                    .arg(self.ttl_ms)
-                    .invoke_async(&mut self.connection()),
-            )
+        let reply = self
+            .item_script(&self.scripts.add_item, cart_id, product_id, quantity)
             .await?;
         match reply.first().copied() {
             Some(OK) => Ok(()),
