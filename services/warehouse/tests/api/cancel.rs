@@ -172,7 +172,12 @@ async fn the_first_of_an_order_and_its_cancel_wins_and_every_delivery_is_announc
         assert_eq!(event.order.as_ref(), Some(&b), "{event:?}");
     }
 
-    let stats = app.stats().await;
+    // The listener can see the events before the warehouse has counted their confirm.
+    let stats = wait_for("8 events counted", Duration::from_secs(10), || async {
+        let stats = app.stats().await;
+        (stats.events_published >= 8).then_some(stats)
+    })
+    .await;
     assert_eq!(stats.orders_processed, 1);
     assert_eq!(stats.orders_cancelled, 1);
     assert_eq!(stats.products, BTreeMap::from([(2, 3)]), "a added nothing");
