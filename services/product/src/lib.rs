@@ -69,7 +69,7 @@ struct OpenStore {
 
 /// Opens the configured store and seeds it. On PostgreSQL both wait up to
 /// `STORE_STARTUP_TIMEOUT_MS` for the database, so a service started with it comes up with it.
-async fn open_store(settings: &Settings) -> Result<OpenStore, BuildError> {
+async fn open_store(settings: &Settings, metrics: &Metrics) -> Result<OpenStore, BuildError> {
     let seed = settings.seed_products;
     let seed_stock = settings.seed_stock;
     let Some(config) = &settings.store else {
@@ -82,7 +82,7 @@ async fn open_store(settings: &Settings) -> Result<OpenStore, BuildError> {
             pool: None,
         });
     };
-    let catalog = PgCatalog::connect(config, settings.cache_capacity).await?;
+    let catalog = PgCatalog::connect(config, settings.cache_capacity, metrics).await?;
     retry_until(
         "the catalog seed",
         config.startup_timeout,
@@ -107,13 +107,13 @@ async fn open_store(settings: &Settings) -> Result<OpenStore, BuildError> {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, BuildError> {
+        let metrics = Metrics::new();
         let OpenStore {
             catalog,
             stock,
             readiness,
             pool,
-        } = open_store(&settings).await?;
-        let metrics = Metrics::new();
+        } = open_store(&settings, &metrics).await?;
         let injected = metrics.counter(
             "product_injected_failures_total",
             "Requests answered 503 on purpose (FAILURE_RATE).",

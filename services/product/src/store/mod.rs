@@ -8,12 +8,14 @@
 //! Both hand out each product's JSON pre-rendered as [`Bytes`], so a hot `GET` is a map lookup
 //! and a reference-count bump in either store. Stock ([`StockStore`]) is mutable and never
 //! cached; its rules are [`crate::stock`]'s, the stores only load, lock and write back
-//! (`memory_stock.rs`, `postgres_stock.rs`).
+//! (`memory_stock.rs`, `postgres_stock.rs`; reservations on PostgreSQL are batched:
+//! `postgres_reserve.rs`).
 
 pub mod cache;
 pub mod memory;
 mod memory_stock;
 pub mod postgres;
+mod postgres_reserve;
 mod postgres_stock;
 
 use crate::catalog::{NewProduct, Product};

@@ -8,9 +8,11 @@
 //! [`CatalogError::Unavailable`], and the lazy pool reconnects by itself when it is back.
 
 use super::cache::JsonCache;
+use super::postgres_reserve::ReserveBatcher;
 use super::{CatalogError, CatalogStore};
 use crate::catalog::{NewProduct, Product, SEED_MAKERS};
 use bytes::Bytes;
+use common::metrics::Metrics;
 use common::store::postgres::{self as pg, PgConfig, PgPool, PgSetupError};
 use common::store::StoreKind;
 use sqlx::migrate::Migrator;
@@ -63,14 +65,21 @@ pub struct PgCatalog {
     pub(super) pool: PgPool,
     cache: JsonCache,
     pub(super) timeout: Duration,
+    pub(super) reserver: ReserveBatcher,
 }
 
 impl PgCatalog {
     /// Connects, creates the schema and applies the migrations (waiting up to
     /// `STORE_STARTUP_TIMEOUT_MS` for the database).
-    pub async fn connect(config: &PgConfig, cache_capacity: usize) -> Result<Self, PgSetupError> {
+    /// Reservation batches report to `metrics`.
+    pub async fn connect(
+        config: &PgConfig,
+        cache_capacity: usize,
+        metrics: &Metrics,
+    ) -> Result<Self, PgSetupError> {
         let pool = pg::connect(config, &MIGRATOR).await?;
         Ok(Self {
+            reserver: ReserveBatcher::start(pool.clone(), config.timeout, metrics),
             pool,
             cache: JsonCache::new(cache_capacity),
             timeout: config.timeout,

@@ -20,7 +20,7 @@ use crate::stock::{
 };
 use common::messaging::OrderEvent;
 use common::store::StoreUnavailable;
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
@@ -79,13 +79,20 @@ const WRITE_RESERVATIONS: &str = "UPDATE reservations AS r SET status = u.status
      WHERE r.order_uid = u.order_uid";
 
 /// One statement per call; the rows are locked in uid order like everywhere else, and one that
-/// stopped being held while this waited for it (released meanwhile) is re-checked and skipped.
+/// stopped being held while this waited for it (released meanwhile) is re-checked and skipped
+/// (the outer `status = 'held'` is evaluated again on the row's newest version).
+///
+/// The status test stays out of the locking subquery on purpose: with it there, the planner
+/// finds the rows through the partial index `reservations_held_since`, whose entries for every
+/// reservation confirmed since the last vacuum are still there, dead, and are read on each call.
+/// Measured under a checkout load: about 9,000 index entries read per confirm, growing with the
+/// table; by the primary key, one per uid.
 const CONFIRM: &str = "UPDATE reservations SET status = 'confirmed', updated_at = now() \
-     WHERE order_uid IN (SELECT order_uid FROM reservations \
-                         WHERE order_uid = ANY($1) AND status = 'held' \
-                         ORDER BY order_uid FOR UPDATE)";
+     WHERE order_uid IN (SELECT order_uid FROM reservations WHERE order_uid = ANY($1) \
+                         ORDER BY order_uid FOR UPDATE) \
+       AND status = 'held'";
 
-fn db(err: sqlx::Error) -> StockError {
+pub(super) fn db(err: sqlx::Error) -> StockError {
     StockError::Store(classify(err))
 }
 
@@ -151,7 +158,7 @@ fn reservations_from_rows(
     Ok((reservations, now))
 }
 
-async fn lock_levels(
+pub(super) async fn lock_levels(
     conn: &mut PgConnection,
     ids: &[i32],
 ) -> Result<BTreeMap<i32, Levels>, StockError> {
@@ -179,7 +186,7 @@ async fn lock_reservation(
 }
 
 /// Writes back the stock rows and reservations an operation changed.
-async fn write_back(conn: &mut PgConnection, w: &Working) -> Result<(), StockError> {
+pub(super) async fn write_back(conn: &mut PgConnection, w: &Working) -> Result<(), StockError> {
     let rows = w.changed_rows()?;
     if !rows.is_empty() {
         let column = |f: fn(&Levels) -> i64| rows.iter().map(|(_, l)| f(l)).collect::<Vec<_>>();
@@ -307,6 +314,17 @@ async fn reserve_in(
             })
         }
     }
+}
+
+/// One reservation in a transaction of its own (not bounded here: the caller bounds it).
+pub(super) async fn reserve_alone(
+    pool: &PgPool,
+    order_uid: &str,
+    items: &[Item],
+) -> Result<Reserved, StockError> {
+    let mut tx = pool.begin().await.map_err(db)?;
+    let result = reserve_in(&mut tx, order_uid, items).await;
+    finish(tx, result).await
 }
 
 async fn release_in(conn: &mut PgConnection, order_uid: &str) -> Result<Reservation, StockError> {
@@ -441,12 +459,8 @@ impl StockStore for PgCatalog {
     }
 
     async fn reserve(&self, order_uid: &str, items: &[Item]) -> Result<Reserved, StockError> {
-        self.within(async {
-            let mut tx = self.begin().await?;
-            let result = reserve_in(&mut tx, order_uid, items).await;
-            finish(tx, result).await
-        })
-        .await
+        // Batched with the reservations arriving meanwhile (`postgres_reserve.rs`).
+        self.within(self.reserver.reserve(order_uid, items)).await
     }
 
     async fn release(&self, order_uid: &str) -> Result<Reservation, StockError> {

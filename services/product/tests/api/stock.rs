@@ -28,6 +28,7 @@ on_both_stores!(
     adjustments_move_on_hand_within_bounds,
     internal_routes_never_fail_on_purpose,
     concurrent_reservations_never_oversell,
+    a_burst_is_answered_as_if_each_reservation_came_alone,
     concurrent_reserves_and_releases_keep_the_books_balanced,
     the_timeout_releases_held_reservations_only,
 );
@@ -655,6 +656,123 @@ async fn concurrent_reservations_never_oversell(backend: Backend) {
         50
     );
     assert_eq!(held.iter().filter(|s| s.is_none()).count(), 150);
+}
+
+/// 240 reservations at once, so the PostgreSQL store takes them in batches: fresh ones, racing
+/// retries of the same uid, ones that run out of stock, ones naming an unknown product. Each is
+/// answered as if it had come alone, and the books hold exactly the held ones.
+async fn a_burst_is_answered_as_if_each_reservation_came_alone(backend: Backend) {
+    const A_STOCK: i64 = 60;
+    const B_STOCK: i64 = 5;
+    let app = Arc::new(spawn_on(backend, 0).await);
+    let a = app.create_with_stock(A_STOCK).await;
+    let b = app.create_with_stock(B_STOCK).await;
+    let unknown = 999_999;
+    // (uid, items): i % 6 == 1 retries the uid of i - 1 with the same items.
+    let requests: Vec<(String, Vec<(i64, i64)>)> = (0..240)
+        .map(|i| match i % 6 {
+            0 | 1 => (format!("burst-{}", i - i % 6), vec![(a, 1)]),
+            2 => (format!("burst-{i}"), vec![(a, 1), (b, 1)]),
+            3 => (format!("burst-{i}"), vec![(a, 1), (unknown, 1)]),
+            _ => (format!("burst-{i}"), vec![(a, 1)]),
+        })
+        .collect();
+    let tasks: Vec<_> = requests
+        .iter()
+        .cloned()
+        .map(|(uid, items)| {
+            let app = Arc::clone(&app);
+            tokio::spawn(async move {
+                let resp = app.reserve(&uid, &items).await;
+                let status = resp.status();
+                let body: Value = resp.json().await.expect("json");
+                (status, body)
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.expect("task"));
+    }
+
+    let mut held: std::collections::BTreeMap<String, Vec<(i64, i64)>> = Default::default();
+    let mut refused = std::collections::BTreeSet::new();
+    for (i, ((uid, items), (status, body))) in requests.iter().zip(&answers).enumerate() {
+        match status.as_u16() {
+            201 | 200 => {
+                assert_eq!(body["status"], "held", "{uid}: {body}");
+                held.insert(uid.clone(), items.clone());
+            }
+            409 => {
+                assert_eq!(body["error"], "OUT_OF_STOCK", "{uid}: {body}");
+                refused.insert(uid.clone());
+            }
+            404 => {
+                assert_eq!(i % 6, 3, "{uid}: {body}");
+                assert_eq!(body["error"], "PRODUCT_NOT_FOUND", "{uid}: {body}");
+                refused.insert(uid.clone());
+            }
+            other => panic!("{uid}: unexpected {other}: {body}"),
+        }
+        if i % 6 == 3 {
+            assert_eq!(
+                status.as_u16(),
+                404,
+                "{uid}: an unknown product is never held"
+            );
+        }
+    }
+    // A uid and its racing retry: one 201 and one 200, or both refused.
+    for pair in answers.chunks(6) {
+        let statuses = (pair[0].0.as_u16(), pair[1].0.as_u16());
+        assert!(
+            matches!(statuses, (201, 200) | (200, 201) | (409, 409)),
+            "{statuses:?}"
+        );
+    }
+    let short = answers.iter().filter(|(s, _)| s.as_u16() == 409).count();
+    assert!(short > 0, "twice as much was asked of product a as it has");
+    assert!(held.keys().all(|uid| !refused.contains(uid)));
+
+    let on = |id: i64| -> i64 {
+        held.values()
+            .flat_map(|items| items.iter())
+            .filter(|(p, _)| *p == id)
+            .map(|(_, q)| q)
+            .sum()
+    };
+    assert_eq!(on(a), A_STOCK, "product a is sold out, never oversold");
+    assert_eq!(app.levels(a).await, Levels::new(0, on(a), 0, 0));
+    assert_eq!(
+        app.levels(b).await,
+        Levels::new(B_STOCK - on(b), on(b), 0, 0)
+    );
+    for uid in held.keys() {
+        assert_eq!(app.status_of(uid).await, "held", "{uid}");
+    }
+    for uid in &refused {
+        assert_eq!(
+            app.reservation(uid).await,
+            None,
+            "{uid}: refused, so not recorded"
+        );
+    }
+    if matches!(backend, Backend::Postgres) {
+        let batches = app.metric("product_reservation_batches_total").await;
+        let batched = app.metric("product_reservations_batched_total").await;
+        let alone = app.metric("product_reservations_alone_total").await;
+        assert_eq!(batched + alone, 240, "every reservation decided once");
+        assert!(
+            batched > batches,
+            "some batch held more than one: {batched} in {batches}"
+        );
+        // A 200 is a uid found already reserved, which only a reservation alone answers.
+        let retried = answers.iter().filter(|(s, _)| s.as_u16() == 200).count() as u64;
+        assert!(
+            retried > 0 && alone >= retried,
+            "{alone} alone, {retried} answered 200"
+        );
+    }
 }
 
 /// Reserves, releases, retries and adjustments race on a few products; afterwards every
