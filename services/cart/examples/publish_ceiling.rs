@@ -16,7 +16,8 @@
 //! cargo run --release -p cart-service --example publish_ceiling -- --messages 20000
 //! cargo run --release -p cart-service --example publish_ceiling -- --delete bench_orders_123
 //! ```
-//! `--delete Q` only deletes the queue Q, `Q.dlq` and `Q.dlx` (cleanup for scripts/bench-cart.sh)
+//! `--delete Q` only deletes the queue Q and the rest of its topology (`Q.dlq`, `Q.cancel`,
+//! `Q.events.*`, the exchanges `Q.dlx` and `Q.events`: cleanup for the bench scripts)
 //! and exits; `--purge Q` only empties Q. The broker comes from `AMQP_URL`.
 
 use clap::Parser;
@@ -47,7 +48,7 @@ struct Args {
     /// Keep the queues after the run.
     #[arg(long)]
     keep: bool,
-    /// Only delete this queue (and its .dlq/.dlx), then exit.
+    /// Only delete this queue (and the rest of its topology), then exit.
     #[arg(long, value_name = "QUEUE")]
     delete: Option<String>,
     /// Only empty this queue, then exit (between benchmark rounds, so each round's checkouts
@@ -124,17 +125,18 @@ async fn publish_all(
 
 async fn delete_topology(connection: &Connection, topology: &Topology) -> anyhow::Result<()> {
     let channel = connection.create_channel().await?;
-    for name in [&topology.queue, &topology.dead_letter_queue] {
+    // Every queue the topology declares (the cancel and event queues too: a benchmark's run
+    // would otherwise leave them behind on the broker, one set per run).
+    for name in topology.queues() {
         channel
-            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            .queue_delete(name.into(), QueueDeleteOptions::default())
             .await?;
     }
-    channel
-        .exchange_delete(
-            topology.dead_letter_exchange.as_str().into(),
-            ExchangeDeleteOptions::default(),
-        )
-        .await?;
+    for exchange in [&topology.dead_letter_exchange, &topology.events_exchange] {
+        channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
     let _ = channel.close(200, "done".into()).await;
     Ok(())
 }
@@ -225,7 +227,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(queue) = &args.delete {
         let topology = Topology::new(queue, QueueType::Classic);
         delete_topology(&connection, &topology).await?;
-        println!("publish_ceiling: deleted {queue}, {queue}.dlq, {queue}.dlx");
+        println!("publish_ceiling: deleted {queue} and its topology");
         let _ = connection.close(200, "done".into()).await;
         return Ok(());
     }
