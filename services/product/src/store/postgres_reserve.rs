@@ -23,12 +23,12 @@
 //! soon as the batch slot ([`IN_FLIGHT`]) is free; only while it is busy do requests queue, and
 //! the next batch takes all of them (up to [`MAX_BATCH`]).
 
-use super::postgres_stock::{db, lock_levels, reserve_alone, write_back};
+use super::postgres_stock::{by_uid, db, finish, lock_levels, lock_reservation, write_back};
 use super::Reserved;
-use crate::stock::{self, Item, StockError, Working};
+use crate::stock::{self, Item, ReservePlan, StockError, Working};
 use common::metrics::{Counter, Metrics};
 use common::store::StoreUnavailable;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -55,6 +55,12 @@ const INSERT_HELD: &str = "INSERT INTO reservations (order_uid, status, product_
 
 /// The rows of the reservations that could not be held: they never existed for anyone else.
 const DELETE_UNHELD: &str = "DELETE FROM reservations WHERE order_uid = ANY($1)";
+
+/// A new reservation, held, at the transaction's `now()`; nothing if the uid exists (then the
+/// caller locks and reads it). A concurrent insert of the same uid waits here for the first.
+const INSERT_RESERVATION: &str = "INSERT INTO reservations (order_uid, status, product_ids, \
+     quantities) VALUES ($1, 'held', $2, $3) ON CONFLICT (order_uid) DO NOTHING \
+     RETURNING created_at";
 
 type Answer = Result<Reserved, StockError>;
 
@@ -301,6 +307,79 @@ async fn hold_together(pool: &PgPool, batch: &[Request]) -> Result<Vec<Decided>,
     write_back(&mut tx, &w).await?;
     tx.commit().await.map_err(db)?;
     Ok(decided)
+}
+
+/// The single path: one reservation, in the caller's transaction (also the whole story of a
+/// retried uid: idempotent answer, mismatch, or a released one held again).
+async fn reserve_in(
+    conn: &mut PgConnection,
+    order_uid: &str,
+    items: &[Item],
+) -> Result<Reserved, StockError> {
+    let ids: Vec<i32> = items.iter().map(|i| i.product_id).collect();
+    let quantities: Vec<i32> = items.iter().map(|i| i.quantity).collect();
+    let inserted: Option<OffsetDateTime> = sqlx::query_scalar(INSERT_RESERVATION)
+        .bind(order_uid)
+        .bind(&ids)
+        .bind(&quantities)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?;
+    let (existing, now) = match inserted {
+        Some(now) => (None, now),
+        None => {
+            // Reservations are never deleted: the row that conflicted is there.
+            let (r, now) = lock_reservation(conn, order_uid)
+                .await?
+                .ok_or_else(|| StockError::internal(format!("reservation {order_uid} vanished")))?;
+            (Some(r), now)
+        }
+    };
+    match stock::plan_reserve(existing.as_ref(), items)? {
+        ReservePlan::Current(reservation) => Ok(Reserved {
+            reservation,
+            created: false,
+        }),
+        ReservePlan::Hold => {
+            let rows = lock_levels(conn, &ids).await?;
+            let is_new = existing.is_none();
+            let mut w = Working::new(by_uid(existing.clone()), rows);
+            stock::hold(&mut w.rows, items)?;
+            let reservation = stock::held(existing, order_uid, items.to_vec(), now);
+            // A new one was inserted as it is; only a re-held one needs its row updated, items
+            // included (it may be re-held with other items).
+            if !is_new {
+                w.reservations
+                    .insert(order_uid.to_string(), reservation.clone());
+                sqlx::query(
+                    "UPDATE reservations SET product_ids = $2, quantities = $3 \
+                     WHERE order_uid = $1",
+                )
+                .bind(order_uid)
+                .bind(&ids)
+                .bind(&quantities)
+                .execute(&mut *conn)
+                .await
+                .map_err(db)?;
+            }
+            write_back(conn, &w).await?;
+            Ok(Reserved {
+                reservation,
+                created: true,
+            })
+        }
+    }
+}
+
+/// One reservation in a transaction of its own (not bounded here: the caller bounds it).
+pub(super) async fn reserve_alone(
+    pool: &PgPool,
+    order_uid: &str,
+    items: &[Item],
+) -> Result<Reserved, StockError> {
+    let mut tx = pool.begin().await.map_err(db)?;
+    let result = reserve_in(&mut tx, order_uid, items).await;
+    finish(tx, result).await
 }
 
 #[cfg(test)]

@@ -11,16 +11,18 @@
 //! The timeout sweep takes its reservations `FOR UPDATE SKIP LOCKED`: several instances sweep
 //! together without waiting on each other or on a checkout that is settling the same row. Each
 //! transaction is bounded by `STORE_TIMEOUT_MS`, like every other request-path query.
+//!
+//! Reserving (batched, and the single path it falls back to) is `postgres_reserve.rs`; it uses
+//! the helpers here and keeps the same lock order.
 
 use super::postgres::{classify, PgCatalog};
 use super::{Reserved, StockStore};
 use crate::stock::{
-    self, EventTally, Item, Levels, ReleasePlan, Reservation, ReservePlan, Status, StockError,
-    Working,
+    self, EventTally, Item, Levels, ReleasePlan, Reservation, Status, StockError, Working,
 };
 use common::messaging::OrderEvent;
 use common::store::StoreUnavailable;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, Postgres, Transaction};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
@@ -49,12 +51,6 @@ const WRITE_LEVELS: &str = "UPDATE stock AS s SET on_hand = u.on_hand, reserved 
      FROM unnest($1::integer[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
                  $6::bigint[]) AS u(product_id, on_hand, reserved, sold, oversold, received) \
      WHERE s.product_id = u.product_id";
-
-/// A new reservation, held, at the transaction's `now()`; nothing if the uid exists (then the
-/// caller locks and reads it). A concurrent insert of the same uid waits here for the first.
-const INSERT_RESERVATION: &str = "INSERT INTO reservations (order_uid, status, product_ids, \
-     quantities) VALUES ($1, 'held', $2, $3) ON CONFLICT (order_uid) DO NOTHING \
-     RETURNING created_at";
 
 const READ_RESERVATION: &str = "SELECT order_uid, status, product_ids, quantities, created_at, \
      updated_at, now() FROM reservations WHERE order_uid = $1";
@@ -173,7 +169,7 @@ pub(super) async fn lock_levels(
     Ok(rows.into_iter().map(levels_from_row).collect())
 }
 
-async fn lock_reservation(
+pub(super) async fn lock_reservation(
     conn: &mut PgConnection,
     order_uid: &str,
 ) -> Result<Option<(Reservation, OffsetDateTime)>, StockError> {
@@ -231,7 +227,7 @@ pub(super) async fn write_back(conn: &mut PgConnection, w: &Working) -> Result<(
 
 /// Commits after success; rolls back at once after a failure, so the row locks are let go
 /// before the answer leaves (not whenever the pool gets round to it).
-async fn finish<T>(
+pub(super) async fn finish<T>(
     tx: Transaction<'_, Postgres>,
     result: Result<T, StockError>,
 ) -> Result<T, StockError> {
@@ -249,82 +245,13 @@ async fn finish<T>(
     }
 }
 
-fn by_uid(reservations: impl IntoIterator<Item = Reservation>) -> BTreeMap<String, Reservation> {
+pub(super) fn by_uid(
+    reservations: impl IntoIterator<Item = Reservation>,
+) -> BTreeMap<String, Reservation> {
     reservations
         .into_iter()
         .map(|r| (r.order_uid.clone(), r))
         .collect()
-}
-
-async fn reserve_in(
-    conn: &mut PgConnection,
-    order_uid: &str,
-    items: &[Item],
-) -> Result<Reserved, StockError> {
-    let ids: Vec<i32> = items.iter().map(|i| i.product_id).collect();
-    let quantities: Vec<i32> = items.iter().map(|i| i.quantity).collect();
-    let inserted: Option<OffsetDateTime> = sqlx::query_scalar(INSERT_RESERVATION)
-        .bind(order_uid)
-        .bind(&ids)
-        .bind(&quantities)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db)?;
-    let (existing, now) = match inserted {
-        Some(now) => (None, now),
-        None => {
-            // Reservations are never deleted: the row that conflicted is there.
-            let (r, now) = lock_reservation(conn, order_uid)
-                .await?
-                .ok_or_else(|| StockError::internal(format!("reservation {order_uid} vanished")))?;
-            (Some(r), now)
-        }
-    };
-    match stock::plan_reserve(existing.as_ref(), items)? {
-        ReservePlan::Current(reservation) => Ok(Reserved {
-            reservation,
-            created: false,
-        }),
-        ReservePlan::Hold => {
-            let rows = lock_levels(conn, &ids).await?;
-            let is_new = existing.is_none();
-            let mut w = Working::new(by_uid(existing.clone()), rows);
-            stock::hold(&mut w.rows, items)?;
-            let reservation = stock::held(existing, order_uid, items.to_vec(), now);
-            // A new one was inserted as it is; only a re-held one needs its row updated, items
-            // included (it may be re-held with other items).
-            if !is_new {
-                w.reservations
-                    .insert(order_uid.to_string(), reservation.clone());
-                sqlx::query(
-                    "UPDATE reservations SET product_ids = $2, quantities = $3 \
-                     WHERE order_uid = $1",
-                )
-                .bind(order_uid)
-                .bind(&ids)
-                .bind(&quantities)
-                .execute(&mut *conn)
-                .await
-                .map_err(db)?;
-            }
-            write_back(conn, &w).await?;
-            Ok(Reserved {
-                reservation,
-                created: true,
-            })
-        }
-    }
-}
-
-/// One reservation in a transaction of its own (not bounded here: the caller bounds it).
-pub(super) async fn reserve_alone(
-    pool: &PgPool,
-    order_uid: &str,
-    items: &[Item],
-) -> Result<Reserved, StockError> {
-    let mut tx = pool.begin().await.map_err(db)?;
-    let result = reserve_in(&mut tx, order_uid, items).await;
-    finish(tx, result).await
 }
 
 async fn release_in(conn: &mut PgConnection, order_uid: &str) -> Result<Reservation, StockError> {
