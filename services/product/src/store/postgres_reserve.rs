@@ -23,11 +23,12 @@
 //! soon as the batch slot ([`IN_FLIGHT`]) is free; only while it is busy do requests queue, and
 //! the next batch takes all of them (up to [`MAX_BATCH`]).
 
-use super::postgres_stock::{by_uid, db, finish, lock_levels, lock_reservation, write_back};
+use super::postgres_stock::{
+    by_uid, db, finish, lock_levels, lock_reservation, timed_out, within, write_back,
+};
 use super::Reserved;
 use crate::stock::{self, Item, ReservePlan, StockError, Working};
 use common::metrics::{Counter, Metrics};
-use common::store::StoreUnavailable;
 use sqlx::{PgConnection, PgPool};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -167,10 +168,7 @@ async fn run_batch(pool: &PgPool, timeout: Duration, batch: Vec<Request>, metric
         Err(_) => {
             // The database is slow or away: running each alone would only wait again.
             for request in batch {
-                let _ = request.reply.send(Err(StockError::Store(
-                    StoreUnavailable::new("PostgreSQL", format!("no answer within {timeout:?}"))
-                        .into(),
-                )));
+                let _ = request.reply.send(Err(timed_out(timeout)));
             }
             return;
         }
@@ -189,17 +187,11 @@ async fn run_batch(pool: &PgPool, timeout: Duration, batch: Vec<Request>, metric
     }
     for request in alone {
         metrics.alone.inc();
-        let answer = match tokio::time::timeout(
+        let answer = within(
             timeout,
             reserve_alone(pool, &request.order_uid, &request.items),
         )
-        .await
-        {
-            Ok(answer) => answer,
-            Err(_) => Err(StockError::Store(
-                StoreUnavailable::new("PostgreSQL", format!("no answer within {timeout:?}")).into(),
-            )),
-        };
+        .await;
         let _ = request.reply.send(answer);
     }
 }

@@ -91,6 +91,23 @@ const LOCK_FOR_CONFIRM: &str = "SELECT order_uid, status FROM reservations \
 const CONFIRM: &str = "UPDATE reservations SET status = 'confirmed', updated_at = now() \
      WHERE order_uid = ANY($1)";
 
+/// A stock operation that got no answer within `timeout`: the store is slow or away (503).
+pub(super) fn timed_out(timeout: Duration) -> StockError {
+    StockError::Store(
+        StoreUnavailable::new("PostgreSQL", format!("no answer within {timeout:?}")).into(),
+    )
+}
+
+/// Runs `op`, or gives up after `timeout` with [`timed_out`].
+pub(super) async fn within<T>(
+    timeout: Duration,
+    op: impl Future<Output = Result<T, StockError>>,
+) -> Result<T, StockError> {
+    tokio::time::timeout(timeout, op)
+        .await
+        .unwrap_or_else(|_| Err(timed_out(timeout)))
+}
+
 pub(super) fn db(err: sqlx::Error) -> StockError {
     StockError::Store(classify(err))
 }
@@ -374,13 +391,7 @@ impl PgCatalog {
         &self,
         op: impl Future<Output = Result<T, StockError>>,
     ) -> Result<T, StockError> {
-        match tokio::time::timeout(self.timeout, op).await {
-            Ok(result) => result,
-            Err(_) => Err(StockError::Store(
-                StoreUnavailable::new("PostgreSQL", format!("no answer within {:?}", self.timeout))
-                    .into(),
-            )),
-        }
+        within(self.timeout, op).await
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, StockError> {
