@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,6 +138,10 @@ pub struct Conn {
     timer: Pin<Box<Sleep>>,
     /// Number of (re)connects made, for diagnostics.
     pub connects: u64,
+    /// Whether the last request was handed to the connection for writing (it may have reached
+    /// the server). False when it failed before that: no connection, or the run's stop time
+    /// came first. The checkout audit needs it: an unsent request cannot have placed an order.
+    last_sent: bool,
 }
 
 impl Conn {
@@ -147,7 +152,13 @@ impl Conn {
             timeout,
             timer: Box::pin(tokio::time::sleep(timeout)),
             connects: 0,
+            last_sent: false,
         }
+    }
+
+    /// See the field `last_sent`: whether the last request may have reached the server.
+    pub fn last_sent(&self) -> bool {
+        self.last_sent
     }
 
     /// Open the TCP connection now (used to warm up before the timed phase).
@@ -182,6 +193,31 @@ impl Conn {
         started: Instant,
         stop_at: Option<Instant>,
     ) -> Result<Resp, Failure> {
+        let handed = AtomicBool::new(false);
+        let res = self
+            .exchange(method, path, headers, body, started, stop_at, &handed)
+            .await;
+        self.last_sent = handed.load(Relaxed);
+        res
+    }
+
+    /// The body of [`Conn::request_with`]; sets `handed` once the request is given to hyper
+    /// for writing (and clears it again when hyper hands an unsent request back).
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Option<Bytes>,
+        started: Instant,
+        stop_at: Option<Instant>,
+        handed: &AtomicBool,
+    ) -> Result<Resp, Failure> {
+        // Nothing is sent once the run is over: such a request is cut, not half-sent.
+        if stop_at.is_some_and(|s| started >= s) {
+            return Err(Failure::Stopped);
+        }
         let timeout_at = started + self.timeout;
         let (deadline, on_deadline) = match stop_at {
             Some(s) if s < timeout_at => (s, Failure::Stopped),
@@ -255,6 +291,7 @@ impl Conn {
                     if sender.ready().await.is_err() {
                         return Err(Some(r));
                     }
+                    handed.store(true, Relaxed);
                     let resp = sender
                         .try_send_request(r)
                         .await
@@ -295,6 +332,7 @@ impl Conn {
                 Ok(Ok(resp)) => return Ok(resp),
                 Ok(Err(Some(unsent))) => {
                     // Not written to the wire: safe to retry on a fresh connection.
+                    handed.store(false, Relaxed);
                     self.live = None;
                     req = Some(unsent);
                 }

@@ -6,8 +6,10 @@
 //! send time).
 //! The binary `loadtest` is a thin wrapper around [`run`] and [`output::write_all`].
 
+pub mod audit;
 pub mod http;
 pub mod output;
+pub mod reconcile;
 pub mod report;
 pub mod run;
 pub mod stats;
@@ -119,6 +121,10 @@ pub struct Cli {
     /// lifecycle: pause before each poll (0 = none), e.g. 100ms.
     #[arg(long, value_parser = parse_pause, default_value = "100ms")]
     pub poll_interval: Duration,
+    /// Write one JSON line per checkout that was sent (flow, lifecycle, checkout): t_ms,
+    /// latency_us, cart, status, error, order_id, order_status. Input of chaos-reconcile.
+    #[arg(long, value_name = "FILE")]
+    pub audit: Option<PathBuf>,
 }
 
 /// Settings of the `lifecycle` scenario (ignored by the others).
@@ -226,6 +232,8 @@ pub struct RunConfig {
     pub threads: Option<usize>,
     /// `lifecycle` only.
     pub lifecycle: LifecycleConfig,
+    /// `--audit`: the JSONL file of checkout attempts.
+    pub audit: Option<PathBuf>,
 }
 
 impl RunConfig {
@@ -244,6 +252,7 @@ impl RunConfig {
             quiet: true,
             threads: None,
             lifecycle: LifecycleConfig::DEFAULT,
+            audit: None,
         }
     }
 
@@ -322,6 +331,7 @@ impl From<&Cli> for RunConfig {
                 final_polls: c.final_polls,
                 poll_interval: c.poll_interval,
             },
+            audit: c.audit.clone(),
         }
     }
 }

@@ -33,6 +33,11 @@ fn main() -> ExitCode {
     } else {
         print!("{}", report.to_text());
     }
+    // The audit is the input of a reconciliation: an incomplete one must not pass silently.
+    if let Some(e) = report.audit.as_ref().and_then(|a| a.error.as_ref()) {
+        eprintln!("loadtest: {e}");
+        return ExitCode::from(1);
+    }
     if let Some(dir) = &cli.out {
         match output::write_all(&report, dir) {
             Ok(paths) => {

@@ -175,6 +175,9 @@ pub struct Report {
     /// `lifecycle` only: orders placed, cancels by answer, final statuses, failures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<LifecycleReport>,
+    /// `--audit`: where the checkout lines went and how many.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit::AuditSummary>,
     #[serde(skip)]
     pub timeseries: Vec<SecondRow>,
 }
@@ -272,6 +275,7 @@ pub(crate) fn build_report(
             settings: cfg.lifecycle,
             tallies: lifecycle,
         }),
+        audit: None,
         timeseries,
     }
 }
@@ -366,6 +370,13 @@ impl Report {
                     s.count,
                     s.share * 100.0
                 );
+            }
+        }
+        if let Some(a) = &self.audit {
+            o.push('\n');
+            let _ = writeln!(o, "audit: {} checkout lines in {}", a.lines, a.path);
+            if let Some(e) = &a.error {
+                let _ = writeln!(o, "audit: INCOMPLETE: {e}");
             }
         }
         o

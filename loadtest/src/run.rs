@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinSet, LocalSet};
 use tokio::time::Instant;
 
+use crate::audit::{error_kind, order_status_text, AuditRec, AuditSink, AuditWriter};
 use crate::http::{preflight, Conn, Failure, Target};
 use crate::report::{build_report, Report};
 use crate::stats::{collect_seconds, Live, Outcome, SecondBucket, WorkerRec};
@@ -75,6 +76,50 @@ struct Ctx {
     /// Prefix of this run's idempotency keys: unique per run, so that a second run against
     /// the same server is not answered from the first one's keys.
     run_id: String,
+    /// `--audit`: where each sent checkout goes.
+    audit: Option<AuditSink>,
+    /// Wall-clock time of `start` since the Unix epoch: audit times are `start` plus the
+    /// monotonic offset, so they never go backwards within a run.
+    unix_start: Duration,
+}
+
+impl Ctx {
+    /// Record one checkout in the audit (if any). `t0` is when it was sent; `conn` tells
+    /// whether a failed request had been sent at all (an unsent one cut by the stop is skipped).
+    fn audit_checkout(
+        &self,
+        conn: &Conn,
+        cart: u64,
+        t0: Instant,
+        o: Outcome,
+        body: Option<&Bytes>,
+        done: Instant,
+    ) {
+        let Some(sink) = &self.audit else { return };
+        let (status, error) = match o {
+            Outcome::Status(s) | Outcome::Invalid(s) => (Some(s), None),
+            Outcome::Failed(f) => match error_kind(f, conn.last_sent()) {
+                Some(kind) => (None, Some(kind.into())),
+                None => return,
+            },
+        };
+        let (order_id, order_status) = match status {
+            Some(200..=299) => order_body(body).map_or((None, None), |b| {
+                (b.order_id, b.status.as_deref().map(order_status_text))
+            }),
+            _ => (None, None),
+        };
+        let at = self.unix_start + t0.saturating_duration_since(self.start);
+        sink.record(AuditRec {
+            t_ms: u64::try_from(at.as_millis()).unwrap_or(u64::MAX),
+            latency_us: u64::try_from((done - t0).as_micros()).unwrap_or(u64::MAX),
+            cart,
+            status,
+            error,
+            order_id,
+            order_status,
+        });
+    }
 }
 
 #[derive(Deserialize)]
@@ -87,6 +132,8 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     cfg.validate()?;
     let target = Target::resolve(&cfg.base_url).await?;
     preflight(&target).await?;
+    // Created before any load, so a bad path fails the run before it starts.
+    let audit = cfg.audit.as_deref().map(AuditWriter::create).transpose()?;
     let show_progress = !cfg.quiet && std::io::stdout().is_terminal();
     let checkout_body = Bytes::from(serde_json::to_vec(&serde_json::json!({
         "credit_card_number": cfg.card,
@@ -154,6 +201,9 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     }
 
     let start = Instant::now();
+    let unix_start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let ctx = Arc::new(Ctx {
         scenario: cfg.scenario,
         next: AtomicU64::new(0),
@@ -167,6 +217,8 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         lifecycle: cfg.lifecycle,
         cancel_ppm: (cfg.lifecycle.cancel_share.clamp(0.0, 1.0) * 1e6).round() as u64,
         run_id: run_id(),
+        audit: audit.as_ref().map(AuditWriter::sink),
+        unix_start,
     });
     let _ = go_tx.send(Some(ctx.clone()));
 
@@ -189,6 +241,8 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         bar.finish_and_clear();
     }
     let seconds = collector.await.context("time series collector failed")?;
+    // Every load thread has finished: all its audit records are queued before this.
+    let audit = audit.map(AuditWriter::finish);
 
     // Elapsed: the configured duration for duration-bound runs (in-flight requests at the stop
     // are cut and reported separately), otherwise until the last completion.
@@ -201,9 +255,9 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         (Some(_), None) => Some(limit),
         _ => None,
     };
-    Ok(build_report(
-        cfg, &target, setup, recs, seconds, elapsed, due,
-    ))
+    let mut report = build_report(cfg, &target, setup, recs, seconds, elapsed, due);
+    report.audit = audit;
+    Ok(report)
 }
 
 async fn connect_all(
@@ -418,8 +472,9 @@ async fn iteration(
             };
             let path = format!("/shopping-carts/{cart}/checkout");
             let body = Some(ctx.checkout_body.clone());
-            let (o, _, done) =
+            let (o, resp, done) =
                 timed_step(conn, rec, 0, sent, Method::POST, &path, body, stop).await;
+            ctx.audit_checkout(conn, cart, sent, o, resp.as_ref(), done);
             (o, done)
         }
         Scenario::Flow => {
@@ -454,8 +509,10 @@ async fn iteration(
             }
             let path = format!("/shopping-carts/{cart}/checkout");
             let body = Some(ctx.checkout_body.clone());
-            let (o, _, done) =
-                timed_step(conn, rec, 2, done, Method::POST, &path, body, stop).await;
+            let t0 = done;
+            let (o, resp, done) =
+                timed_step(conn, rec, 2, t0, Method::POST, &path, body, stop).await;
+            ctx.audit_checkout(conn, cart, t0, o, resp.as_ref(), done);
             (o, done)
         }
         Scenario::Lifecycle => lifecycle(ctx, conn, t, rec, sent).await,
@@ -635,11 +692,12 @@ async fn lifecycle(
     let headers: Vec<(HeaderName, HeaderValue)> =
         key.into_iter().map(|k| (idempotency_key(), k)).collect();
     let path = format!("/shopping-carts/{cart}/checkout");
+    let t0 = done;
     let (checkout, resp, done) = timed_request(
         conn,
         rec,
         lc::CHECKOUT,
-        done,
+        t0,
         Method::POST,
         &path,
         &headers,
@@ -647,6 +705,7 @@ async fn lifecycle(
         stop,
     )
     .await;
+    ctx.audit_checkout(conn, cart, t0, checkout, resp.as_ref(), done);
     let order = match checkout {
         Outcome::Status(code @ (200 | 202)) => match order_body(resp.as_ref()) {
             Some(OrderBody {

@@ -355,6 +355,41 @@ fn assert_adds_up(r: &Report, app: &App, n: u64, final_polls: u32) {
     assert_eq!(r.iterations.statuses.transport_errors, 0);
 }
 
+/// `--audit`: one line per checkout, with its answer; orders carry the body's id and status.
+fn assert_audit_matches(r: &Report, path: &std::path::Path, n: u64) {
+    let text = std::fs::read_to_string(path).expect("audit file");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len() as u64, n);
+    assert_eq!(r.audit.as_ref().map(|a| a.lines), Some(n));
+    let mut by_code: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut carts = HashSet::new();
+    let mut order_ids = HashSet::new();
+    for l in &lines {
+        assert!(carts.insert(l["cart"].as_u64().expect("cart")), "{l}");
+        assert!(l["t_ms"].as_u64().is_some() && l["latency_us"].as_u64().is_some());
+        assert!(l["error"].is_null(), "{l}");
+        let code = l["status"].as_u64().expect("status");
+        *by_code.entry(code).or_default() += 1;
+        match code {
+            200 | 202 => {
+                assert!(order_ids.insert(l["order_id"].as_u64().expect("order id")));
+                let want = if code == 200 { "placed" } else { "pending" };
+                assert_eq!(l["order_status"], want, "{l}");
+            }
+            _ => assert!(
+                l["order_id"].is_null() && l["order_status"].is_null(),
+                "{l}"
+            ),
+        }
+    }
+    for (c, k) in by_code {
+        assert_eq!(k, code(r, "checkout", c as u16), "status {c}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_cancelling_every_order_tallies_each_answer_once() {
     let (addr, app) = serve().await;
@@ -418,8 +453,13 @@ async fn lifecycle_default_share_cancels_a_fifth_and_polls_the_rest() {
     };
     assert_eq!(settings.polls, 2);
     assert!((settings.cancel_share - 0.2).abs() < 1e-12);
-    let r = run(&cfg(addr, 150, settings)).await.expect("run");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit.jsonl");
+    let mut c = cfg(addr, 150, settings);
+    c.audit = Some(audit.clone());
+    let r = run(&c).await.expect("run");
     assert_adds_up(&r, &app, 150, settings.final_polls);
+    assert_audit_matches(&r, &audit, 150);
     let l = &r.lifecycle.as_ref().expect("lifecycle").tallies;
     // 150 × 0.2 = 30 iterations chosen; only those that got an order send the cancel.
     let cancels = count(&r, "cancel");

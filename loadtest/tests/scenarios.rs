@@ -34,6 +34,10 @@ struct App {
     delay: Duration,
     /// Answer with `Connection: close` (forces the client to reconnect every time).
     close: bool,
+    /// Delay of every checkout (so that the run's stop time cuts checkouts in flight).
+    checkout_delay: Duration,
+    /// Checkout requests that reached the server (counted before any delay).
+    checkouts_received: AtomicU64,
 }
 
 fn error(status: StatusCode, msg: &str) -> Response {
@@ -102,6 +106,10 @@ async fn checkout(
     Path(id): Path<u64>,
     Json(body): Json<Value>,
 ) -> Response {
+    app.checkouts_received.fetch_add(1, SeqCst);
+    if !app.checkout_delay.is_zero() {
+        tokio::time::sleep(app.checkout_delay).await;
+    }
     if body["credit_card_number"].as_str() != Some("1234-5678-9012-3456") {
         return error(StatusCode::BAD_REQUEST, "card");
     }
@@ -187,13 +195,57 @@ async fn checkout_counts_exact_statuses() {
     assert!(text.contains("p99.9"), "{text}");
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The audit's lines, each checked to have exactly the documented fields.
+fn audit_lines(path: &std::path::Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).expect("audit file");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    for l in &lines {
+        let keys: Vec<&str> = l
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            [
+                "cart",
+                "error",
+                "latency_us",
+                "order_id",
+                "order_status",
+                "status",
+                "t_ms"
+            ],
+            "{l}"
+        );
+    }
+    lines
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flow_counts_every_step() {
     let (addr, _app) = serve(App::default()).await;
     let mut c = cfg(Scenario::Flow, addr);
     c.requests = Some(100);
     c.concurrency = 4;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit.jsonl");
+    c.audit = Some(audit.clone());
+    let before = unix_ms();
     let r = run(&c).await.expect("run");
+    let after = unix_ms();
     assert!(r.setup.is_none());
     assert_eq!(r.iterations.count, 100);
     assert_eq!(code(&r.iterations.statuses.by_code, 200), 90);
@@ -208,6 +260,69 @@ async fn flow_counts_every_step() {
     assert!(r.iterations.latency_ms.max >= r.steps[2].latency_ms.max);
     let text = r.to_text();
     assert!(text.contains("add_item"), "{text}");
+
+    // The audit: one line per checkout, each for its own new cart, with the checkout's answer.
+    let summary = r.audit.as_ref().expect("audit summary");
+    assert_eq!(summary.lines, 100);
+    assert!(summary.error.is_none());
+    assert!(text.contains("audit: 100 checkout lines"), "{text}");
+    let lines = audit_lines(&audit);
+    assert_eq!(lines.len(), 100);
+    let mut carts = std::collections::HashSet::new();
+    let (mut ok, mut declined) = (0, 0);
+    for l in &lines {
+        let cart = l["cart"].as_u64().expect("cart");
+        assert!(carts.insert(cart), "cart {cart} twice");
+        let t = l["t_ms"].as_u64().expect("t_ms");
+        let lat = l["latency_us"].as_u64().expect("latency_us");
+        assert!(t >= before && t <= after, "{l}");
+        assert!(lat > 0 && t + lat / 1000 <= after, "{l}");
+        assert!(l["error"].is_null(), "{l}");
+        assert!(l["order_status"].is_null(), "{l}");
+        match l["status"].as_u64() {
+            // The stub's order id is the cart id.
+            Some(200) => {
+                ok += 1;
+                assert_eq!(l["order_id"].as_u64(), Some(cart), "{l}");
+            }
+            Some(402) => {
+                declined += 1;
+                assert!(l["order_id"].is_null(), "{l}");
+            }
+            _ => panic!("unexpected line {l}"),
+        }
+    }
+    assert_eq!((ok, declined), (90, 10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_keeps_checkouts_cut_by_the_stop_time_that_were_sent() {
+    // Every checkout outlasts the run: each worker's one checkout is in flight at the stop.
+    let (addr, app) = serve(App {
+        checkout_delay: Duration::from_secs(3),
+        ..App::default()
+    })
+    .await;
+    let mut c = cfg(Scenario::Flow, addr);
+    c.duration = Some(Duration::from_millis(600));
+    c.concurrency = 4;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit.jsonl");
+    c.audit = Some(audit.clone());
+    let t0 = std::time::Instant::now();
+    let r = run(&c).await.expect("run");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_eq!(r.cut_at_stop, 4);
+    let lines = audit_lines(&audit);
+    // The server saw exactly the checkouts the audit has: sent ones are kept (their outcome is
+    // unknown to the client), none that never left.
+    assert_eq!(lines.len() as u64, app.checkouts_received.load(SeqCst));
+    assert_eq!(lines.len(), 4);
+    for l in &lines {
+        assert!(l["status"].is_null(), "{l}");
+        assert_eq!(l["error"], "stopped", "{l}");
+        assert!(l["order_id"].is_null(), "{l}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
