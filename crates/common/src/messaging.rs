@@ -20,15 +20,92 @@ pub const ORDER_QUEUE: &str = "order_queue";
 /// of this size; a larger message is split into several body frames, as AMQP intends.
 pub const FRAME_MAX: u32 = 16 * 1024;
 
-/// `AMQP_URL`, checked to be an `amqp://` or `amqps://` URL, with [`FRAME_MAX`] added.
+/// `AMQP_URL`: one broker URL, or several separated by commas (the nodes of a cluster, tried in
+/// turn by [`connect`]), each checked to be an `amqp://` or `amqps://` URL, with [`FRAME_MAX`]
+/// added to each.
 pub fn amqp_url_from_env() -> Result<String, ConfigError> {
     config::parse_with(
         "AMQP_URL",
         config::raw("AMQP_URL").as_deref(),
         DEFAULT_AMQP_URL.to_string(),
-        config::parse_amqp_url,
+        parse_amqp_urls,
     )
-    .map(|url| with_frame_max(&url))
+}
+
+/// A comma-separated list of AMQP URLs, each with [`FRAME_MAX`] added; spaces around the commas
+/// are allowed, empty entries are not.
+pub fn parse_amqp_urls(list: &str) -> Result<String, String> {
+    let urls: Result<Vec<String>, String> = list
+        .split(',')
+        .map(|url| match url.trim() {
+            "" => Err("an empty entry in the list of AMQP URLs".to_string()),
+            url => config::parse_amqp_url(url).map(|url| with_frame_max(&url)),
+        })
+        .collect();
+    Ok(urls?.join(","))
+}
+
+/// The URLs of a list from [`parse_amqp_urls`].
+pub fn amqp_urls(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|url| !url.is_empty())
+}
+
+/// A list of AMQP URLs with every password masked, for logs.
+pub fn redact_amqp_urls(list: &str) -> String {
+    amqp_urls(list)
+        .map(redact_url)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// No node of the list accepted a connection; says why for each, passwords masked.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot connect to the broker: {0}")]
+pub struct AmqpConnectError(String);
+
+/// Which node of the list [`connect`] tries first: the last one that accepted a connection.
+/// Starts at the process id's turn, so the instances of a service spread over a cluster's nodes.
+static PREFERRED_NODE: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+/// Connects to the first node of `list` that answers, starting with the one that answered last,
+/// giving each `per_node` to accept. A node that is down refuses at once; one that is cut off
+/// from the network never answers, which is why each gets its own bound rather than sharing one.
+pub async fn connect(
+    list: &str,
+    properties: lapin::ConnectionProperties,
+    per_node: std::time::Duration,
+) -> Result<lapin::Connection, AmqpConnectError> {
+    use std::sync::atomic::Ordering;
+    let urls: Vec<&str> = amqp_urls(list).collect();
+    if urls.is_empty() {
+        return Err(AmqpConnectError("no AMQP URL configured".to_string()));
+    }
+    let preferred = match PREFERRED_NODE.load(Ordering::Relaxed) {
+        usize::MAX => std::process::id() as usize,
+        node => node,
+    };
+    let mut failures = Vec::with_capacity(urls.len());
+    for turn in 0..urls.len() {
+        let node = (preferred + turn) % urls.len();
+        let url = urls[node];
+        let attempt = lapin::Connection::connect(url, properties.clone());
+        match tokio::time::timeout(per_node, attempt).await {
+            Ok(Ok(connection)) => {
+                PREFERRED_NODE.store(node, Ordering::Relaxed);
+                if turn > 0 {
+                    tracing::info!(node = %redact_url(url), "connected to another broker node");
+                }
+                return Ok(connection);
+            }
+            Ok(Err(e)) => failures.push(format!("{}: {e}", redact_url(url))),
+            Err(_) => failures.push(format!(
+                "{}: no answer within {per_node:?}",
+                redact_url(url)
+            )),
+        }
+    }
+    Err(AmqpConnectError(failures.join("; ")))
 }
 
 /// `url` with `frame_max=`[`FRAME_MAX`] in its query, unless it already asks for a frame size.
@@ -417,6 +494,25 @@ fn persistent_json(message_id: &str, request_id: &str) -> BasicProperties {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_of_urls_is_checked_and_each_gets_the_frame_size() {
+        let list = parse_amqp_urls("amqp://a:1@n1:5672/%2f, amqp://a:1@n2:5672/%2f?heartbeat=5")
+            .expect("two valid URLs");
+        assert_eq!(
+            amqp_urls(&list).collect::<Vec<_>>(),
+            [
+                "amqp://a:1@n1:5672/%2f?frame_max=16384",
+                "amqp://a:1@n2:5672/%2f?heartbeat=5&frame_max=16384"
+            ]
+        );
+        assert_eq!(
+            redact_amqp_urls(&list),
+            "amqp://a:***@n1:5672/%2f?frame_max=16384,amqp://a:***@n2:5672/%2f?heartbeat=5&frame_max=16384"
+        );
+        assert!(parse_amqp_urls("amqp://n1,").is_err());
+        assert!(parse_amqp_urls("amqp://n1,http://n2").is_err());
+    }
 
     #[test]
     fn frame_max_is_added_unless_the_url_sets_one() {

@@ -208,9 +208,10 @@ async fn main() -> anyhow::Result<()> {
         "--messages, --channels and --window must be positive"
     );
     let url = messaging::amqp_url_from_env()?;
-    let connection = Connection::connect(
+    let connection = messaging::connect(
         &url,
         ConnectionProperties::default().with_connection_name("publish-ceiling".into()),
+        std::time::Duration::from_secs(5),
     )
     .await?;
 

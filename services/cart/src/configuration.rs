@@ -127,6 +127,13 @@ impl Settings {
         Ok(settings)
     }
 
+    /// The longest a new broker connection can take: every node of the list given
+    /// `AMQP_CONNECT_TIMEOUT_MS` in turn.
+    pub fn connect_timeout_all_nodes(&self) -> Duration {
+        let nodes = messaging::amqp_urls(&self.amqp_url).count().max(1);
+        self.connect_timeout * u32::try_from(nodes).unwrap_or(u32::MAX)
+    }
+
     /// The longest one checkout can take from taking the cart to its last word: every
     /// authorizer attempt timing out with the longest backoffs between them, then waiting for a
     /// confirm slot, a channel (made on a new connection) and the broker's confirm.
@@ -134,7 +141,8 @@ impl Settings {
         let attempts = self.cca_retries + 1;
         let backoffs: Duration = (0..self.cca_retries).map(crate::clients::backoff_cap).sum();
         let authorize = self.cca_timeout * attempts + backoffs;
-        let channel = self.channel_wait * 2 + self.connect_timeout + Duration::from_secs(1);
+        let channel =
+            self.channel_wait * 2 + self.connect_timeout_all_nodes() + Duration::from_secs(1);
         authorize + channel + self.confirm_timeout
     }
 

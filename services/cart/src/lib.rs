@@ -145,7 +145,7 @@ impl Application {
             port,
             product_url = %settings.product_url,
             cca_url = %settings.cca_url,
-            amqp = %common::messaging::redact_url(&settings.amqp_url),
+            amqp = %common::messaging::redact_amqp_urls(&settings.amqp_url),
             queue = %settings.topology.queue,
             store = %state.carts.kind(),
             store_at = %store_at,

@@ -1,6 +1,7 @@
 //! Publishing orders under publisher confirms from a pool of confirm-mode channels.
 //!
-//! - Connections come from a deadpool-lapin pool (one connection; replaced when it dies).
+//! - The connection comes from a pool of one, to the first node of `AMQP_URL`'s list that
+//!   answers; it is replaced (on whichever node answers then) when it dies.
 //! - Channels come from a deadpool pool of `CHANNEL_POOL_SIZE` confirm-mode channels made on that
 //!   connection. A checkout borrows one, publishes, awaits the broker's confirm and returns it.
 //! - A channel is borrowed only to send; confirms are awaited after it is back in the pool, so
@@ -11,13 +12,13 @@
 //!   closed ones, so the pool heals by itself after the broker or the connection comes back.
 
 use crate::configuration::Settings;
-use common::messaging::{CancelMessage, OrderMessage, Topology};
+use common::messaging::{self, AmqpConnectError, CancelMessage, OrderMessage, Topology};
 use common::metrics::{Counter, Metrics};
 use deadpool::managed::{self, Object, PoolError, RecycleError, RecycleResult, TimeoutType};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::BasicProperties;
 use lapin::Confirmation;
-use lapin::{Channel, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -38,9 +39,39 @@ pub enum PublishError {
     Channel(String),
 }
 
+/// Makes the pooled connection: to the first node of `AMQP_URL`'s list that answers.
+pub struct ConnectionManager {
+    urls: String,
+    name: String,
+    per_node: Duration,
+}
+
+impl managed::Manager for ConnectionManager {
+    type Type = Connection;
+    type Error = AmqpConnectError;
+
+    async fn create(&self) -> Result<Connection, AmqpConnectError> {
+        let properties =
+            ConnectionProperties::default().with_connection_name(self.name.as_str().into());
+        messaging::connect(&self.urls, properties, self.per_node).await
+    }
+
+    async fn recycle(
+        &self,
+        connection: &mut Connection,
+        _: &managed::Metrics,
+    ) -> RecycleResult<AmqpConnectError> {
+        if connection.status().connected() {
+            Ok(())
+        } else {
+            Err(RecycleError::message("connection is closed"))
+        }
+    }
+}
+
 /// Makes confirm-mode channels on the pooled connection.
 pub struct ChannelManager {
-    connections: deadpool_lapin::Pool,
+    connections: managed::Pool<ConnectionManager>,
     topology: Topology,
 }
 
@@ -49,11 +80,10 @@ impl managed::Manager for ChannelManager {
     type Error = lapin::Error;
 
     async fn create(&self) -> Result<Channel, lapin::Error> {
-        let connection = self.connections.get().await.map_err(|err| match err {
-            PoolError::Backend(err) => err,
-            other => lapin::Error::from(lapin::ErrorKind::IOError(Arc::new(
-                std::io::Error::other(other.to_string()),
-            ))),
+        let connection = self.connections.get().await.map_err(|err| {
+            lapin::Error::from(lapin::ErrorKind::IOError(Arc::new(std::io::Error::other(
+                err.to_string(),
+            ))))
         })?;
         let channel = connection.create_channel().await?;
         channel
@@ -106,18 +136,15 @@ impl PublishError {
 
 impl OrderPublisher {
     pub fn new(settings: &Settings, metrics: &Metrics) -> Result<Self, Box<dyn std::error::Error>> {
-        let name = format!("cart-service {}", settings.service.instance_id);
-        let connections = deadpool_lapin::Config {
-            url: Some(settings.amqp_url.clone()),
-            pool: None,
-        }
-        .builder(
-            move || ConnectionProperties::default().with_connection_name(name.as_str().into()),
-            deadpool_lapin::Runtime::Tokio1,
-        )?
+        let connections = managed::Pool::builder(ConnectionManager {
+            urls: settings.amqp_url.clone(),
+            name: format!("cart-service {}", settings.service.instance_id),
+            per_node: settings.connect_timeout,
+        })
         .max_size(1)
-        .create_timeout(Some(settings.connect_timeout))
+        .create_timeout(Some(settings.connect_timeout_all_nodes()))
         .recycle_timeout(Some(Duration::from_secs(1)))
+        .runtime(deadpool::Runtime::Tokio1)
         .build()?;
         let channels = managed::Pool::builder(ChannelManager {
             connections,
@@ -125,7 +152,7 @@ impl OrderPublisher {
         })
         .max_size(settings.channel_pool_size)
         .wait_timeout(Some(settings.channel_wait))
-        .create_timeout(Some(settings.connect_timeout))
+        .create_timeout(Some(settings.connect_timeout_all_nodes()))
         .recycle_timeout(Some(Duration::from_secs(1)))
         .runtime(deadpool::Runtime::Tokio1)
         .build()?;

@@ -192,9 +192,10 @@ async fn drain_raw(url: &str, queue: &str, args: &Args) -> anyhow::Result<Durati
     let acked = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
     let started = Instant::now();
-    let connection = Connection::connect(
+    let connection = messaging::connect(
         url,
         ConnectionProperties::default().with_connection_name("drain-bench-raw".into()),
+        Duration::from_secs(5),
     )
     .await?;
     let mut tasks = Vec::new();
@@ -396,9 +397,10 @@ async fn main() -> anyhow::Result<()> {
     let url = messaging::amqp_url_from_env()?;
     let queue = format!("bench_wh_{}", uuid::Uuid::new_v4().simple());
     let topology = Topology::new(&queue, QueueType::Classic);
-    let connection = Connection::connect(
+    let connection = messaging::connect(
         &url,
         ConnectionProperties::default().with_connection_name("drain-bench".into()),
+        Duration::from_secs(5),
     )
     .await?;
     let result = run(&args, &url, &topology, &connection).await;

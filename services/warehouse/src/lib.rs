@@ -127,11 +127,14 @@ impl Application {
             port = self.port,
             instance = %self.settings.service.instance_id,
             queue = %self.settings.consumer.topology.queue,
-            amqp = %common::messaging::redact_url(&self.settings.consumer.amqp_url),
+            amqp = %common::messaging::redact_amqp_urls(&self.settings.consumer.amqp_url),
             store = %self.ledger.store().kind(),
             database = database.as_deref().unwrap_or("-"),
             "warehouse listening"
         );
+        if self.settings.consumer.unsafe_ack_on_receipt {
+            tracing::error!("UNSAFE_ACK_ON_RECEIPT is set: deliveries are acked before the ledger commits them, so a crash LOSES ORDERS. This mode exists only to show that the fault campaign catches it; never run it for real");
+        }
         let consumer = OrderConsumer::new(
             self.settings.consumer.clone(),
             Arc::clone(&self.ledger),

@@ -13,18 +13,20 @@
 use super::api::request_cancel;
 use super::OrderStore;
 use crate::publisher::OrderPublisher;
-use common::messaging::{OrderEvents, Topology};
+use common::messaging::{self, OrderEvents, Topology};
 use common::metrics::{Counter, Metrics};
 use common::shutdown::CancellationToken;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
+use lapin::ConnectionProperties;
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long connecting to one broker node may take before the next one is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Outcome messages (one per warehouse batch) held unacked at once.
 const PREFETCH: u16 = 20;
 
@@ -92,10 +94,11 @@ async fn consume_session(
     orders: &dyn OrderStore,
     metrics: &OutcomeMetrics,
     stop: &CancellationToken,
-) -> Result<(), lapin::Error> {
-    let connection = Connection::connect(
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let connection = messaging::connect(
         amqp_url,
         ConnectionProperties::default().with_connection_name("cart-service outcomes".into()),
+        CONNECT_TIMEOUT,
     )
     .await?;
     let channel = connection.create_channel().await?;
