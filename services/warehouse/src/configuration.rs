@@ -14,6 +14,7 @@
 //! | `FULFILMENT_DELAY_MS` | 0 | how long an order is held after it arrives before it may be fulfilled (a window to cancel it in demos and tests), at most 600000 |
 //! | `DATABASE_URL` | unset | PostgreSQL for the ledger; unset = in memory, lost on restart |
 //! | `DATABASE_SCHEMA` | `warehouse` | the schema the ledger lives in |
+//! | `UNSAFE_ACK_ON_RECEIPT` | `false` | **deliberately broken, for the fault campaign only**: ack each delivery when it arrives instead of after the ledger's commit, so a crash loses orders (`scripts/chaos.sh --broken` shows the reconciliation catching it) |
 //!
 //! plus the common `INSTANCE_ID`, `LOG_FORMAT`, `BODY_LIMIT_BYTES`, `SHUTDOWN_TIMEOUT_MS`, and
 //! the database's `DATABASE_MAX_CONNECTIONS`, `STORE_TIMEOUT_MS`, `STORE_STARTUP_TIMEOUT_MS`.
@@ -53,6 +54,9 @@ pub struct ConsumerSettings {
     /// How long an order delivery is held after it arrived before it may be applied (zero: not
     /// held). Cancels are never held.
     pub fulfilment_delay: Duration,
+    /// Acks deliveries on arrival, before the ledger has them: loses orders in a crash. Exists
+    /// only to show that the fault campaign's reconciliation catches a warehouse that does this.
+    pub unsafe_ack_on_receipt: bool,
 }
 
 impl ConsumerSettings {
@@ -71,6 +75,7 @@ impl ConsumerSettings {
                 batch_max: usize::from(DEFAULT_BATCH_MAX),
             },
             fulfilment_delay: Duration::ZERO,
+            unsafe_ack_on_receipt: false,
         }
     }
 }
@@ -124,6 +129,7 @@ impl Settings {
                 batch_max: usize::from(config::positive("WAREHOUSE_BATCH_MAX", DEFAULT_BATCH_MAX)?),
             },
             fulfilment_delay,
+            unsafe_ack_on_receipt: config::flag("UNSAFE_ACK_ON_RECEIPT", false)?,
         };
         let store = PgConfig::from_env("warehouse")?;
         Ok(Self {

@@ -35,7 +35,7 @@ use common::messaging::{self, CancelMessage, OrderMessage};
 use common::metrics::{Counter, Gauge, Metrics};
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -46,9 +46,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
 
-/// How long a connection attempt may take (a black-holed broker would otherwise hang for the
-/// operating system's TCP timeout).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a connection attempt to one broker node may take: a node cut off from the network
+/// would otherwise hang for the operating system's TCP timeout before the next node is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long closing the connection may take at the end of a session.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A session that consumed at least this long resets the reconnect backoff.
@@ -199,6 +199,8 @@ struct Handoff {
     writers: mpsc::Sender<Pending>,
     /// Orders go through the hold first when `FULFILMENT_DELAY_MS` is set.
     held: Option<(mpsc::Sender<(TokioInstant, Pending)>, Duration)>,
+    /// `UNSAFE_ACK_ON_RECEIPT`: the deliberately broken mode (see the configuration).
+    ack_on_receipt: bool,
 }
 
 /// Consumes the order queue into a ledger until shut down, reconnecting as needed.
@@ -260,24 +262,12 @@ impl OrderConsumer {
             .with_connection_name(self.settings.connection_name.as_str().into());
         let connection = tokio::select! {
             () = shutdown.cancelled() => return SessionEnd::Shutdown,
-            connected = tokio::time::timeout(
-                CONNECT_TIMEOUT,
-                Connection::connect(&self.settings.amqp_url, properties),
-            ) => match connected {
-                Ok(Ok(connection)) => connection,
-                Ok(Err(e)) => {
-                    return SessionEnd::Lost(format!(
-                        "cannot connect to {}: {e}",
-                        messaging::redact_url(&self.settings.amqp_url)
-                    ))
+            connected = messaging::connect(&self.settings.amqp_url, properties, CONNECT_TIMEOUT) => {
+                match connected {
+                    Ok(connection) => connection,
+                    Err(e) => return SessionEnd::Lost(e.to_string()),
                 }
-                Err(_) => {
-                    return SessionEnd::Lost(format!(
-                        "cannot connect to {}: no answer within {CONNECT_TIMEOUT:?}",
-                        messaging::redact_url(&self.settings.amqp_url)
-                    ))
-                }
-            },
+            }
         };
         let end = self.consume(&connection, shutdown).await;
         // Closing requeues whatever was prefetched but not settled; on a dead connection this
@@ -316,6 +306,7 @@ impl OrderConsumer {
         let handoff = Handoff {
             writers: to_writers,
             held,
+            ack_on_receipt: self.settings.unsafe_ack_on_receipt,
         };
         let mut tasks = JoinSet::new();
         let opened = self
@@ -504,6 +495,11 @@ async fn dispatch(
         Err(reason) => return reject(ledger, delivery, source, &reason).await,
     };
     let is_order = matches!(request, Request::Order(_));
+    if handoff.ack_on_receipt {
+        // Broken on purpose: the broker forgets the delivery before the ledger has it. The
+        // writer's own ack later finds the acker used and does nothing.
+        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+    }
     let pending = Pending {
         request,
         acker: delivery.acker,
