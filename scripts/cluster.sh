@@ -173,6 +173,9 @@ node_env() {
   # A cut peer is noticed within 0.75-1.25 x net_ticktime; the CLI gets the same value, or the
   # node would drop a CLI connection that stays quiet longer than that.
   extra="-kernel net_ticktime $TICKTIME"
+  # Three nodes share this machine's cores with the services and the load: schedulers that
+  # spin while idle (Erlang's default) would burn CPU the others need.
+  extra+=" +sbwt none +sbwtdcpu none +sbwtdio none"
   if [[ $MODE == netns ]]; then
     longname=true
   else
