@@ -103,19 +103,25 @@ PG_BIN=""
 for d in /usr/lib/postgresql/*/bin; do [[ -x $d/initdb ]] && PG_BIN=$d; done
 PG_DIR="$OUT/pg"
 PG_AS=()
-[[ $(id -u) == 0 ]] && PG_AS=(runuser -u postgres --)
+if [[ $(id -u) == 0 ]]; then
+    # PostgreSQL will not run as root: as the postgres user, in a directory it can reach
+    # whatever the checkout's permissions (a CI clone may sit in a private temporary directory).
+    PG_AS=(runuser -u postgres --)
+    PG_DIR="/tmp/shop-chaos-pg-$STAMP-$$"
+fi
 DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/shop"
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 REDIS_DIR="$OUT/redis"
 
-pg_ctl_() { "${PG_AS[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR" "$@"; }
+# From /, which every user may enter (the postgres user may not enter the working directory).
+pg_ctl_() { (cd / && "${PG_AS[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR" "$@"); }
 
 start_postgres() {
     [[ -n $PG_BIN ]] || die "PostgreSQL's initdb was not found (apt-get install postgresql)"
     if [[ ! -f $PG_DIR/PG_VERSION ]]; then
         mkdir -p "$PG_DIR"
-        [[ $(id -u) == 0 ]] && chown postgres "$PG_DIR" && chmod 700 "$PG_DIR" && chmod o+x "$OUT"
-        "${PG_AS[@]}" "$PG_BIN/initdb" -D "$PG_DIR" -U postgres --auth=trust -E UTF8 >"$OUT/logs/initdb.log" 2>&1 ||
+        if [[ $(id -u) == 0 ]]; then chown postgres "$PG_DIR" && chmod 700 "$PG_DIR"; fi
+        (cd / && "${PG_AS[@]}" "$PG_BIN/initdb" -D "$PG_DIR" -U postgres --auth=trust -E UTF8) >"$OUT/logs/initdb.log" 2>&1 ||
             { cat "$OUT/logs/initdb.log" >&2; die "initdb failed"; }
     fi
     # /tmp for the socket: the run directory may be on a path the postgres user cannot write.
@@ -127,7 +133,13 @@ start_postgres() {
 }
 
 # shellcheck disable=SC2329 # called by cleanup
-stop_postgres() { [[ -f $PG_DIR/postmaster.pid ]] && pg_ctl_ -m fast -w stop >/dev/null 2>&1 || true; }
+stop_postgres() {
+    [[ -f $PG_DIR/postmaster.pid ]] && pg_ctl_ -m fast -w stop >/dev/null 2>&1
+    cp "$PG_DIR/postgres.log" "$OUT/logs/postgres.log" 2>/dev/null
+    # Outside the run's directory (root's case): removed, the dumps in the run's directory remain.
+    [[ $PG_DIR == /tmp/shop-chaos-pg-* ]] && rm -rf "$PG_DIR"
+    return 0
+}
 
 start_redis() {
     mkdir -p "$REDIS_DIR"
