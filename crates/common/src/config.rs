@@ -3,7 +3,8 @@
 //! A value that is present but invalid stops the service at start with a message naming the
 //! variable: a typo in `FAILURE_RATE` must not silently become "no failures".
 
-use std::fmt::Display;
+use std::collections::HashMap;
+use std::fmt::{self, Display};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -25,51 +26,348 @@ impl ConfigError {
     }
 }
 
-/// Reads a variable; unset or empty means "use the default".
-pub fn raw(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+/// Where a service's settings come from, and a record of every variable asked for.
+///
+/// Every service reads its settings through one `Env`, calling one method per variable with
+/// the variable's default and a line of help. Because `--help` runs the very same reading code
+/// against [`Env::defaults`] and prints what was asked for, the list of variables, their defaults
+/// and their meaning cannot drift from what the service really reads. Tests read from
+/// [`Env::from_pairs`] instead of changing the process's environment (shared by every test).
+#[derive(Debug)]
+pub struct Env {
+    source: Source,
+    asked: Vec<Variable>,
 }
 
-/// Parses `raw` (the variable's value, if set) with `parse`, or returns `default`.
-pub fn parse_with<T>(
-    name: &'static str,
-    raw: Option<&str>,
-    default: T,
-    parse: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<T, ConfigError> {
-    match raw {
-        None => Ok(default),
-        Some(value) => parse(value.trim()).map_err(|reason| ConfigError::new(name, value, reason)),
+#[derive(Debug)]
+enum Source {
+    Process,
+    Pairs(HashMap<String, String>),
+    /// `--help`: nothing is set, so every default is taken.
+    Nothing,
+}
+
+/// One variable a service reads, as `--help` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variable {
+    pub name: &'static str,
+    /// The default as the user would write it; empty when unset means "off" or "not used".
+    pub default: String,
+    pub help: &'static str,
+}
+
+impl Env {
+    /// The process's environment variables.
+    pub fn process() -> Self {
+        Self::new(Source::Process)
+    }
+
+    /// Only these variables are set (tests).
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        let pairs = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        Self::new(Source::Pairs(pairs))
+    }
+
+    /// Nothing is set: reading gives every default (and `--help` its list).
+    pub fn defaults() -> Self {
+        Self::new(Source::Nothing)
+    }
+
+    fn new(source: Source) -> Self {
+        Self {
+            source,
+            asked: Vec::new(),
+        }
+    }
+
+    /// Every variable asked for so far, in the order first asked.
+    pub fn variables(&self) -> &[Variable] {
+        &self.asked
+    }
+
+    /// Records `name` (the first ask wins: two sections may share one variable) and returns its
+    /// value; unset or empty means "use the default".
+    fn lookup(
+        &mut self,
+        name: &'static str,
+        default: String,
+        help: &'static str,
+    ) -> Option<String> {
+        if !self.asked.iter().any(|v| v.name == name) {
+            self.asked.push(Variable {
+                name,
+                default,
+                help,
+            });
+        }
+        let value = match &self.source {
+            Source::Process => std::env::var(name).ok(),
+            Source::Pairs(pairs) => pairs.get(name).cloned(),
+            Source::Nothing => None,
+        };
+        value.filter(|v| !v.trim().is_empty())
+    }
+
+    /// Lists a variable read by something else (say `RUST_LOG`, read by the log filter).
+    pub fn document(&mut self, name: &'static str, default: &str, help: &'static str) {
+        self.lookup(name, default.to_string(), help);
+    }
+
+    /// A variable parsed by `parse`; `shown` is the default as `--help` prints it.
+    pub fn parse_with<T>(
+        &mut self,
+        name: &'static str,
+        default: T,
+        shown: &str,
+        help: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        match self.lookup(name, shown.to_string(), help) {
+            None => Ok(default),
+            Some(value) => {
+                parse(value.trim()).map_err(|reason| ConfigError::new(name, value, reason))
+            }
+        }
+    }
+
+    /// A `FromStr` variable with a default.
+    pub fn var<T>(
+        &mut self,
+        name: &'static str,
+        default: T,
+        help: &'static str,
+    ) -> Result<T, ConfigError>
+    where
+        T: FromStr + Display,
+        T::Err: Display,
+    {
+        let shown = default.to_string();
+        self.parse_with(name, default, &shown, help, |v| {
+            v.parse::<T>().map_err(|e| e.to_string())
+        })
+    }
+
+    /// A count that must be at least 1 (a pool size, a threshold, a number of channels).
+    pub fn positive<T>(
+        &mut self,
+        name: &'static str,
+        default: T,
+        help: &'static str,
+    ) -> Result<T, ConfigError>
+    where
+        T: FromStr + Display + PartialEq + From<u8>,
+        T::Err: Display,
+    {
+        let value = self.var(name, default, help)?;
+        if value == T::from(0) {
+            return Err(ConfigError::new(name, "0", "must be at least 1"));
+        }
+        Ok(value)
+    }
+
+    /// A string variable with a default.
+    pub fn string(&mut self, name: &'static str, default: &str, help: &'static str) -> String {
+        self.lookup(name, default.to_string(), help)
+            .unwrap_or_else(|| default.to_string())
+    }
+
+    /// A probability in `[0, 1]`, e.g. `FAILURE_RATE` or `DECLINE_RATE`.
+    pub fn rate(
+        &mut self,
+        name: &'static str,
+        default: f64,
+        help: &'static str,
+    ) -> Result<f64, ConfigError> {
+        self.parse_with(name, default, &default.to_string(), help, parse_rate)
+    }
+
+    /// An `http://` or `https://` base URL, stored without a trailing slash.
+    pub fn base_url(
+        &mut self,
+        name: &'static str,
+        default: &str,
+        help: &'static str,
+    ) -> Result<String, ConfigError> {
+        self.parse_with(name, default.to_string(), default, help, parse_base_url)
+    }
+
+    /// A duration in milliseconds, e.g. `CCA_TIMEOUT_MS=2000`.
+    pub fn millis(
+        &mut self,
+        name: &'static str,
+        default: Duration,
+        help: &'static str,
+    ) -> Result<Duration, ConfigError> {
+        let shown = default.as_millis().to_string();
+        self.parse_with(name, default, &shown, help, |v| {
+            v.parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|_| "expected a whole number of milliseconds".to_string())
+        })
+    }
+
+    /// A duration in milliseconds that must not be zero.
+    pub fn positive_millis(
+        &mut self,
+        name: &'static str,
+        default: Duration,
+        help: &'static str,
+    ) -> Result<Duration, ConfigError> {
+        let value = self.millis(name, default, help)?;
+        if value.is_zero() {
+            return Err(ConfigError::new(name, "0", "must be at least 1"));
+        }
+        Ok(value)
+    }
+
+    /// A boolean: true/false, 1/0, yes/no, on/off.
+    pub fn flag(
+        &mut self,
+        name: &'static str,
+        default: bool,
+        help: &'static str,
+    ) -> Result<bool, ConfigError> {
+        self.parse_with(name, default, &default.to_string(), help, parse_bool)
+    }
+
+    /// An optional URL: unset means "not configured" (`None`), set but wrong is an error. The
+    /// error shows the value with its password hidden.
+    pub fn optional_url(
+        &mut self,
+        name: &'static str,
+        schemes: &[&str],
+        help: &'static str,
+    ) -> Result<Option<String>, ConfigError> {
+        match self.lookup(name, String::new(), help) {
+            None => Ok(None),
+            Some(value) => parse_url_with_scheme(value.trim(), schemes)
+                .map(Some)
+                .map_err(|reason| ConfigError::new(name, redact_url(&value), reason)),
+        }
+    }
+
+    /// The `--help` text: what the binary is, then every variable it reads with its default.
+    pub fn help(&self, binary: &str, about: &str) -> String {
+        let width = self.asked.iter().map(|v| v.name.len()).max().unwrap_or(0);
+        let shown_width = self
+            .asked
+            .iter()
+            .map(|v| shown_default(&v.default).len())
+            .max()
+            .unwrap_or(0)
+            .min(40);
+        let mut text = format!(
+            "{binary}: {about}\n\n\
+             Usage: {binary}              start the service\n\
+             \x20      {binary} healthcheck  probe a running instance's /health (container checks)\n\
+             \x20      {binary} --help       this text\n\n\
+             Configured only by environment variables. Unset or empty takes the default; an\n\
+             invalid value stops the start with exit code 1, naming the variable.\n\n"
+        );
+        text.push_str(&format!(
+            "  {:<width$}  {:<shown_width$}  {}\n",
+            "VARIABLE", "DEFAULT", "MEANING"
+        ));
+        for v in &self.asked {
+            text.push_str(&format!(
+                "  {:<width$}  {:<shown_width$}  {}\n",
+                v.name,
+                shown_default(&v.default),
+                v.help
+            ));
+        }
+        text
     }
 }
 
-/// A `FromStr` variable with a default.
-pub fn var<T>(name: &'static str, default: T) -> Result<T, ConfigError>
-where
-    T: FromStr,
-    T::Err: Display,
-{
-    parse_with(name, raw(name).as_deref(), default, |v| {
-        v.parse::<T>().map_err(|e| e.to_string())
-    })
-}
-
-/// A count that must be at least 1 (a pool size, a threshold, a number of channels).
-pub fn positive<T>(name: &'static str, default: T) -> Result<T, ConfigError>
-where
-    T: FromStr + PartialEq + From<u8>,
-    T::Err: Display,
-{
-    let value = var(name, default)?;
-    if value == T::from(0) {
-        return Err(ConfigError::new(name, "0", "must be at least 1"));
+fn shown_default(default: &str) -> &str {
+    if default.is_empty() {
+        "(unset)"
+    } else {
+        default
     }
-    Ok(value)
 }
 
-/// A string variable with a default.
-pub fn string(name: &str, default: &str) -> String {
-    raw(name).unwrap_or_else(|| default.to_string())
+/// The settings a binary starts with. `--help` (or `-h`) prints every variable `read` asks for,
+/// with its default, and exits 0; any other argument is refused with exit code 2; a variable with
+/// an invalid value is named on stderr with exit code 1.
+pub fn settings_or_exit<S>(
+    binary: &str,
+    about: &str,
+    read: impl Fn(&mut Env) -> Result<S, ConfigError>,
+) -> S {
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("-h" | "--help") => {
+            let mut env = Env::defaults();
+            // The defaults are valid by construction; were one not, the list is still worth
+            // printing, and the start would say which.
+            let _ = read(&mut env);
+            print!("{}", env.help(binary, about));
+            std::process::exit(0);
+        }
+        Some(other) => {
+            eprintln!(
+                "{binary}: unexpected argument {other:?}: the configuration comes from environment \
+                 variables (see {binary} --help)"
+            );
+            std::process::exit(2);
+        }
+    }
+    match read(&mut Env::process()) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("{binary}: {err}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// The variables a `--help` text lists (its table's first column).
+pub fn listed_variables(help: &str) -> Vec<&str> {
+    help.lines()
+        .filter(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| {
+            *name != "VARIABLE"
+                && name.len() > 1
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+        .collect()
+}
+
+/// For the services' tests: runs `binary --help` with an empty environment and returns the
+/// variables it lists, or why it is wrong: it did not exit 0, or it lists a variable that none
+/// of `docs` (the READMEs' texts) names, so the docs have drifted from the code.
+pub fn check_help(binary: &str, docs: &[&str]) -> Result<Vec<String>, String> {
+    let output = std::process::Command::new(binary)
+        .arg("--help")
+        .env_clear()
+        .output()
+        .map_err(|e| format!("{binary} --help: {e}"))?;
+    let help = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!("{binary} --help exited with {}", output.status));
+    }
+    let listed = listed_variables(&help);
+    let undocumented: Vec<&str> = listed
+        .iter()
+        .copied()
+        .filter(|name| !docs.iter().any(|doc| doc.contains(&format!("`{name}`"))))
+        .collect();
+    if !undocumented.is_empty() {
+        return Err(format!(
+            "{binary} --help lists variables no README documents (as `NAME`): {undocumented:?}"
+        ));
+    }
+    Ok(listed.into_iter().map(String::from).collect())
 }
 
 /// A probability in `[0, 1]`, e.g. `FAILURE_RATE` or `DECLINE_RATE`.
@@ -84,10 +382,6 @@ pub fn parse_rate(v: &str) -> Result<f64, String> {
     }
 }
 
-pub fn rate(name: &'static str, default: f64) -> Result<f64, ConfigError> {
-    parse_with(name, raw(name).as_deref(), default, parse_rate)
-}
-
 /// An `http://` or `https://` base URL, stored without a trailing slash.
 pub fn parse_base_url(v: &str) -> Result<String, String> {
     let rest = v
@@ -98,15 +392,6 @@ pub fn parse_base_url(v: &str) -> Result<String, String> {
         return Err("the URL has no host".to_string());
     }
     Ok(v.trim_end_matches('/').to_string())
-}
-
-pub fn base_url(name: &'static str, default: &str) -> Result<String, ConfigError> {
-    parse_with(
-        name,
-        raw(name).as_deref(),
-        default.to_string(),
-        parse_base_url,
-    )
 }
 
 /// An `amqp://` or `amqps://` URL.
@@ -145,26 +430,6 @@ pub fn parse_url_with_scheme(v: &str, schemes: &[&str]) -> Result<String, String
     }
 }
 
-/// An optional URL variable: unset means "not configured" (`None`), set but wrong is an error.
-/// The error shows the value with its password hidden.
-pub fn optional_url(name: &'static str, schemes: &[&str]) -> Result<Option<String>, ConfigError> {
-    match raw(name) {
-        None => Ok(None),
-        Some(value) => parse_url_with_scheme(value.trim(), schemes)
-            .map(Some)
-            .map_err(|reason| ConfigError::new(name, redact_url(&value), reason)),
-    }
-}
-
-/// A duration in milliseconds, e.g. `CCA_TIMEOUT_MS=2000`.
-pub fn millis(name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-    parse_with(name, raw(name).as_deref(), default, |v| {
-        v.parse::<u64>()
-            .map(Duration::from_millis)
-            .map_err(|_| "expected a whole number of milliseconds".to_string())
-    })
-}
-
 /// A boolean: true/false, 1/0, yes/no.
 pub fn parse_bool(v: &str) -> Result<bool, String> {
     match v.to_ascii_lowercase().as_str() {
@@ -174,14 +439,19 @@ pub fn parse_bool(v: &str) -> Result<bool, String> {
     }
 }
 
-pub fn flag(name: &'static str, default: bool) -> Result<bool, ConfigError> {
-    parse_with(name, raw(name).as_deref(), default, parse_bool)
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        })
+    }
 }
 
 impl FromStr for LogFormat {
@@ -211,16 +481,39 @@ pub struct ServiceConfig {
 }
 
 impl ServiceConfig {
-    pub fn from_env(service: &str, default_port: u16) -> Result<Self, ConfigError> {
-        let port = var("PORT", default_port)?;
+    /// The common variables, with `service`'s default port.
+    pub fn read(env: &mut Env, service: &str, default_port: u16) -> Result<Self, ConfigError> {
+        let port = env.var(
+            "PORT",
+            default_port,
+            "HTTP port to listen on (0: any free port)",
+        )?;
         let default_instance = format!("{service}-{port}");
-        Ok(Self {
+        let settings = Self {
             port,
-            instance_id: string("INSTANCE_ID", &default_instance),
-            log_format: var("LOG_FORMAT", LogFormat::Text)?,
-            body_limit: var("BODY_LIMIT_BYTES", 64 * 1024)?,
-            shutdown_timeout: millis("SHUTDOWN_TIMEOUT_MS", Duration::from_secs(10))?,
-        })
+            instance_id: env.string(
+                "INSTANCE_ID",
+                &default_instance,
+                "this instance's name, sent back in the x-served-by header",
+            ),
+            log_format: env.var("LOG_FORMAT", LogFormat::Text, "log lines as text or json")?,
+            body_limit: env.var(
+                "BODY_LIMIT_BYTES",
+                64 * 1024,
+                "request bodies larger than this are answered 413",
+            )?,
+            shutdown_timeout: env.millis(
+                "SHUTDOWN_TIMEOUT_MS",
+                Duration::from_secs(10),
+                "on SIGTERM, how long requests in flight may take to finish",
+            )?,
+        };
+        env.document(
+            "RUST_LOG",
+            "info",
+            "log filter, tracing's EnvFilter syntax (e.g. info,cart_service=debug)",
+        );
+        Ok(settings)
     }
 
     /// A configuration for tests: ephemeral port, short drain.
@@ -240,17 +533,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unset_variable_takes_the_default() {
-        assert_eq!(parse_with("X", None, 0.1, parse_rate), Ok(0.1));
+    fn unset_or_empty_variables_take_the_default() {
+        let mut env = Env::from_pairs([("EMPTY", " ")]);
+        assert_eq!(env.rate("UNSET", 0.1, "a rate"), Ok(0.1));
+        assert_eq!(env.rate("EMPTY", 0.2, "a rate"), Ok(0.2));
     }
 
     #[test]
-    fn invalid_rate_names_the_variable() {
-        let err = parse_with("FAILURE_RATE", Some("1.5"), 0.0, parse_rate).unwrap_err();
+    fn invalid_values_name_the_variable() {
+        let mut env = Env::from_pairs([("FAILURE_RATE", "1.5"), ("CCA_TIMEOUT_MS", "2s")]);
+        let err = env.rate("FAILURE_RATE", 0.0, "share").unwrap_err();
         assert_eq!(err.name, "FAILURE_RATE");
         assert!(err.to_string().contains("FAILURE_RATE=\"1.5\""), "{err}");
+        let err = env
+            .millis("CCA_TIMEOUT_MS", Duration::from_secs(1), "timeout")
+            .unwrap_err();
+        assert!(err.to_string().contains("milliseconds"), "{err}");
         assert!(parse_rate("abc").is_err());
         assert_eq!(parse_rate("0.5"), Ok(0.5));
+    }
+
+    #[test]
+    fn set_values_are_parsed() {
+        let mut env = Env::from_pairs([
+            ("N", " 7 "),
+            ("ON", "yes"),
+            ("WAIT_MS", "250"),
+            ("NAME", "x"),
+            ("BASE", "http://localhost:8081/"),
+        ]);
+        assert_eq!(env.var("N", 1u32, "n"), Ok(7));
+        assert_eq!(env.flag("ON", false, "on"), Ok(true));
+        assert_eq!(
+            env.millis("WAIT_MS", Duration::ZERO, "wait"),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(env.string("NAME", "y", "name"), "x");
+        assert_eq!(
+            env.base_url("BASE", "http://a", "base"),
+            Ok("http://localhost:8081".to_string())
+        );
     }
 
     #[test]
@@ -264,23 +586,25 @@ mod tests {
     }
 
     #[test]
-    fn counts_must_be_at_least_one() {
-        // Variable names of this test alone: the process environment is shared by the tests.
-        std::env::set_var("COMMON_TEST_POSITIVE_ZERO", "0");
-        std::env::set_var("COMMON_TEST_POSITIVE_SEVEN", "7");
-        let zero = positive("COMMON_TEST_POSITIVE_ZERO", 5u16).unwrap_err();
-        assert!(
-            zero.to_string().contains("COMMON_TEST_POSITIVE_ZERO"),
-            "{zero}"
-        );
+    fn counts_and_durations_must_be_at_least_one() {
+        let mut env = Env::from_pairs([("ZERO", "0"), ("SEVEN", "7"), ("ZERO_MS", "0")]);
+        let zero = env.positive("ZERO", 5u16, "count").unwrap_err();
+        assert!(zero.to_string().contains("ZERO"), "{zero}");
         assert!(zero.to_string().contains("must be at least 1"), "{zero}");
-        assert_eq!(positive("COMMON_TEST_POSITIVE_SEVEN", 5usize).ok(), Some(7));
-        assert_eq!(positive("COMMON_TEST_POSITIVE_UNSET", 5u32).ok(), Some(5));
+        assert_eq!(env.positive("SEVEN", 5usize, "count").ok(), Some(7));
+        assert_eq!(env.positive("UNSET", 5u32, "count").ok(), Some(5));
+        assert!(env
+            .positive_millis("ZERO_MS", Duration::from_secs(1), "wait")
+            .is_err());
     }
 
     #[test]
     fn log_format_and_bool_parse() {
         assert_eq!("JSON".parse::<LogFormat>(), Ok(LogFormat::Json));
+        assert_eq!(
+            LogFormat::Json.to_string().parse::<LogFormat>(),
+            Ok(LogFormat::Json)
+        );
         assert!("xml".parse::<LogFormat>().is_err());
         assert_eq!(parse_bool("yes"), Ok(true));
         assert!(parse_bool("maybe").is_err());
@@ -300,9 +624,61 @@ mod tests {
             redact_url("redis://:s3cret@cache:6379/0"),
             "redis://:***@cache:6379/0"
         );
-        std::env::set_var("COMMON_TEST_BAD_URL", "http://user:s3cret@host");
-        let err = optional_url("COMMON_TEST_BAD_URL", &["redis"]).unwrap_err();
+        let mut env = Env::from_pairs([("BAD_URL", "http://user:s3cret@host")]);
+        let err = env.optional_url("BAD_URL", &["redis"], "url").unwrap_err();
         assert!(!err.to_string().contains("s3cret"), "{err}");
-        assert_eq!(optional_url("COMMON_TEST_UNSET_URL", &["redis"]), Ok(None));
+        assert_eq!(env.optional_url("UNSET_URL", &["redis"], "url"), Ok(None));
+    }
+
+    #[test]
+    fn help_lists_every_variable_asked_for_once_with_its_default() {
+        let mut env = Env::defaults();
+        let service = ServiceConfig::read(&mut env, "demo", 8099).expect("defaults are valid");
+        assert_eq!(service.port, 8099);
+        assert_eq!(service.instance_id, "demo-8099");
+        env.millis("SHUTDOWN_TIMEOUT_MS", Duration::from_secs(1), "asked again")
+            .expect("default");
+        env.optional_url("DATABASE_URL", &["postgres"], "the database")
+            .expect("unset");
+        let names: Vec<&str> = env.variables().iter().map(|v| v.name).collect();
+        assert_eq!(
+            names,
+            [
+                "PORT",
+                "INSTANCE_ID",
+                "LOG_FORMAT",
+                "BODY_LIMIT_BYTES",
+                "SHUTDOWN_TIMEOUT_MS",
+                "RUST_LOG",
+                "DATABASE_URL"
+            ]
+        );
+        let help = env.help("demo", "a demo service.");
+        assert!(help.starts_with("demo: a demo service."), "{help}");
+        let port_line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with("PORT"))
+            .expect("PORT");
+        assert!(port_line.contains("8099"), "{port_line}");
+        let shutdown = help
+            .lines()
+            .find(|l| l.trim_start().starts_with("SHUTDOWN_TIMEOUT_MS"))
+            .expect("listed");
+        assert!(
+            shutdown.contains("10000"),
+            "the first ask's default wins: {shutdown}"
+        );
+        let db = help
+            .lines()
+            .find(|l| l.contains("DATABASE_URL"))
+            .expect("listed");
+        assert!(db.contains("(unset)"), "{db}");
+    }
+
+    #[test]
+    fn the_defaults_ignore_the_process_environment() {
+        // PATH is set in every process; reading with defaults must not see it.
+        let mut env = Env::defaults();
+        assert_eq!(env.string("PATH", "none", "not really"), "none");
     }
 }

@@ -1,12 +1,13 @@
 //! The order message and the queue topology, defined once for the cart (publisher) and the
 //! warehouse (consumer) so the two can never disagree about names, arguments or shape.
 
-use crate::config::{self, ConfigError};
+use crate::config::{self, ConfigError, Env};
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, ExchangeKind};
 use serde::{Deserialize, Serialize};
 use std::str::FromStr;
+use std::time::Duration;
 use time::OffsetDateTime;
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -23,13 +24,37 @@ pub const FRAME_MAX: u32 = 16 * 1024;
 /// `AMQP_URL`: one broker URL, or several separated by commas (the nodes of a cluster, tried in
 /// turn by [`connect`]), each checked to be an `amqp://` or `amqps://` URL, with [`FRAME_MAX`]
 /// added to each.
-pub fn amqp_url_from_env() -> Result<String, ConfigError> {
-    config::parse_with(
+/// The default, unset, gets it as well.
+pub fn amqp_url(env: &mut Env) -> Result<String, ConfigError> {
+    env.parse_with(
         "AMQP_URL",
-        config::raw("AMQP_URL").as_deref(),
-        DEFAULT_AMQP_URL.to_string(),
+        with_frame_max(DEFAULT_AMQP_URL),
+        DEFAULT_AMQP_URL,
+        "the broker: an amqp:// or amqps:// URL, or a comma-separated list of a cluster's nodes",
         parse_amqp_urls,
     )
+}
+
+/// `RECONNECT_MIN_MS` and `RECONNECT_MAX_MS`: the bounds of a consumer's reconnect backoff.
+pub fn reconnect_backoff(env: &mut Env) -> Result<(Duration, Duration), ConfigError> {
+    let min = env.positive_millis(
+        "RECONNECT_MIN_MS",
+        Duration::from_millis(200),
+        "a consumer's first wait before reconnecting to the broker",
+    )?;
+    let max = env.millis(
+        "RECONNECT_MAX_MS",
+        Duration::from_secs(10),
+        "its longest wait (the wait doubles up to it)",
+    )?;
+    if max < min {
+        return Err(ConfigError::new(
+            "RECONNECT_MAX_MS",
+            max.as_millis().to_string(),
+            "must not be below RECONNECT_MIN_MS",
+        ));
+    }
+    Ok((min, max))
 }
 
 /// A comma-separated list of AMQP URLs, each with [`FRAME_MAX`] added; spaces around the commas
@@ -63,6 +88,12 @@ pub fn redact_amqp_urls(list: &str) -> String {
 #[error("cannot connect to the broker: {0}")]
 pub struct AmqpConnectError(String);
 
+/// How long a connection attempt to one broker node may take, for the consumers: a node cut off
+/// from the network would otherwise hang for the operating system's TCP timeout before the next
+/// node is tried. (The cart's publisher has its own, `AMQP_CONNECT_TIMEOUT_MS`, since a checkout
+/// waits on it.)
+pub const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Which node of the list [`connect`] tries first: the last one that accepted a connection.
 /// Starts at the process id's turn, so the instances of a service spread over a cluster's nodes.
 static PREFERRED_NODE: std::sync::atomic::AtomicUsize =
@@ -74,7 +105,7 @@ static PREFERRED_NODE: std::sync::atomic::AtomicUsize =
 pub async fn connect(
     list: &str,
     properties: lapin::ConnectionProperties,
-    per_node: std::time::Duration,
+    per_node: Duration,
 ) -> Result<lapin::Connection, AmqpConnectError> {
     use std::sync::atomic::Ordering;
     let urls: Vec<&str> = amqp_urls(list).collect();
@@ -145,6 +176,12 @@ impl FromStr for QueueType {
     }
 }
 
+impl std::fmt::Display for QueueType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl QueueType {
     fn as_str(self) -> &'static str {
         match self {
@@ -207,9 +244,17 @@ impl Topology {
     }
 
     /// `ORDER_QUEUE` (default `order_queue`) and `QUEUE_TYPE` (classic|quorum, default classic).
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let queue = config::string("ORDER_QUEUE", ORDER_QUEUE);
-        let queue_type = config::var("QUEUE_TYPE", QueueType::Classic)?;
+    pub fn read(env: &mut Env) -> Result<Self, ConfigError> {
+        let queue = env.string(
+            "ORDER_QUEUE",
+            ORDER_QUEUE,
+            "the order queue; the others are named after it (<queue>.dlq, .cancel, .events)",
+        );
+        let queue_type = env.var(
+            "QUEUE_TYPE",
+            QueueType::Classic,
+            "classic (one broker) or quorum (a cluster: replicated queues)",
+        )?;
         Ok(Self::new(&queue, queue_type))
     }
 

@@ -17,15 +17,20 @@ use tokio::sync::watch;
 /// The server tests create their databases on (`TEST_DATABASE_URL`, a database to connect to for
 /// `CREATE DATABASE`).
 pub fn admin_database_url() -> String {
-    crate::config::string(
+    crate::config::Env::process().string(
         "TEST_DATABASE_URL",
         "postgres://postgres@127.0.0.1:5432/postgres",
+        "the test server",
     )
 }
 
 /// The Redis tests use (`TEST_REDIS_URL`).
 pub fn redis_url() -> String {
-    crate::config::string("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    crate::config::Env::process().string(
+        "TEST_REDIS_URL",
+        "redis://127.0.0.1:6379/0",
+        "the test Redis",
+    )
 }
 
 const DB_PREFIX: &str = "shop_test_";

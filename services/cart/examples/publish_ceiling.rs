@@ -207,7 +207,7 @@ async fn main() -> anyhow::Result<()> {
         args.messages > 0 && args.channels > 0 && args.window > 0,
         "--messages, --channels and --window must be positive"
     );
-    let url = messaging::amqp_url_from_env()?;
+    let url = messaging::amqp_url(&mut common::config::Env::process())?;
     let connection = messaging::connect(
         &url,
         ConnectionProperties::default().with_connection_name("publish-ceiling".into()),

@@ -1,4 +1,4 @@
-use common::config::{self, ConfigError, ServiceConfig};
+use common::config::{ConfigError, Env, ServiceConfig};
 use common::messaging::{self, Topology};
 use common::store::postgres::PgConfig;
 use common::store::redis::RedisConfig;
@@ -61,42 +61,36 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let channel_pool_size = config::positive("CHANNEL_POOL_SIZE", 20usize)?;
-        let cca_retries = config::var("CCA_RETRIES", 2u32)?;
-        if cca_retries > 10 {
-            return Err(ConfigError::new(
-                "CCA_RETRIES",
-                cca_retries.to_string(),
-                "at most 10",
-            ));
-        }
-        let mut settings = Self {
-            service: ServiceConfig::from_env("cart", crate::DEFAULT_PORT)?,
-            product_url: config::base_url("PRODUCT_URL", "http://127.0.0.1:8081")?,
-            cca_url: config::base_url("CCA_URL", "http://127.0.0.1:8083")?,
-            amqp_url: messaging::amqp_url_from_env()?,
-            topology: Topology::from_env()?,
-            channel_pool_size,
-            channel_wait: config::millis("CHANNEL_WAIT_MS", Duration::from_millis(1000))?,
-            max_pending_confirms: config::positive("MAX_PENDING_CONFIRMS", 1000usize)?,
-            confirm_timeout: config::millis("CONFIRM_TIMEOUT_MS", Duration::from_secs(5))?,
-            connect_timeout: config::millis("AMQP_CONNECT_TIMEOUT_MS", Duration::from_secs(3))?,
-            cca_timeout: config::millis("CCA_TIMEOUT_MS", Duration::from_secs(2))?,
-            cca_retries,
-            product_timeout: config::millis("PRODUCT_TIMEOUT_MS", Duration::from_secs(2))?,
-            store: RedisConfig::from_env()?,
-            idempotency_ttl: idempotency_ttl()?,
-            cart_ttl: Duration::from_secs(config::positive("CART_TTL_SECONDS", 604_800u64)?),
-            checkout_lease: Duration::ZERO,
-            orders_db: PgConfig::from_env("orders")?,
-            reserve_stock: config::flag("RESERVE_STOCK", true)?,
-            pending_order_timeout: config::millis(
-                "PENDING_ORDER_TIMEOUT_MS",
-                Duration::from_secs(30),
-            )?,
-        };
-        if settings.orders_db.is_some() && settings.store.is_none() {
+    pub fn read(env: &mut Env) -> Result<Self, ConfigError> {
+        let service = ServiceConfig::read(env, "cart", crate::DEFAULT_PORT)?;
+        let calls = Calls::read(env)?;
+        let amqp_url = messaging::amqp_url(env)?;
+        let topology = Topology::read(env)?;
+        let publishing = Publishing::read(env)?;
+        let store = RedisConfig::read(env)?;
+        let idempotency_ttl = env.positive_millis(
+            "IDEMPOTENCY_TTL_MS",
+            Duration::from_secs(24 * 3600),
+            "how long the answer to a request with an Idempotency-Key is kept for replay",
+        )?;
+        let cart_ttl = env.positive(
+            "CART_TTL_SECONDS",
+            604_800u64,
+            "a cart untouched this long is forgotten (a checked-out one: this long after)",
+        )?;
+        let orders_db = PgConfig::read(env, "orders")?;
+        let reserve_stock = env.flag(
+            "RESERVE_STOCK",
+            true,
+            "reserve the cart's items before the card is authorized (off only to measure it)",
+        )?;
+        let pending_order_timeout = env.positive_millis(
+            "PENDING_ORDER_TIMEOUT_MS",
+            Duration::from_secs(30),
+            "an order whose publish's fate was unknown and that the warehouse has not \
+             reported after this long is withdrawn",
+        )?;
+        if orders_db.is_some() && store.is_none() {
             return Err(ConfigError::new(
                 "DATABASE_URL",
                 "(set)",
@@ -104,27 +98,52 @@ impl Settings {
                  the cart store's counter, and an in-memory counter restarts at 1",
             ));
         }
-        if settings.pending_order_timeout.is_zero() {
-            return Err(ConfigError::new(
-                "PENDING_ORDER_TIMEOUT_MS",
-                "0",
-                "must be at least 1",
-            ));
+        Self {
+            service,
+            product_url: calls.product_url,
+            cca_url: calls.cca_url,
+            amqp_url,
+            topology,
+            channel_pool_size: publishing.channel_pool_size,
+            channel_wait: publishing.channel_wait,
+            max_pending_confirms: publishing.max_pending_confirms,
+            confirm_timeout: publishing.confirm_timeout,
+            connect_timeout: publishing.connect_timeout,
+            cca_timeout: calls.cca_timeout,
+            cca_retries: calls.cca_retries,
+            product_timeout: calls.product_timeout,
+            store,
+            idempotency_ttl,
+            cart_ttl: Duration::from_secs(cart_ttl),
+            checkout_lease: Duration::ZERO,
+            orders_db,
+            reserve_stock,
+            pending_order_timeout,
         }
-        let worst_case = settings.checkout_worst_case();
-        settings.checkout_lease = config::millis("CHECKOUT_LEASE_MS", worst_case + LEASE_MARGIN)?;
+        .with_lease(env)
+    }
+
+    /// `CHECKOUT_LEASE_MS`, whose default and lower bound follow from the other timeouts.
+    fn with_lease(mut self, env: &mut Env) -> Result<Self, ConfigError> {
+        let worst_case = self.checkout_worst_case();
+        self.checkout_lease = env.millis(
+            "CHECKOUT_LEASE_MS",
+            worst_case + LEASE_MARGIN,
+            "how long a checkout holds its cart before another may take it over (default: \
+             the longest one checkout can take with these timeouts, plus 5 s)",
+        )?;
         // A shorter hold could be taken over from a checkout that is still running.
-        if settings.checkout_lease <= worst_case {
+        if self.checkout_lease <= worst_case {
             return Err(ConfigError::new(
                 "CHECKOUT_LEASE_MS",
-                settings.checkout_lease.as_millis().to_string(),
+                self.checkout_lease.as_millis().to_string(),
                 format!(
                     "must exceed the longest a checkout can take with these timeouts ({} ms)",
                     worst_case.as_millis()
                 ),
             ));
         }
-        Ok(settings)
+        Ok(self)
     }
 
     /// The longest a new broker connection can take: every node of the list given
@@ -155,15 +174,92 @@ impl Settings {
     }
 }
 
-/// `IDEMPOTENCY_TTL_MS`: at least 1 ms (0 would keep nothing and make every key useless).
-fn idempotency_ttl() -> Result<Duration, ConfigError> {
-    let ttl = config::millis("IDEMPOTENCY_TTL_MS", Duration::from_secs(24 * 3600))?;
-    if ttl.is_zero() {
-        return Err(ConfigError::new(
-            "IDEMPOTENCY_TTL_MS",
-            "0",
-            "must be at least 1",
-        ));
+/// The HTTP calls a checkout makes: where to, and how patiently.
+struct Calls {
+    product_url: String,
+    cca_url: String,
+    cca_timeout: Duration,
+    cca_retries: u32,
+    product_timeout: Duration,
+}
+
+impl Calls {
+    fn read(env: &mut Env) -> Result<Self, ConfigError> {
+        let product_url = env.base_url(
+            "PRODUCT_URL",
+            "http://127.0.0.1:8081",
+            "the product service (products checked, stock reserved)",
+        )?;
+        let cca_url = env.base_url("CCA_URL", "http://127.0.0.1:8083", "the card authorizer")?;
+        let cca_timeout = env.millis(
+            "CCA_TIMEOUT_MS",
+            Duration::from_secs(2),
+            "one card authorizer attempt",
+        )?;
+        let cca_retries = env.var(
+            "CCA_RETRIES",
+            2u32,
+            "extra attempts on connection errors and 5xx, never on 400/402 (at most 10)",
+        )?;
+        if cca_retries > 10 {
+            return Err(ConfigError::new(
+                "CCA_RETRIES",
+                cca_retries.to_string(),
+                "at most 10",
+            ));
+        }
+        let product_timeout = env.millis(
+            "PRODUCT_TIMEOUT_MS",
+            Duration::from_secs(2),
+            "one product service attempt",
+        )?;
+        Ok(Self {
+            product_url,
+            cca_url,
+            cca_timeout,
+            cca_retries,
+            product_timeout,
+        })
     }
-    Ok(ttl)
+}
+
+/// How orders are published: the channel pool, its backpressure and the broker's patience.
+struct Publishing {
+    channel_pool_size: usize,
+    channel_wait: Duration,
+    max_pending_confirms: usize,
+    confirm_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl Publishing {
+    fn read(env: &mut Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            channel_pool_size: env.positive(
+                "CHANNEL_POOL_SIZE",
+                20usize,
+                "confirm-mode channels kept open for publishing",
+            )?,
+            channel_wait: env.millis(
+                "CHANNEL_WAIT_MS",
+                Duration::from_millis(1000),
+                "how long a checkout waits for a free channel or confirm slot before a 503",
+            )?,
+            max_pending_confirms: env.positive(
+                "MAX_PENDING_CONFIRMS",
+                1000usize,
+                "orders published and awaiting the broker's confirm, at most",
+            )?,
+            confirm_timeout: env.millis(
+                "CONFIRM_TIMEOUT_MS",
+                Duration::from_secs(5),
+                "how long a checkout waits for the broker's confirm (then: 202 pending)",
+            )?,
+            connect_timeout: env.millis(
+                "AMQP_CONNECT_TIMEOUT_MS",
+                Duration::from_secs(3),
+                "connecting to one broker node, before the next of AMQP_URL's list is tried",
+            )?,
+        })
+    }
 }

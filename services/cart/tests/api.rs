@@ -126,3 +126,29 @@ async fn product_service_down_is_a_fast_503() {
     );
     app.delete_queues().await;
 }
+
+/// `--help` lists what the service reads (it runs the same reading code on the defaults), and
+/// every variable it lists is documented in a README, so neither can drift from the code.
+#[test]
+fn help_lists_the_variables_and_the_readmes_document_each() {
+    let listed = common::config::check_help(
+        env!("CARGO_BIN_EXE_cart-service"),
+        &[
+            include_str!("../README.md"),
+            include_str!("../../../README.md"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for name in [
+        "PORT",
+        "RUST_LOG",
+        "AMQP_URL",
+        "QUEUE_TYPE",
+        "REDIS_URL",
+        "STORE_TIMEOUT_MS",
+        "DATABASE_URL",
+        "CHECKOUT_LEASE_MS",
+    ] {
+        assert!(listed.iter().any(|l| l == name), "{name} not in {listed:?}");
+    }
+}

@@ -1,4 +1,4 @@
-use common::config::{self, ConfigError, ServiceConfig};
+use common::config::{ConfigError, Env, ServiceConfig};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -8,10 +8,14 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_env() -> Result<Self, ConfigError> {
+    pub fn read(env: &mut Env) -> Result<Self, ConfigError> {
         Ok(Self {
-            service: ServiceConfig::from_env("credit-card-authorizer", crate::DEFAULT_PORT)?,
-            decline_rate: config::rate("DECLINE_RATE", 0.10)?,
+            service: ServiceConfig::read(env, "credit-card-authorizer", crate::DEFAULT_PORT)?,
+            decline_rate: env.rate(
+                "DECLINE_RATE",
+                0.10,
+                "share of well-formed cards declined with 402, between 0 and 1",
+            )?,
         })
     }
 

@@ -2,15 +2,19 @@ use credit_card_authorizer::{configuration::Settings, Application};
 
 fn main() {
     common::healthcheck::exit_if_requested(credit_card_authorizer::DEFAULT_PORT);
-    if let Err(err) = run() {
+    let settings = common::config::settings_or_exit(
+        "credit-card-authorizer",
+        "checks a card number's format and authorizes it (declining a share with 402).",
+        Settings::read,
+    );
+    if let Err(err) = run(settings) {
         eprintln!("credit-card-authorizer: {err}");
         std::process::exit(1);
     }
 }
 
 #[tokio::main]
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let settings = Settings::from_env()?;
+async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     common::telemetry::init(settings.service.log_format);
     let app = Application::build(settings).await?;
     app.run_until_stopped(common::shutdown::on_signal()).await?;

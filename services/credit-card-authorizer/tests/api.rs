@@ -112,3 +112,30 @@ async fn decline_rate_one_declines_everything() {
         assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED);
     }
 }
+
+/// `--help` lists what the service reads (it runs the same reading code on the defaults), and
+/// every variable it lists is documented in a README, so neither can drift from the code.
+#[test]
+fn help_lists_the_variables_and_the_readmes_document_each() {
+    let listed = common::config::check_help(
+        env!("CARGO_BIN_EXE_credit-card-authorizer"),
+        &[include_str!("../../../README.md")],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for name in ["PORT", "DECLINE_RATE", "LOG_FORMAT"] {
+        assert!(listed.iter().any(|l| l == name), "{name} not in {listed:?}");
+    }
+}
+
+/// Configuration is environment only: an argument is a mistake, said so, not ignored.
+#[test]
+fn an_unexpected_argument_is_refused_with_exit_code_2() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_credit-card-authorizer"))
+        .arg("--port=9999")
+        .env_clear()
+        .output()
+        .expect("run the binary");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--help"), "{stderr}");
+}

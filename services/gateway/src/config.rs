@@ -1,6 +1,6 @@
 //! The gateway's settings, all from environment variables (see the README for the table).
 
-use common::config::{self as env, ConfigError, ServiceConfig};
+use common::config::{ConfigError, Env, ServiceConfig};
 use http::uri::Authority;
 use std::time::Duration;
 
@@ -47,22 +47,25 @@ pub fn parse_targets(v: &str) -> Result<Vec<TargetUrl>, String> {
     Ok(targets)
 }
 
-fn targets(name: &'static str, default: &str) -> Result<Vec<TargetUrl>, ConfigError> {
-    let raw = env::raw(name);
-    let value = raw.as_deref().unwrap_or(default);
-    parse_targets(value).map_err(|reason| ConfigError::new(name, value, reason))
+fn targets(
+    env: &mut Env,
+    name: &'static str,
+    default: &str,
+    help: &'static str,
+) -> Result<Vec<TargetUrl>, ConfigError> {
+    let fallback =
+        parse_targets(default).map_err(|reason| ConfigError::new(name, default, reason))?;
+    env.parse_with(name, fallback, default, help, parse_targets)
 }
 
-fn positive_millis(name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-    let d = env::millis(name, default)?;
-    if d.is_zero() {
-        return Err(ConfigError::new(name, "0", "must be at least 1 ms"));
-    }
-    Ok(d)
-}
-
-fn f64_in(name: &'static str, default: f64, min: f64, max: f64) -> Result<f64, ConfigError> {
-    let v: f64 = env::var(name, default)?;
+fn f64_in(
+    env: &mut Env,
+    name: &'static str,
+    default: f64,
+    (min, max): (f64, f64),
+    help: &'static str,
+) -> Result<f64, ConfigError> {
+    let v: f64 = env.var(name, default, help)?;
     if !(min..=max).contains(&v) {
         return Err(ConfigError::new(
             name,
@@ -97,6 +100,43 @@ impl Default for HealthCheckConfig {
             healthy_threshold: 2,
             unhealthy_threshold: 2,
         }
+    }
+}
+
+impl HealthCheckConfig {
+    fn read(env: &mut Env) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let health = Self {
+            path: env.string("HEALTH_PATH", &d.path, "the path health checks ask for"),
+            interval: env.positive_millis(
+                "HEALTH_INTERVAL_MS",
+                d.interval,
+                "time between two health checks of a target",
+            )?,
+            timeout: env.positive_millis(
+                "HEALTH_TIMEOUT_MS",
+                d.timeout,
+                "a health check not answered in this time failed",
+            )?,
+            healthy_threshold: env.positive(
+                "HEALTHY_THRESHOLD",
+                d.healthy_threshold,
+                "consecutive passes that bring an unhealthy target back",
+            )?,
+            unhealthy_threshold: env.positive(
+                "UNHEALTHY_THRESHOLD",
+                d.unhealthy_threshold,
+                "consecutive failures that take a healthy target out",
+            )?,
+        };
+        if !health.path.starts_with('/') {
+            return Err(ConfigError::new(
+                "HEALTH_PATH",
+                health.path,
+                "must start with /",
+            ));
+        }
+        Ok(health)
     }
 }
 
@@ -141,6 +181,72 @@ impl Default for AtwConfig {
     }
 }
 
+impl AtwConfig {
+    fn read(env: &mut Env) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        Ok(Self {
+            enabled: env.flag(
+                "ATW_ENABLED",
+                d.enabled,
+                "automatic target weights; off: plain weighted random, all weights 1",
+            )?,
+            tick: env.positive_millis(
+                "ATW_TICK_MS",
+                d.tick,
+                "how often weights are re-evaluated (one window bucket)",
+            )?,
+            window_ticks: env.positive(
+                "ATW_WINDOW_TICKS",
+                d.window_ticks,
+                "buckets in the sliding window of answers",
+            )?,
+            min_requests: env.var(
+                "ATW_MIN_REQUESTS",
+                d.min_requests,
+                "fewer answers than this in a target's window: no verdict",
+            )?,
+            margin: f64_in(
+                env,
+                "ATW_MARGIN",
+                d.margin,
+                (0.0, 1.0),
+                "an anomalous error rate exceeds the peers' median by at least this",
+            )?,
+            ratio: f64_in(
+                env,
+                "ATW_RATIO",
+                d.ratio,
+                (1.0, 1000.0),
+                "... and is at least this many times the peers' median",
+            )?,
+            step_down: f64_in(
+                env,
+                "ATW_STEP_DOWN",
+                d.step_down,
+                (0.01, 0.99),
+                "factor on an anomalous target's weight each tick",
+            )?,
+            floor: f64_in(
+                env,
+                "ATW_FLOOR",
+                d.floor,
+                (0.001, 1.0),
+                "the lowest weight (never 0: a target is never deregistered)",
+            )?,
+            recovery: f64_in(
+                env,
+                "ATW_RECOVERY",
+                d.recovery,
+                (1.01, 100.0),
+                "factor on a recovering target's reduced weight each tick, up to 1",
+            )?,
+        })
+    }
+}
+
+/// The gateway's port, as the ALB's listener.
+pub const DEFAULT_PORT: u16 = 8080;
+
 /// Far above what the services behind the gateway serve at once, far below the 1M file descriptors
 /// a container gets: a flood of idle connections cannot exhaust the process.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -173,50 +279,63 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let service = ServiceConfig::from_env("gateway", 8080)?;
-        let defaults = HealthCheckConfig::default();
-        let health = HealthCheckConfig {
-            path: env::string("HEALTH_PATH", &defaults.path),
-            interval: positive_millis("HEALTH_INTERVAL_MS", defaults.interval)?,
-            timeout: positive_millis("HEALTH_TIMEOUT_MS", defaults.timeout)?,
-            healthy_threshold: env::positive("HEALTHY_THRESHOLD", defaults.healthy_threshold)?,
-            unhealthy_threshold: env::positive(
-                "UNHEALTHY_THRESHOLD",
-                defaults.unhealthy_threshold,
-            )?,
-        };
-        if !health.path.starts_with('/') {
-            return Err(ConfigError::new(
-                "HEALTH_PATH",
-                health.path,
-                "must start with /",
-            ));
-        }
-        let d = AtwConfig::default();
-        let atw = AtwConfig {
-            enabled: env::flag("ATW_ENABLED", d.enabled)?,
-            tick: positive_millis("ATW_TICK_MS", d.tick)?,
-            window_ticks: env::positive("ATW_WINDOW_TICKS", 30u32)? as usize,
-            min_requests: env::var("ATW_MIN_REQUESTS", d.min_requests)?,
-            margin: f64_in("ATW_MARGIN", d.margin, 0.0, 1.0)?,
-            ratio: f64_in("ATW_RATIO", d.ratio, 1.0, 1000.0)?,
-            step_down: f64_in("ATW_STEP_DOWN", d.step_down, 0.01, 0.99)?,
-            floor: f64_in("ATW_FLOOR", d.floor, 0.001, 1.0)?,
-            recovery: f64_in("ATW_RECOVERY", d.recovery, 1.01, 100.0)?,
-        };
+    pub fn read(env: &mut Env) -> Result<Self, ConfigError> {
+        let service = ServiceConfig::read(env, "gateway", DEFAULT_PORT)?;
+        let product_targets = targets(
+            env,
+            "PRODUCT_TARGETS",
+            "http://127.0.0.1:8081",
+            "the /product* target group: comma-separated http://host:port",
+        )?;
+        let cart_targets = targets(
+            env,
+            "CART_TARGETS",
+            "http://127.0.0.1:8082",
+            "the /shopping-cart*, /orders* and /customers* target group",
+        )?;
+        let cca_targets = targets(
+            env,
+            "CCA_TARGETS",
+            "http://127.0.0.1:8083",
+            "the /credit-card-authorizer* target group (routed only with EXPOSE_CCA)",
+        )?;
+        let expose_cca = env.flag(
+            "EXPOSE_CCA",
+            false,
+            "route the card authorizer (internal by default, as behind the ALB)",
+        )?;
+        let upstream_timeout = env.positive_millis(
+            "UPSTREAM_TIMEOUT_MS",
+            Duration::from_secs(10),
+            "time to the upstream's response head, else 504",
+        )?;
+        let connect_timeout = env.positive_millis(
+            "CONNECT_TIMEOUT_MS",
+            Duration::from_secs(1),
+            "TCP connect to a target, else 502",
+        )?;
+        let header_timeout = env.positive_millis(
+            "HEADER_TIMEOUT_MS",
+            Duration::from_secs(30),
+            "from a request head's first byte to its last, else 408",
+        )?;
+        let max_connections = env.positive(
+            "MAX_CONNECTIONS",
+            DEFAULT_MAX_CONNECTIONS,
+            "client connections served at once; at the cap new ones wait in the listen backlog",
+        )?;
         Ok(Self {
             service,
-            product_targets: targets("PRODUCT_TARGETS", "http://127.0.0.1:8081")?,
-            cart_targets: targets("CART_TARGETS", "http://127.0.0.1:8082")?,
-            cca_targets: targets("CCA_TARGETS", "http://127.0.0.1:8083")?,
-            expose_cca: env::flag("EXPOSE_CCA", false)?,
-            upstream_timeout: positive_millis("UPSTREAM_TIMEOUT_MS", Duration::from_secs(10))?,
-            connect_timeout: positive_millis("CONNECT_TIMEOUT_MS", Duration::from_secs(1))?,
-            header_timeout: positive_millis("HEADER_TIMEOUT_MS", Duration::from_secs(30))?,
-            max_connections: env::positive("MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS)?,
-            health,
-            atw,
+            product_targets,
+            cart_targets,
+            cca_targets,
+            expose_cca,
+            upstream_timeout,
+            connect_timeout,
+            header_timeout,
+            max_connections,
+            health: HealthCheckConfig::read(env)?,
+            atw: AtwConfig::read(env)?,
         })
     }
 

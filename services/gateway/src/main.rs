@@ -4,14 +4,13 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    common::healthcheck::exit_if_requested(8080);
-    let config = match GatewayConfig::from_env() {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("gateway: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    common::healthcheck::exit_if_requested(gateway::config::DEFAULT_PORT);
+    let config = common::config::settings_or_exit(
+        "gateway",
+        "the local stand-in for the AWS Application Load Balancer: path rules, health checks, \
+         weighted random balancing with automatic target weights.",
+        GatewayConfig::read,
+    );
     common::telemetry::init(config.service.log_format);
     let app = match Application::build(config.clone()).await {
         Ok(app) => app,

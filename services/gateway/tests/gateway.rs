@@ -852,3 +852,26 @@ async fn a_restarted_target_is_reconnected_without_a_client_visible_error() {
     }
     assert_eq!(p2.hits(), 3);
 }
+
+/// `--help` lists what the service reads (it runs the same reading code on the defaults), and
+/// every variable it lists is documented in a README, so neither can drift from the code.
+#[test]
+fn help_lists_the_variables_and_the_readmes_document_each() {
+    let listed = common::config::check_help(
+        env!("CARGO_BIN_EXE_gateway"),
+        &[
+            include_str!("../README.md"),
+            include_str!("../../../README.md"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for name in [
+        "PORT",
+        "PRODUCT_TARGETS",
+        "ATW_FLOOR",
+        "HEALTH_PATH",
+        "MAX_CONNECTIONS",
+    ] {
+        assert!(listed.iter().any(|l| l == name), "{name} not in {listed:?}");
+    }
+}

@@ -1,4 +1,4 @@
-use common::config::{self, ConfigError, ServiceConfig};
+use common::config::{ConfigError, Env, ServiceConfig};
 use common::messaging::{self, QueueType, Topology};
 use common::store::postgres::PgConfig;
 use std::time::Duration;
@@ -73,8 +73,19 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let seed_products = config::var("SEED_PRODUCTS", 0u32)?;
+    pub fn read(env: &mut Env) -> Result<Self, ConfigError> {
+        let service = ServiceConfig::read(env, "product", crate::DEFAULT_PORT)?;
+        let failure_rate = env.rate(
+            "FAILURE_RATE",
+            0.0,
+            "share of catalog requests answered 503 on purpose while /health stays green \
+             (a bad instance, for the load balancer's anomaly mitigation); 0 = a good instance",
+        )?;
+        let seed_products = env.var(
+            "SEED_PRODUCTS",
+            0u32,
+            "demo products with ids 1..=N created at start (at most 5000000)",
+        )?;
         if seed_products > MAX_SEED {
             return Err(ConfigError::new(
                 "SEED_PRODUCTS",
@@ -82,37 +93,30 @@ impl Settings {
                 format!("at most {MAX_SEED}"),
             ));
         }
-        let seed_stock = config::var("SEED_STOCK", DEFAULT_SEED_STOCK)?;
+        let seed_stock = env.var(
+            "SEED_STOCK",
+            DEFAULT_SEED_STOCK,
+            "stock of seeded products, and of products created without quantity_on_hand",
+        )?;
         crate::stock::check_initial_stock(seed_stock)
             .map_err(|reason| ConfigError::new("SEED_STOCK", seed_stock.to_string(), reason))?;
-        let reservation_ttl = config::millis("RESERVATION_TTL_MS", DEFAULT_RESERVATION_TTL)?;
-        if reservation_ttl.is_zero() {
-            return Err(ConfigError::new(
-                "RESERVATION_TTL_MS",
-                "0",
-                "must be at least 1",
-            ));
-        }
-        let service = ServiceConfig::from_env("product", crate::DEFAULT_PORT)?;
-        let reconnect_min = config::millis("RECONNECT_MIN_MS", Duration::from_millis(200))?;
-        let reconnect_max = config::millis("RECONNECT_MAX_MS", Duration::from_secs(10))?;
-        if reconnect_min.is_zero() {
-            return Err(ConfigError::new(
-                "RECONNECT_MIN_MS",
-                "0",
-                "must be at least 1",
-            ));
-        }
-        if reconnect_max < reconnect_min {
-            return Err(ConfigError::new(
-                "RECONNECT_MAX_MS",
-                reconnect_max.as_millis().to_string(),
-                "must not be below RECONNECT_MIN_MS",
-            ));
-        }
+        let reservation_ttl = env.positive_millis(
+            "RESERVATION_TTL_MS",
+            DEFAULT_RESERVATION_TTL,
+            "a reservation not confirmed this long gives its stock back",
+        )?;
+        let store = PgConfig::read(env, "catalog")?;
+        let cache_capacity = env.var(
+            "CATALOG_CACHE_CAPACITY",
+            DEFAULT_CACHE_CAPACITY,
+            "found products kept in front of PostgreSQL (0 = none)",
+        )?;
+        let amqp_url = messaging::amqp_url(env)?;
+        let topology = Topology::read(env)?;
+        let (reconnect_min, reconnect_max) = messaging::reconnect_backoff(env)?;
         let events = EventSettings {
-            amqp_url: messaging::amqp_url_from_env()?,
-            topology: Topology::from_env()?,
+            amqp_url,
+            topology,
             prefetch: EVENTS_PREFETCH,
             connection_name: service.instance_id.clone(),
             reconnect_min,
@@ -120,12 +124,12 @@ impl Settings {
         };
         Ok(Self {
             service,
-            failure_rate: config::rate("FAILURE_RATE", 0.0)?,
+            failure_rate,
             seed_products,
             seed_stock,
             reservation_ttl,
-            store: PgConfig::from_env("catalog")?,
-            cache_capacity: config::var("CATALOG_CACHE_CAPACITY", DEFAULT_CACHE_CAPACITY)?,
+            store,
+            cache_capacity,
             events: Some(events),
         })
     }

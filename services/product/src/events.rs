@@ -32,9 +32,6 @@ use lapin::{Connection, ConnectionProperties};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long a connection attempt to one broker node may take: a node cut off from the network
-/// would otherwise hang for the operating system's TCP timeout before the next node is tried.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A session that consumed at least this long resets the reconnect backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(5);
@@ -190,7 +187,7 @@ impl EventConsumer {
         let url = &self.settings.amqp_url;
         let connection = tokio::select! {
             () = shutdown.cancelled() => return SessionEnd::Shutdown,
-            connected = messaging::connect(url, properties, CONNECT_TIMEOUT) => match connected {
+            connected = messaging::connect(url, properties, messaging::NODE_CONNECT_TIMEOUT) => match connected {
                 Ok(connection) => connection,
                 Err(e) => return SessionEnd::Lost(e.to_string()),
             }

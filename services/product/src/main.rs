@@ -2,15 +2,19 @@ use product_service::{configuration::Settings, Application};
 
 fn main() {
     common::healthcheck::exit_if_requested(product_service::DEFAULT_PORT);
-    if let Err(err) = run() {
+    let settings = common::config::settings_or_exit(
+        "product-service",
+        "the product catalog and its stock.",
+        Settings::read,
+    );
+    if let Err(err) = run(settings) {
         eprintln!("product-service: {err}");
         std::process::exit(1);
     }
 }
 
 #[tokio::main]
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let settings = Settings::from_env()?;
+async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     common::telemetry::init(settings.service.log_format);
     let app = Application::build(settings).await?;
     app.run_until_stopped(common::shutdown::on_signal()).await?;

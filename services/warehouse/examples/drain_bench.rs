@@ -394,7 +394,7 @@ async fn run(
 async fn main() -> anyhow::Result<()> {
     common::telemetry::init(common::config::LogFormat::Text);
     let args = parse_args()?;
-    let url = messaging::amqp_url_from_env()?;
+    let url = messaging::amqp_url(&mut common::config::Env::process())?;
     let queue = format!("bench_wh_{}", uuid::Uuid::new_v4().simple());
     let topology = Topology::new(&queue, QueueType::Classic);
     let connection = messaging::connect(

@@ -1,26 +1,8 @@
-//! The warehouse's settings, all from environment variables with defaults.
-//!
-//! | variable | default | meaning |
-//! |---|---|---|
-//! | `PORT` | 8084 | HTTP port (`/health`, `/ready`, `/stats`, `/metrics`) |
-//! | `AMQP_URL` | `amqp://guest:guest@127.0.0.1:5672/%2f` | the broker |
-//! | `ORDER_QUEUE` | `order_queue` | the queue to consume (DLQ `<queue>.dlq`, cancels `<queue>.cancel`, events `<queue>.events`) |
-//! | `QUEUE_TYPE` | `classic` | `classic` or `quorum` |
-//! | `WAREHOUSE_CHANNELS` | 10 | consumer channels on the one connection |
-//! | `WAREHOUSE_PREFETCH` | 10 | unacked deliveries per channel |
-//! | `RECONNECT_MIN_MS` / `RECONNECT_MAX_MS` | 200 / 10000 | reconnect backoff bounds |
-//! | `WAREHOUSE_WRITERS` | 2 | batch writers (concurrent ledger transactions) |
-//! | `WAREHOUSE_BATCH_MAX` | 100 | most deliveries per batch (one transaction) |
-//! | `FULFILMENT_DELAY_MS` | 0 | how long an order is held after it arrives before it may be fulfilled (a window to cancel it in demos and tests), at most 600000 |
-//! | `DATABASE_URL` | unset | PostgreSQL for the ledger; unset = in memory, lost on restart |
-//! | `DATABASE_SCHEMA` | `warehouse` | the schema the ledger lives in |
-//! | `UNSAFE_ACK_ON_RECEIPT` | `false` | **deliberately broken, for the fault campaign only**: ack each delivery when it arrives instead of after the ledger's commit, so a crash loses orders (`scripts/chaos.sh --broken` shows the reconciliation catching it) |
-//!
-//! plus the common `INSTANCE_ID`, `LOG_FORMAT`, `BODY_LIMIT_BYTES`, `SHUTDOWN_TIMEOUT_MS`, and
-//! the database's `DATABASE_MAX_CONNECTIONS`, `STORE_TIMEOUT_MS`, `STORE_STARTUP_TIMEOUT_MS`.
+//! The warehouse's settings, all from environment variables with defaults: `warehouse --help`
+//! lists them (it runs [`Settings::read`] itself, so the list cannot drift from the code).
 
 use crate::batch::BatchSettings;
-use common::config::{self, ConfigError, ServiceConfig};
+use common::config::{ConfigError, Env, ServiceConfig};
 use common::messaging::{self, QueueType, Topology};
 use common::store::postgres::PgConfig;
 use std::time::Duration;
@@ -89,18 +71,26 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let service = ServiceConfig::from_env("warehouse", DEFAULT_PORT)?;
-        let reconnect_min = config::millis("RECONNECT_MIN_MS", Duration::from_millis(200))?;
-        let reconnect_max = config::millis("RECONNECT_MAX_MS", Duration::from_secs(10))?;
-        if reconnect_max < reconnect_min {
-            return Err(ConfigError::new(
-                "RECONNECT_MAX_MS",
-                reconnect_max.as_millis().to_string(),
-                "must not be below RECONNECT_MIN_MS",
-            ));
-        }
-        let writers = config::positive("WAREHOUSE_WRITERS", DEFAULT_WRITERS)?;
+    pub fn read(env: &mut Env) -> Result<Self, ConfigError> {
+        let service = ServiceConfig::read(env, "warehouse", DEFAULT_PORT)?;
+        let amqp_url = messaging::amqp_url(env)?;
+        let topology = Topology::read(env)?;
+        let channels = env.positive(
+            "WAREHOUSE_CHANNELS",
+            DEFAULT_CHANNELS,
+            "consumer channels on the one broker connection",
+        )?;
+        let prefetch = env.positive(
+            "WAREHOUSE_PREFETCH",
+            DEFAULT_PREFETCH,
+            "unacked deliveries per channel",
+        )?;
+        let (reconnect_min, reconnect_max) = messaging::reconnect_backoff(env)?;
+        let writers = env.positive(
+            "WAREHOUSE_WRITERS",
+            DEFAULT_WRITERS,
+            "batch writers: ledger transactions at once (at most 64)",
+        )?;
         if writers > MAX_WRITERS {
             return Err(ConfigError::new(
                 "WAREHOUSE_WRITERS",
@@ -108,7 +98,17 @@ impl Settings {
                 "must be at most 64",
             ));
         }
-        let fulfilment_delay = config::millis("FULFILMENT_DELAY_MS", Duration::ZERO)?;
+        let batch_max = env.positive(
+            "WAREHOUSE_BATCH_MAX",
+            DEFAULT_BATCH_MAX,
+            "most deliveries applied in one ledger transaction",
+        )?;
+        let fulfilment_delay = env.millis(
+            "FULFILMENT_DELAY_MS",
+            Duration::ZERO,
+            "how long an order is held after it arrives before it is fulfilled (a window to \
+             cancel it in demos and tests), at most 600000",
+        )?;
         if fulfilment_delay > MAX_FULFILMENT_DELAY {
             return Err(ConfigError::new(
                 "FULFILMENT_DELAY_MS",
@@ -116,22 +116,28 @@ impl Settings {
                 "must be at most 600000 (held orders stay unacked, and the broker ends a consumer whose deliveries stay unacked too long)",
             ));
         }
+        let unsafe_ack_on_receipt = env.flag(
+            "UNSAFE_ACK_ON_RECEIPT",
+            false,
+            "DELIBERATELY BROKEN, for the fault campaign only: ack each delivery on arrival, \
+             before the ledger has it, so a crash loses orders",
+        )?;
+        let store = PgConfig::read(env, "warehouse")?;
         let consumer = ConsumerSettings {
-            amqp_url: messaging::amqp_url_from_env()?,
-            topology: Topology::from_env()?,
-            channels: config::positive("WAREHOUSE_CHANNELS", DEFAULT_CHANNELS)?,
-            prefetch: config::positive("WAREHOUSE_PREFETCH", DEFAULT_PREFETCH)?,
+            amqp_url,
+            topology,
+            channels,
+            prefetch,
             connection_name: service.instance_id.clone(),
             reconnect_min,
             reconnect_max,
             batch: BatchSettings {
                 writers,
-                batch_max: usize::from(config::positive("WAREHOUSE_BATCH_MAX", DEFAULT_BATCH_MAX)?),
+                batch_max: usize::from(batch_max),
             },
             fulfilment_delay,
-            unsafe_ack_on_receipt: config::flag("UNSAFE_ACK_ON_RECEIPT", false)?,
+            unsafe_ack_on_receipt,
         };
-        let store = PgConfig::from_env("warehouse")?;
         Ok(Self {
             service,
             consumer,

@@ -5,13 +5,12 @@ use warehouse::Application;
 #[tokio::main]
 async fn main() -> ExitCode {
     common::healthcheck::exit_if_requested(DEFAULT_PORT);
-    let settings = match Settings::from_env() {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("warehouse: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    let settings = common::config::settings_or_exit(
+        "warehouse",
+        "applies the orders it consumes from RabbitMQ to its ledger, exactly once each; HTTP \
+         only for /health, /ready, /stats and /metrics.",
+        Settings::read,
+    );
     common::telemetry::init(settings.service.log_format);
     let app = match Application::build(settings).await {
         Ok(app) => app,

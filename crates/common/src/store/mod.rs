@@ -16,6 +16,16 @@ use std::fmt;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+/// `STORE_TIMEOUT_MS`, shared by the Redis and the PostgreSQL settings: one service may use both.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+fn store_timeout(env: &mut crate::config::Env) -> Result<Duration, crate::config::ConfigError> {
+    env.millis(
+        "STORE_TIMEOUT_MS",
+        Duration::from_secs(2),
+        "the longest a request waits for the store before a 503",
+    )
+}
+
 /// Where a service keeps its state, for the start-up log line and `/ready`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {

@@ -9,8 +9,8 @@
 //! database that goes away turns requests into a fast 503 instead of a hang, and the pool heals
 //! by itself when the database comes back.
 
-use super::{retry_until, StoreUnavailable};
-use crate::config::{self, redact_url, ConfigError};
+use super::{retry_until, store_timeout, StoreUnavailable};
+use crate::config::{redact_url, ConfigError, Env};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::fmt;
@@ -46,23 +46,38 @@ impl fmt::Debug for PgConfig {
 }
 
 impl PgConfig {
-    /// `None` when `DATABASE_URL` is unset: the service keeps its state in memory.
-    pub fn from_env(default_schema: &str) -> Result<Option<Self>, ConfigError> {
-        let Some(url) = config::optional_url("DATABASE_URL", &["postgres", "postgresql"])? else {
-            return Ok(None);
-        };
-        let schema = config::parse_with(
+    /// `None` when `DATABASE_URL` is unset: the service keeps its state in memory. The other
+    /// variables are read (and checked) either way, so `--help` lists them.
+    pub fn read(env: &mut Env, default_schema: &str) -> Result<Option<Self>, ConfigError> {
+        let url = env.optional_url(
+            "DATABASE_URL",
+            &["postgres", "postgresql"],
+            "PostgreSQL (postgres://user:password@host:5432/db); unset: in memory, lost on restart",
+        )?;
+        let schema = env.parse_with(
             "DATABASE_SCHEMA",
-            config::raw("DATABASE_SCHEMA").as_deref(),
             default_schema.to_string(),
+            default_schema,
+            "the schema this service owns in the database",
             parse_schema,
         )?;
-        Ok(Some(Self {
+        let max_connections = env.positive(
+            "DATABASE_MAX_CONNECTIONS",
+            10u32,
+            "connections in this instance's pool",
+        )?;
+        let timeout = store_timeout(env)?;
+        let startup_timeout = env.millis(
+            "STORE_STARTUP_TIMEOUT_MS",
+            Duration::from_secs(30),
+            "how long the start waits for the database before giving up",
+        )?;
+        Ok(url.map(|url| Self {
             url,
             schema,
-            max_connections: config::positive("DATABASE_MAX_CONNECTIONS", 10u32)?,
-            timeout: config::millis("STORE_TIMEOUT_MS", Duration::from_secs(2))?,
-            startup_timeout: config::millis("STORE_STARTUP_TIMEOUT_MS", Duration::from_secs(30))?,
+            max_connections,
+            timeout,
+            startup_timeout,
         }))
     }
 

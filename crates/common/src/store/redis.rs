@@ -5,8 +5,9 @@
 //! after a failure, and bounds each command by `STORE_TIMEOUT_MS`, so a Redis that goes away
 //! turns requests into a fast 503.
 
+use super::store_timeout;
 use super::StoreUnavailable;
-use crate::config::{self, redact_url, ConfigError};
+use crate::config::{redact_url, ConfigError, Env};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::fmt;
 use std::time::Duration;
@@ -35,15 +36,24 @@ impl fmt::Debug for RedisConfig {
 }
 
 impl RedisConfig {
-    /// `None` when `REDIS_URL` is unset: the service keeps its state in memory.
-    pub fn from_env() -> Result<Option<Self>, ConfigError> {
-        let Some(url) = config::optional_url("REDIS_URL", &["redis", "rediss"])? else {
-            return Ok(None);
-        };
-        Ok(Some(Self {
+    /// `None` when `REDIS_URL` is unset: the service keeps its state in memory. The other
+    /// variables are read (and checked) either way, so `--help` lists them.
+    pub fn read(env: &mut Env) -> Result<Option<Self>, ConfigError> {
+        let url = env.optional_url(
+            "REDIS_URL",
+            &["redis", "rediss"],
+            "Redis for the carts (redis:// or rediss://); unset: in memory, lost on restart",
+        )?;
+        let key_prefix = env.string(
+            "REDIS_KEY_PREFIX",
+            "shop:",
+            "every Redis key this service writes starts with it",
+        );
+        let timeout = store_timeout(env)?;
+        Ok(url.map(|url| Self {
             url,
-            key_prefix: config::string("REDIS_KEY_PREFIX", "shop:"),
-            timeout: config::millis("STORE_TIMEOUT_MS", Duration::from_secs(2))?,
+            key_prefix,
+            timeout,
         }))
     }
 

@@ -25,8 +25,6 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long connecting to one broker node may take before the next one is tried.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Outcome messages (one per warehouse batch) held unacked at once.
 const PREFETCH: u16 = 20;
 
@@ -98,7 +96,7 @@ async fn consume_session(
     let connection = messaging::connect(
         amqp_url,
         ConnectionProperties::default().with_connection_name("cart-service outcomes".into()),
-        CONNECT_TIMEOUT,
+        messaging::NODE_CONNECT_TIMEOUT,
     )
     .await?;
     let channel = connection.create_channel().await?;

@@ -140,3 +140,26 @@ async fn invalid_stock_settings_stop_the_start_naming_the_variable() {
         assert!(stderr.contains(name), "{name}={value}: {stderr}");
     }
 }
+
+/// `--help` lists what the service reads (it runs the same reading code on the defaults), and
+/// every variable it lists is documented in a README, so neither can drift from the code.
+#[test]
+fn help_lists_the_variables_and_the_readmes_document_each() {
+    let listed = common::config::check_help(
+        env!("CARGO_BIN_EXE_product-service"),
+        &[
+            include_str!("../../README.md"),
+            include_str!("../../../../README.md"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for name in [
+        "PORT",
+        "FAILURE_RATE",
+        "SEED_PRODUCTS",
+        "DATABASE_SCHEMA",
+        "RECONNECT_MAX_MS",
+    ] {
+        assert!(listed.iter().any(|l| l == name), "{name} not in {listed:?}");
+    }
+}

@@ -266,3 +266,26 @@ fn an_invalid_fulfilment_delay_stops_the_binary_naming_the_variable() {
         assert!(stderr.contains("FULFILMENT_DELAY_MS"), "{stderr}");
     }
 }
+
+/// `--help` lists what the service reads (it runs the same reading code on the defaults), and
+/// every variable it lists is documented in a README, so neither can drift from the code.
+#[test]
+fn help_lists_the_variables_and_the_readmes_document_each() {
+    let listed = common::config::check_help(
+        env!("CARGO_BIN_EXE_warehouse"),
+        &[
+            include_str!("../../README.md"),
+            include_str!("../../../../README.md"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for name in [
+        "PORT",
+        "WAREHOUSE_CHANNELS",
+        "WAREHOUSE_PREFETCH",
+        "UNSAFE_ACK_ON_RECEIPT",
+        "DATABASE_URL",
+    ] {
+        assert!(listed.iter().any(|l| l == name), "{name} not in {listed:?}");
+    }
+}
