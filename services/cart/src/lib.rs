@@ -11,6 +11,7 @@
 //! them and the state machine holds across instances; see [`store`].
 
 pub mod carts;
+pub mod checkout;
 pub mod clients;
 pub mod configuration;
 pub mod idempotency;
@@ -44,7 +45,7 @@ pub struct AppState {
     pub products: ProductCatalog,
     pub authorizer: Authorizer,
     pub publisher: OrderPublisher,
-    pub outcomes: routes::CheckoutOutcomes,
+    pub outcomes: checkout::CheckoutOutcomes,
     pub orders: Arc<dyn OrderStore>,
     /// `None` when `RESERVE_STOCK=false`.
     pub stock: Option<StockReservations>,
@@ -110,7 +111,7 @@ impl Application {
             products: ProductCatalog::new(http.clone(), &settings)?,
             authorizer: Authorizer::new(http, &settings)?,
             publisher: publisher.clone(),
-            outcomes: routes::CheckoutOutcomes::register(&metrics),
+            outcomes: checkout::CheckoutOutcomes::register(&metrics),
             orders: Arc::clone(&orders),
             stock,
         });

@@ -209,6 +209,31 @@ fn array_literal(values: impl Iterator<Item = i32>) -> String {
     out
 }
 
+/// Inserts a `held` reservation row for each fresh uid; returns those that were new (a uid
+/// already reserved is left to the single path), with their creation times.
+async fn insert_held(
+    tx: &mut sqlx::PgConnection,
+    fresh: &[&Request],
+) -> Result<BTreeMap<String, OffsetDateTime>, StockError> {
+    let uids: Vec<String> = fresh.iter().map(|r| r.order_uid.clone()).collect();
+    let product_ids: Vec<String> = fresh
+        .iter()
+        .map(|r| array_literal(r.items.iter().map(|i| i.product_id)))
+        .collect();
+    let quantities: Vec<String> = fresh
+        .iter()
+        .map(|r| array_literal(r.items.iter().map(|i| i.quantity)))
+        .collect();
+    let inserted: Vec<(String, OffsetDateTime)> = sqlx::query_as(INSERT_HELD)
+        .bind(uids)
+        .bind(product_ids)
+        .bind(quantities)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+    Ok(inserted.into_iter().collect())
+}
+
 /// One transaction for the whole batch. Err only for a database failure (then nothing of it
 /// committed, or all of it did: see the module's note).
 async fn hold_together(pool: &PgPool, batch: &[Request]) -> Result<Vec<Decided>, StockError> {
@@ -225,29 +250,7 @@ async fn hold_together(pool: &PgPool, batch: &[Request]) -> Result<Vec<Decided>,
         .collect();
 
     let mut tx = pool.begin().await.map_err(db)?;
-    let inserted: Vec<(String, OffsetDateTime)> = sqlx::query_as(INSERT_HELD)
-        .bind(
-            fresh
-                .iter()
-                .map(|r| r.order_uid.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            fresh
-                .iter()
-                .map(|r| array_literal(r.items.iter().map(|i| i.product_id)))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            fresh
-                .iter()
-                .map(|r| array_literal(r.items.iter().map(|i| i.quantity)))
-                .collect::<Vec<_>>(),
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?;
-    let inserted: BTreeMap<String, OffsetDateTime> = inserted.into_iter().collect();
+    let inserted = insert_held(&mut tx, &fresh).await?;
 
     let product_ids: Vec<i32> = {
         let mut ids: Vec<i32> = fresh

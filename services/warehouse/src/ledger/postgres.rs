@@ -89,6 +89,38 @@ pub struct PgLedger {
 }
 
 impl PgLedger {
+    /// The recorded outcomes of the uids a batch did not decide (decided before, elsewhere).
+    async fn read_recorded(&self, undecided: &[&String]) -> Result<HashMap<String, Row>, ApplyError> {
+        let mut rows: HashMap<String, Row> = HashMap::new();
+        if undecided.is_empty() {
+            return Ok(rows);
+        }
+        let read: Vec<(String, String, Option<String>, Option<String>)> = self
+            .bounded(
+                sqlx::query_as(RECORDED)
+                    .bind(undecided)
+                    .fetch_all(&self.pool),
+            )
+            .await?;
+        for (uid, outcome, reason, body) in read {
+            let Some(outcome) = parse_outcome(&outcome) else {
+                return Err(ApplyError::Refused(format!(
+                    "order {uid} has an unknown recorded outcome {outcome:?}"
+                )));
+            };
+            let reason = reason.as_deref().and_then(parse_reason);
+            rows.insert(
+                uid,
+                Row {
+                    outcome,
+                    reason,
+                    body,
+                },
+            );
+        }
+        Ok(rows)
+    }
+
     /// A ledger on a pool already migrated with [`MIGRATOR`] (see `common::store::postgres::connect`).
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
@@ -252,32 +284,7 @@ impl LedgerStore for PgLedger {
             .await?;
         let won: std::collections::HashSet<String> = won.into_iter().collect();
         let undecided: Vec<&String> = params.uids.iter().filter(|u| !won.contains(*u)).collect();
-        let mut rows: HashMap<String, Row> = HashMap::new();
-        if !undecided.is_empty() {
-            let read: Vec<(String, String, Option<String>, Option<String>)> = self
-                .bounded(
-                    sqlx::query_as(RECORDED)
-                        .bind(&undecided)
-                        .fetch_all(&self.pool),
-                )
-                .await?;
-            for (uid, outcome, reason, body) in read {
-                let Some(outcome) = parse_outcome(&outcome) else {
-                    return Err(ApplyError::Refused(format!(
-                        "order {uid} has an unknown recorded outcome {outcome:?}"
-                    )));
-                };
-                let reason = reason.as_deref().and_then(parse_reason);
-                rows.insert(
-                    uid,
-                    Row {
-                        outcome,
-                        reason,
-                        body,
-                    },
-                );
-            }
-        }
+        let rows = self.read_recorded(&undecided).await?;
         entries
             .iter()
             .enumerate()

@@ -27,28 +27,26 @@
 //!   prefetched but unprocessed messages, and orders still being held, are requeued by the
 //!   broker for the next consumer.
 
-use crate::batch::{self, Pending, Request};
+mod channel;
+
+use crate::batch;
 use crate::configuration::ConsumerSettings;
 use crate::events::{self, EventPublisher};
-use crate::ledger::{self, Ledger};
-use common::messaging::{self, CancelMessage, OrderMessage};
+use crate::ledger::Ledger;
+use common::messaging;
 use common::metrics::{Counter, Gauge, Metrics};
-use futures::StreamExt;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{Connection, ConnectionProperties};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
 
-/// How long a connection attempt to one broker node may take: a node cut off from the network
-/// would otherwise hang for the operating system's TCP timeout before the next node is tried.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+use channel::{consume_channel, hold, ChannelError, Handoff, Source};
+
 /// How long closing the connection may take at the end of a session.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A session that consumed at least this long resets the reconnect backoff.
@@ -174,35 +172,6 @@ enum SessionEnd {
     Lost(String),
 }
 
-#[derive(Debug, thiserror::Error)]
-enum ChannelError {
-    #[error("AMQP error: {0}")]
-    Amqp(#[from] lapin::Error),
-    #[error("the broker cancelled the consumer (queue deleted?)")]
-    Cancelled,
-    #[error("the channel closed before the delivery could be settled")]
-    NotSettled,
-    #[error("the batch writers are gone")]
-    WritersGone,
-}
-
-/// Which queue a channel consumes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
-    Orders,
-    Cancels,
-}
-
-/// Where a channel task hands its valid deliveries.
-#[derive(Clone)]
-struct Handoff {
-    writers: mpsc::Sender<Pending>,
-    /// Orders go through the hold first when `FULFILMENT_DELAY_MS` is set.
-    held: Option<(mpsc::Sender<(TokioInstant, Pending)>, Duration)>,
-    /// `UNSAFE_ACK_ON_RECEIPT`: the deliberately broken mode (see the configuration).
-    ack_on_receipt: bool,
-}
-
 /// Consumes the order queue into a ledger until shut down, reconnecting as needed.
 #[derive(Clone)]
 pub struct OrderConsumer {
@@ -262,7 +231,7 @@ impl OrderConsumer {
             .with_connection_name(self.settings.connection_name.as_str().into());
         let connection = tokio::select! {
             () = shutdown.cancelled() => return SessionEnd::Shutdown,
-            connected = messaging::connect(&self.settings.amqp_url, properties, CONNECT_TIMEOUT) => {
+            connected = messaging::connect(&self.settings.amqp_url, properties, messaging::NODE_CONNECT_TIMEOUT) => {
                 match connected {
                     Ok(connection) => connection,
                     Err(e) => return SessionEnd::Lost(e.to_string()),
@@ -286,28 +255,7 @@ impl OrderConsumer {
         };
         let session = shutdown.child_token();
         let mut writers = JoinSet::new();
-        let unacked =
-            (usize::from(self.settings.channels) + 1) * usize::from(self.settings.prefetch);
-        let to_writers = batch::spawn(
-            Arc::clone(&self.ledger),
-            Arc::clone(&self.state),
-            Arc::clone(&publisher),
-            self.settings.batch,
-            unacked,
-            session.clone(),
-            &mut writers,
-        );
-        let delay = self.settings.fulfilment_delay;
-        let held = (!delay.is_zero()).then(|| {
-            let (tx, rx) = mpsc::channel(unacked);
-            writers.spawn(hold(rx, to_writers.clone(), session.clone()));
-            (tx, delay)
-        });
-        let handoff = Handoff {
-            writers: to_writers,
-            held,
-            ack_on_receipt: self.settings.unsafe_ack_on_receipt,
-        };
+        let handoff = self.spawn_writers(&publisher, &session, &mut writers);
         let mut tasks = JoinSet::new();
         let opened = self
             .open_channels(connection, &session, &mut tasks, &handoff)
@@ -331,7 +279,7 @@ impl OrderConsumer {
             prefetch = self.settings.prefetch,
             writers = self.settings.batch.writers,
             batch_max = self.settings.batch.batch_max,
-            fulfilment_delay_ms = delay.as_millis() as u64,
+            fulfilment_delay_ms = self.settings.fulfilment_delay.as_millis() as u64,
             "consuming orders and cancels"
         );
 
@@ -349,21 +297,41 @@ impl OrderConsumer {
         };
         self.state.set_consuming(0, false);
         session.cancel();
-        while let Some(result) = tasks.join_next().await {
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(error = %e, "channel ended with an error"),
-                Err(e) => tracing::warn!(error = %e, "channel task failed"),
-            }
-        }
-        // The writers commit, announce and ack what they were handed before the connection
-        // closes.
-        while let Some(result) = writers.join_next().await {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "batch writer failed");
-            }
-        }
+        wind_down(tasks, writers).await;
         end
+    }
+
+    /// Starts the batch writers (and the hold before them, with `FULFILMENT_DELAY_MS`) and
+    /// returns where the channel tasks hand their deliveries.
+    fn spawn_writers(
+        &self,
+        publisher: &Arc<EventPublisher>,
+        session: &CancellationToken,
+        writers: &mut JoinSet<()>,
+    ) -> Handoff {
+        // Every delivery the broker may have unacked fits in the queues: a handoff never waits.
+        let unacked =
+            (usize::from(self.settings.channels) + 1) * usize::from(self.settings.prefetch);
+        let to_writers = batch::spawn(
+            Arc::clone(&self.ledger),
+            Arc::clone(&self.state),
+            Arc::clone(publisher),
+            self.settings.batch,
+            unacked,
+            session.clone(),
+            writers,
+        );
+        let delay = self.settings.fulfilment_delay;
+        let held = (!delay.is_zero()).then(|| {
+            let (tx, rx) = mpsc::channel(unacked);
+            writers.spawn(hold(rx, to_writers.clone(), session.clone()));
+            (tx, delay)
+        });
+        Handoff {
+            writers: to_writers,
+            held,
+            ack_on_receipt: self.settings.unsafe_ack_on_receipt,
+        }
     }
 
     /// Declares the topology (queues, dead-lettering, the events exchange and its listeners'
@@ -420,139 +388,19 @@ impl OrderConsumer {
     }
 }
 
-/// Holds each order until its due time (arrival + `FULFILMENT_DELAY_MS`), then hands it to the
-/// writers. The delay is the same for all, so the queue is in due order (up to the few
-/// microseconds between channels). Ends with the session: what it still holds is dropped
-/// unacked, and the broker requeues it when the connection closes.
-async fn hold(
-    mut held: mpsc::Receiver<(TokioInstant, Pending)>,
-    writers: mpsc::Sender<Pending>,
-    session: CancellationToken,
-) {
-    loop {
-        let next = tokio::select! {
-            biased;
-            () = session.cancelled() => return,
-            next = held.recv() => next,
-        };
-        let Some((due, pending)) = next else { return };
-        tokio::select! {
-            biased;
-            () = session.cancelled() => return,
-            () = tokio::time::sleep_until(due) => {}
-        }
-        if writers.send(pending).await.is_err() {
-            return;
+/// Waits for a session's channel tasks, then its writers, which commit, announce and ack what
+/// they were handed before the connection closes.
+async fn wind_down(mut tasks: JoinSet<Result<(), ChannelError>>, mut writers: JoinSet<()>) {
+    while let Some(result) = tasks.join_next().await {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "channel ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "channel task failed"),
         }
     }
-}
-
-/// One channel's loop: take a delivery, hand it over (or reject it), repeat; stop between
-/// deliveries when asked.
-async fn consume_channel(
-    // Held so the channel lives as long as its consumer.
-    _channel: Channel,
-    mut consumer: Consumer,
-    source: Source,
-    ledger: Arc<Ledger>,
-    handoff: Handoff,
-    stop: CancellationToken,
-) -> Result<(), ChannelError> {
-    loop {
-        let next = tokio::select! {
-            biased;
-            () = stop.cancelled() => return Ok(()),
-            next = consumer.next() => next,
-        };
-        match next {
-            Some(Ok(delivery)) => dispatch(&ledger, &handoff, source, delivery).await?,
-            Some(Err(e)) => return Err(e.into()),
-            None => return Err(ChannelError::Cancelled),
+    while let Some(result) = writers.join_next().await {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "batch writer failed");
         }
     }
-}
-
-/// What a delivery's body is, for its queue.
-fn parse(source: Source, body: &[u8]) -> Result<Request, String> {
-    match source {
-        Source::Orders => OrderMessage::from_json(body)
-            .and_then(|order| ledger::check_storable(&order).map(|()| Request::Order(order))),
-        Source::Cancels => CancelMessage::from_json(body)
-            .and_then(|cancel| ledger::check_cancel(&cancel).map(|()| Request::Cancel(cancel))),
-    }
-}
-
-/// Hands a valid order or cancel over (an order through the hold, if any); rejects anything
-/// else to the DLQ at once.
-async fn dispatch(
-    ledger: &Ledger,
-    handoff: &Handoff,
-    source: Source,
-    delivery: Delivery,
-) -> Result<(), ChannelError> {
-    let request = match parse(source, &delivery.data) {
-        Ok(request) => request,
-        Err(reason) => return reject(ledger, delivery, source, &reason).await,
-    };
-    let is_order = matches!(request, Request::Order(_));
-    if handoff.ack_on_receipt {
-        // Broken on purpose: the broker forgets the delivery before the ledger has it. The
-        // writer's own ack later finds the acker used and does nothing.
-        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-    }
-    let pending = Pending {
-        request,
-        acker: delivery.acker,
-        redelivered: delivery.redelivered,
-    };
-    // Never waits: each queue holds every delivery the broker may have unacked.
-    match &handoff.held {
-        Some((held, delay)) if is_order => held
-            .send((TokioInstant::now() + *delay, pending))
-            .await
-            .map_err(|_| ChannelError::WritersGone),
-        _ => handoff
-            .writers
-            .send(pending)
-            .await
-            .map_err(|_| ChannelError::WritersGone),
-    }
-}
-
-/// Dead-letters a message that is not a valid order or cancel (reject without requeue).
-async fn reject(
-    ledger: &Ledger,
-    delivery: Delivery,
-    source: Source,
-    reason: &str,
-) -> Result<(), ChannelError> {
-    let settled = delivery
-        .reject(BasicRejectOptions { requeue: false })
-        .await?;
-    if !settled {
-        return Err(ChannelError::NotSettled);
-    }
-    // Counted and logged once it is really on its way to the DLQ, so a reject lost with the
-    // channel does not count the same message twice.
-    ledger.record_rejected();
-    let message_id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|id| id.to_string())
-        .unwrap_or_default();
-    let preview: String = String::from_utf8_lossy(&delivery.data)
-        .chars()
-        .take(120)
-        .collect();
-    tracing::warn!(
-        %reason,
-        %message_id,
-        bytes = delivery.data.len(),
-        redelivered = delivery.redelivered,
-        %preview,
-        queue = ?source,
-        "rejected a message that is not a valid order or cancel; dead-lettered"
-    );
-    Ok(())
 }
