@@ -18,6 +18,11 @@ pub struct FaultReport {
     pub duration_s: f64,
     /// From the start to the completion of the first 200 sent at or after it; `None`: none came.
     pub recovery_s: Option<f64>,
+    /// From the start to the completion of the last failed checkout (5xx or no answer) sent
+    /// after it and before the next fault (or the end of the load): how long the fault's
+    /// disruption lasted, where `recovery_s` says how soon anything worked again. `None`: no
+    /// checkout failed.
+    pub last_error_s: Option<f64>,
     /// End of the window the counts below cover: max(end_ms, recovery).
     pub window_end_ms: u64,
     pub checkouts: u64,
@@ -40,6 +45,13 @@ pub fn report(faults: &[Fault], audit: &[AuditRec], first_ms: Option<u64>) -> Ve
     faults
         .iter()
         .map(|f| {
+            // The next fault to start after this one bounds what this one is blamed for.
+            let next_start_ms = faults
+                .iter()
+                .map(|g| g.start_ms)
+                .filter(|&s| s > f.start_ms)
+                .min()
+                .unwrap_or(u64::MAX);
             let from = rows.partition_point(|a| a.t_ms < f.start_ms);
             // The earliest completion among 200s sent since the start; rows are in send order
             // and complete after they are sent, so the scan stops once sends pass the best.
@@ -63,6 +75,12 @@ pub fn report(faults: &[Fault], audit: &[AuditRec], first_ms: Option<u64>) -> Ve
                 .iter()
                 .filter(|a| a.status.is_none_or(|s| s >= 500))
                 .count() as u64;
+            let until = rows.partition_point(|a| a.t_ms < next_start_ms);
+            let last_error_us = rows[from..until.max(from)]
+                .iter()
+                .filter(|a| a.status.is_none_or(|s| s >= 500))
+                .map(|a| completed_us(a))
+                .max();
             let pct = |q: f64| quantile(&lat, q).map(|us| us as f64 / 1000.0);
             FaultReport {
                 name: f.name.clone(),
@@ -71,7 +89,8 @@ pub fn report(faults: &[Fault], audit: &[AuditRec], first_ms: Option<u64>) -> Ve
                 end_ms: f.end_ms,
                 started_s: first_ms.map(|t| (f.start_ms as f64 - t as f64) / 1000.0),
                 duration_s: (f.end_ms - f.start_ms) as f64 / 1000.0,
-                recovery_s: best.map(|us| (us as f64 / 1000.0 - f.start_ms as f64) / 1000.0),
+                recovery_s: best.map(|us| seconds_after(f.start_ms, us)),
+                last_error_s: last_error_us.map(|us| seconds_after(f.start_ms, us)),
                 window_end_ms,
                 checkouts: window.len() as u64,
                 errors,
@@ -81,6 +100,11 @@ pub fn report(faults: &[Fault], audit: &[AuditRec], first_ms: Option<u64>) -> Ve
             }
         })
         .collect()
+}
+
+/// Seconds from `start_ms` to `us` (unix µs).
+fn seconds_after(start_ms: u64, us: u64) -> f64 {
+    (us as f64 / 1000.0 - start_ms as f64) / 1000.0
 }
 
 /// Nearest-rank quantile of sorted values.

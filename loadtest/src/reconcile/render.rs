@@ -96,11 +96,12 @@ pub fn text(r: &Reconciliation) -> String {
         o.push('\n');
         let _ = writeln!(
             o,
-            "{:<24} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>9} {:>9}",
+            "{:<24} {:>9} {:>9} {:>9} {:>10} {:>9} {:>7} {:>9} {:>9} {:>9}",
             "fault",
             "started",
             "duration",
             "recovery",
+            "last error",
             "checkouts",
             "errors",
             "p50 ms",
@@ -113,11 +114,12 @@ pub fn text(r: &Reconciliation) -> String {
                 .map_or_else(|| "-".into(), |s| format!("{s:.2}s"));
             let _ = writeln!(
                 o,
-                "{:<24} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>9} {:>9}",
+                "{:<24} {:>9} {:>9} {:>9} {:>10} {:>9} {:>7} {:>9} {:>9} {:>9}",
                 f.name,
                 started,
                 format!("{:.2}s", f.duration_s),
                 opt_s(f.recovery_s),
+                opt_s(f.last_error_s),
                 f.checkouts,
                 f.errors,
                 opt_ms(f.p50_ms),

@@ -184,12 +184,19 @@ fn faults_get_recovery_and_window_counts() {
     assert_eq!(f.errors, 2);
     assert_eq!(f.max_ms, Some(30_000.0));
     assert_eq!(f.p50_ms, Some(5.0));
+    // The last failure sent before the next fault: cart 5's timeout, sent at +1100 ms and given
+    // up 30 s later, so the disruption lasted until 30.6 s after the start.
+    let last = f.last_error_s.expect("errors");
+    assert!((last - 30.6).abs() < 1e-9, "{last}");
     let g = &r.faults[1];
     assert_eq!(g.recovery_s, None);
+    assert_eq!(g.last_error_s, None);
     assert_eq!(g.checkouts, 0);
     assert_eq!(g.p99_ms, None);
     let text = r.to_text();
     assert!(text.contains("kill-leader-node"), "{text}");
+    assert!(text.contains("last error"), "{text}");
+    assert!(text.contains("30.60s"), "{text}");
     assert!(text.contains("none"), "{text}");
 }
 
