@@ -12,13 +12,14 @@
 pub mod balancer;
 pub mod config;
 pub mod h1;
+pub mod health;
 pub mod proxy;
 pub mod routes;
 pub mod server;
 pub mod targets;
 
 use crate::config::GatewayConfig;
-use crate::proxy::UpstreamClient;
+use crate::health::UpstreamClient;
 use crate::targets::TargetGroup;
 use axum::Router;
 use common::http::Readiness;
@@ -60,7 +61,7 @@ impl Gateway {
             ))
         });
         Self {
-            client: proxy::client(config.connect_timeout),
+            client: health::client(config.connect_timeout),
             upstream_timeout: config.upstream_timeout,
             product,
             cart,
@@ -106,7 +107,7 @@ impl Gateway {
     pub fn spawn_background(&self, stop: &CancellationToken) {
         for group in self.groups() {
             for target in &group.targets {
-                tokio::spawn(targets::health_loop(
+                tokio::spawn(health::health_loop(
                     group.name,
                     Arc::clone(target),
                     self.client.clone(),
@@ -160,7 +161,7 @@ impl Application {
         let listener = common::http::bind(config.service.port).await?;
         let port = listener.local_addr()?.port();
         let gateway = Arc::new(Gateway::new(config));
-        targets::initial_checks(&gateway.groups(), &gateway.client, &gateway.config.health).await;
+        health::initial_checks(&gateway.groups(), &gateway.client, &gateway.config.health).await;
         let metrics = Metrics::new();
         let router = app(Arc::clone(&gateway), &metrics);
         Ok(Self {

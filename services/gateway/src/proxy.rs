@@ -30,9 +30,6 @@ use common::shutdown::CancellationToken;
 use common::ApiError;
 use http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,18 +45,6 @@ use tower::ServiceExt;
 pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Read at least this much room at a time.
 const READ_ROOM: usize = 8 * 1024;
-
-/// The hyper client the health checks use (they are few; the request path does not use it).
-pub type UpstreamClient = Client<HttpConnector, Body>;
-
-pub fn client(connect_timeout: Duration) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(50))
-        .build(connector)
-}
 
 /// What every connection of one gateway shares.
 pub struct Shared {
