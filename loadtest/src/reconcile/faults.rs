@@ -18,10 +18,10 @@ pub struct FaultReport {
     pub duration_s: f64,
     /// From the start to the completion of the first 200 sent at or after it; `None`: none came.
     pub recovery_s: Option<f64>,
-    /// From the start to the completion of the last failed checkout (5xx or no answer) sent
-    /// after it and before the next fault (or the end of the load): how long the fault's
-    /// disruption lasted, where `recovery_s` says how soon anything worked again. `None`: no
-    /// checkout failed.
+    /// From the start to the completion of the last failed checkout (5xx or no answer, not the
+    /// load generator's own stop) sent after it and ended before the next fault began: how long
+    /// the fault's disruption lasted, where `recovery_s` says how soon anything worked again.
+    /// `None`: no checkout failed.
     pub last_error_s: Option<f64>,
     /// End of the window the counts below cover: max(end_ms, recovery).
     pub window_end_ms: u64,
@@ -75,11 +75,16 @@ pub fn report(faults: &[Fault], audit: &[AuditRec], first_ms: Option<u64>) -> Ve
                 .iter()
                 .filter(|a| a.status.is_none_or(|s| s >= 500))
                 .count() as u64;
+            // Failures that ended before the next fault began: one sent just before it and
+            // failed by it is the next fault's; the load generator's own stop is nobody's.
+            let next_start_us = next_start_ms.saturating_mul(1000);
             let until = rows.partition_point(|a| a.t_ms < next_start_ms);
             let last_error_us = rows[from..until.max(from)]
                 .iter()
                 .filter(|a| a.status.is_none_or(|s| s >= 500))
+                .filter(|a| a.error.as_deref() != Some("stopped"))
                 .map(|a| completed_us(a))
+                .filter(|&done| done < next_start_us)
                 .max();
             let pct = |q: f64| quantile(&lat, q).map(|us| us as f64 / 1000.0);
             FaultReport {

@@ -41,7 +41,8 @@ Rules (each counted; up to 20 offending carts/orders/products listed per non-zer
 Faults (--faults): recovery = from start_ms to the completion (t_ms + latency) of the earliest
 audit 200 sent at or after start_ms; checkouts, errors (no answer or 5xx) and latency p50/p99/max
 over audit rows sent in [start_ms, max(end_ms, recovery)]; last error = from start_ms to the
-completion of the last error sent after start_ms and before the next fault's start.
+completion of the last error (not a 'stopped' one) sent after start_ms that completed before the
+next fault's start.
 Exit status: 0 when lost, double-applied, totals_short, stock_mismatch, stock_unbalanced,
 applied_after_refusal and unresolved are all 0; 1 otherwise; 2 on bad input (file and line named).
 The last line of stdout is always:
