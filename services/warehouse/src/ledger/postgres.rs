@@ -90,7 +90,10 @@ pub struct PgLedger {
 
 impl PgLedger {
     /// The recorded outcomes of the uids a batch did not decide (decided before, elsewhere).
-    async fn read_recorded(&self, undecided: &[&String]) -> Result<HashMap<String, Row>, ApplyError> {
+    async fn read_recorded(
+        &self,
+        undecided: &[&String],
+    ) -> Result<HashMap<String, Row>, ApplyError> {
         let mut rows: HashMap<String, Row> = HashMap::new();
         if undecided.is_empty() {
             return Ok(rows);
