@@ -4,8 +4,10 @@
 //! - [`targets`]: target groups, active health checks, the per-target sliding window.
 //! - [`balancer`]: weighted random choice and the automatic-target-weights rule (pure).
 //! - [`h1`]: HTTP/1.1 message heads, body framing and chunked bodies on the wire.
-//! - [`proxy`]: one client connection: the path rules, the streaming forwarding, the gateway's
-//!   own routes.
+//! - [`wire`]: a framed socket, a body's framing cursor, and the one body relay.
+//! - [`proxy`]: one client connection: the path rules, forwarding and its failure policy, the
+//!   heads it writes, the gateway's own routes.
+//! - [`health`]: the active health checks' client and loop.
 //! - [`server`]: the listener and the graceful drain.
 //! - [`routes`]: the gateway's own routes (`GET /gateway/targets`).
 
@@ -17,6 +19,7 @@ pub mod proxy;
 pub mod routes;
 pub mod server;
 pub mod targets;
+pub mod wire;
 
 use crate::config::GatewayConfig;
 use crate::health::UpstreamClient;
