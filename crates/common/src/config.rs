@@ -3,6 +3,7 @@
 //! A value that is present but invalid stops the service at start with a message naming the
 //! variable: a typo in `FAILURE_RATE` must not silently become "no failures".
 
+use crate::secret::Secret;
 use std::collections::HashMap;
 use std::fmt::{self, Display};
 use std::str::FromStr;
@@ -132,6 +133,25 @@ impl Env {
             Some(value) => {
                 parse(value.trim()).map_err(|reason| ConfigError::new(name, value, reason))
             }
+        }
+    }
+
+    /// A secret variable (a URL with a password, say) parsed by `parse`: held as a [`Secret`],
+    /// and shown in an error only through `redact`.
+    pub fn secret_with<T>(
+        &mut self,
+        name: &'static str,
+        default: T,
+        shown: &str,
+        help: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+        redact: impl FnOnce(&str) -> String,
+    ) -> Result<Secret<T>, ConfigError> {
+        match self.lookup(name, shown.to_string(), help) {
+            None => Ok(Secret::new(default)),
+            Some(value) => parse(value.trim())
+                .map(Secret::new)
+                .map_err(|reason| ConfigError::new(name, redact(&value), reason)),
         }
     }
 

@@ -1,6 +1,7 @@
 //! What every service of the shop shares, and nothing more.
 //!
-//! - [`config`]: environment variables with defaults and start-up validation.
+//! - [`config`]: environment variables with defaults and start-up validation; [`secret`]: a
+//!   value that never prints (passwords, URLs with one inside).
 //! - [`telemetry`]: tracing as text or JSON lines.
 //! - [`error`] and [`extract`]: the contract's `{error, message, details?}` body for every failure,
 //!   including malformed JSON and bad path ids, which axum would otherwise answer in plain text.
@@ -21,6 +22,7 @@ pub mod extract;
 pub mod healthcheck;
 pub mod http;
 pub mod metrics;
+pub mod secret;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -2,11 +2,14 @@
 //! warehouse (consumer) so the two can never disagree about names, arguments or shape.
 
 use crate::config::{self, ConfigError, Env};
+use crate::secret::Secret;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, ExchangeKind};
 use serde::{Deserialize, Serialize};
+use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -21,18 +24,95 @@ pub const ORDER_QUEUE: &str = "order_queue";
 /// of this size; a larger message is split into several body frames, as AMQP intends.
 pub const FRAME_MAX: u32 = 16 * 1024;
 
-/// `AMQP_URL`: one broker URL, or several separated by commas (the nodes of a cluster, tried in
-/// turn by [`connect`]), each checked to be an `amqp://` or `amqps://` URL, with [`FRAME_MAX`]
-/// added to each.
-/// The default, unset, gets it as well.
-pub fn amqp_url(env: &mut Env) -> Result<String, ConfigError> {
-    env.parse_with(
-        "AMQP_URL",
-        with_frame_max(DEFAULT_AMQP_URL),
-        DEFAULT_AMQP_URL,
-        "the broker: an amqp:// or amqps:// URL, or a comma-separated list of a cluster's nodes",
-        parse_amqp_urls,
-    )
+/// The broker as a service reaches it: `AMQP_URL`'s nodes, held as a [`Secret`] since their
+/// URLs carry passwords (printed only masked), and `AMQP_CA_FILE`'s certificate authorities,
+/// trusted for `amqps://` besides the system's own (a private CA, or a test's throwaway one).
+#[derive(Clone)]
+pub struct Broker {
+    urls: Secret<String>,
+    ca_pem: Option<Arc<str>>,
+}
+
+impl Broker {
+    /// `AMQP_URL`: one broker URL, or several separated by commas (the nodes of a cluster, tried
+    /// in turn by [`connect`]), each checked to be an `amqp://` or `amqps://` URL, with
+    /// [`FRAME_MAX`] added to each (the default too); `AMQP_CA_FILE`: read and checked at start.
+    pub fn read(env: &mut Env) -> Result<Self, ConfigError> {
+        let urls = env.secret_with(
+            "AMQP_URL",
+            with_frame_max(DEFAULT_AMQP_URL),
+            DEFAULT_AMQP_URL,
+            "the broker: an amqp:// or amqps:// URL, or a comma-separated list of a cluster's nodes",
+            parse_amqp_urls,
+            redact_amqp_urls,
+        )?;
+        let ca_pem = env.parse_with(
+            "AMQP_CA_FILE",
+            None,
+            "",
+            "a PEM file of certificate authorities to trust for amqps://, besides the system's",
+            |path| read_ca_file(path).map(Some),
+        )?;
+        Ok(Self {
+            urls,
+            ca_pem: ca_pem.map(Arc::from),
+        })
+    }
+
+    /// A node list as `AMQP_URL` takes it, for tests and benchmarks.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        Ok(Self {
+            urls: Secret::new(parse_amqp_urls(list)?),
+            ca_pem: None,
+        })
+    }
+
+    /// The same nodes, trusting the certificate authorities in `pem` for `amqps://`.
+    pub fn with_ca_pem(mut self, pem: impl Into<Arc<str>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// The nodes' URLs, passwords included: for connecting, never for printing.
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        amqp_urls(self.urls.expose())
+    }
+
+    pub fn nodes(&self) -> usize {
+        self.urls().count()
+    }
+
+    /// The node list with every password masked, for logs.
+    pub fn redacted(&self) -> String {
+        redact_amqp_urls(self.urls.expose())
+    }
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Self {
+            urls: Secret::new(with_frame_max(DEFAULT_AMQP_URL)),
+            ca_pem: None,
+        }
+    }
+}
+
+impl fmt::Debug for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broker")
+            .field("urls", &self.redacted())
+            .field("extra_ca", &self.ca_pem.is_some())
+            .finish()
+    }
+}
+
+/// The contents of `AMQP_CA_FILE`, checked to hold at least one PEM certificate.
+fn read_ca_file(path: &str) -> Result<String, String> {
+    let pem = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!("{path} holds no PEM certificate"));
+    }
+    Ok(pem)
 }
 
 /// `RECONNECT_MIN_MS` and `RECONNECT_MAX_MS`: the bounds of a consumer's reconnect backoff.
@@ -99,16 +179,17 @@ pub const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 static PREFERRED_NODE: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(usize::MAX);
 
-/// Connects to the first node of `list` that answers, starting with the one that answered last,
-/// giving each `per_node` to accept. A node that is down refuses at once; one that is cut off
-/// from the network never answers, which is why each gets its own bound rather than sharing one.
-pub async fn connect(
-    list: &str,
+/// Connects to the first node of `broker` that answers, starting with the one that answered
+/// last, giving each `per_node` to accept. A node that is down refuses at once; one that is cut
+/// off from the network never answers, which is why each gets its own bound rather than sharing
+/// one. An `amqps://` node must present a certificate the system or `AMQP_CA_FILE` trusts.
+pub async fn connect_broker(
+    broker: &Broker,
     properties: lapin::ConnectionProperties,
     per_node: Duration,
 ) -> Result<lapin::Connection, AmqpConnectError> {
     use std::sync::atomic::Ordering;
-    let urls: Vec<&str> = amqp_urls(list).collect();
+    let urls: Vec<&str> = broker.urls().collect();
     if urls.is_empty() {
         return Err(AmqpConnectError("no AMQP URL configured".to_string()));
     }
@@ -120,7 +201,7 @@ pub async fn connect(
     for turn in 0..urls.len() {
         let node = (preferred + turn) % urls.len();
         let url = urls[node];
-        let attempt = lapin::Connection::connect(url, properties.clone());
+        let attempt = connect_node(url, properties.clone(), broker.ca_pem.as_deref());
         match tokio::time::timeout(per_node, attempt).await {
             Ok(Ok(connection)) => {
                 PREFERRED_NODE.store(node, Ordering::Relaxed);
@@ -137,6 +218,39 @@ pub async fn connect(
         }
     }
     Err(AmqpConnectError(failures.join("; ")))
+}
+
+/// [`connect_broker`] for a node list from [`parse_amqp_urls`], trusting the system's CAs only.
+// Transitional: the cart still carries its node list as a string.
+pub async fn connect(
+    list: &str,
+    properties: lapin::ConnectionProperties,
+    per_node: Duration,
+) -> Result<lapin::Connection, AmqpConnectError> {
+    let broker = Broker {
+        urls: Secret::new(list.to_string()),
+        ca_pem: None,
+    };
+    connect_broker(&broker, properties, per_node).await
+}
+
+/// `AMQP_URL` as a string, as [`Broker::read`] reads it.
+// Transitional, with [`connect`].
+pub fn amqp_url(env: &mut Env) -> Result<String, ConfigError> {
+    Broker::read(env).map(|broker| broker.urls.expose().clone())
+}
+
+async fn connect_node(
+    url: &str,
+    properties: lapin::ConnectionProperties,
+    ca_pem: Option<&str>,
+) -> lapin::Result<lapin::Connection> {
+    let tls = lapin::tcp::OwnedTLSConfig {
+        identity: None,
+        cert_chain: ca_pem.map(str::to_string),
+    };
+    let runtime = lapin::runtime::default_runtime()?;
+    lapin::Connection::connect_with_config(url, properties, tls, runtime).await
 }
 
 /// `url` with `frame_max=`[`FRAME_MAX`] in its query, unless it already asks for a frame size.

@@ -313,3 +313,50 @@ mod tests {
         );
     }
 }
+
+/// A RabbitMQ node with a TLS listener and its throwaway certificate authorities, started (once,
+/// shared by every test) by `scripts/rabbitmq-tls.sh up`.
+#[derive(Debug, Clone)]
+pub struct TlsBroker {
+    /// `amqps://guest:guest@localhost:PORT/%2f`: the server's certificate names localhost.
+    pub url: String,
+    /// The CA that signed the node's certificate.
+    pub ca_pem: String,
+    /// An unrelated CA: a client that trusts only this one must refuse the node.
+    pub wrong_ca_pem: String,
+}
+
+impl TlsBroker {
+    /// Starts the node if it is not running (a few seconds the first time) and reads its
+    /// settings. Panics with the script's output when it cannot: the amqps tests need it.
+    pub fn start() -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/rabbitmq-tls.sh");
+        let output = std::process::Command::new("bash")
+            .arg(script)
+            .arg("up")
+            .output()
+            .unwrap_or_else(|e| panic!("running {script}: {e}"));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{script} up failed ({}):\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let setting = |key: &str| {
+            stdout
+                .lines()
+                .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("{script} up printed no {key}:\n{stdout}"))
+                .to_string()
+        };
+        let read = |path: String| {
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+        };
+        Self {
+            url: setting("AMQPS_URL"),
+            ca_pem: read(setting("AMQPS_CA_FILE")),
+            wrong_ca_pem: read(setting("AMQPS_WRONG_CA_FILE")),
+        }
+    }
+}

@@ -1,5 +1,5 @@
 use common::config::{ConfigError, Env, ServiceConfig};
-use common::messaging::{self, QueueType, Topology};
+use common::messaging::{self, Broker, QueueType, Topology};
 use common::store::postgres::PgConfig;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ const EVENTS_PREFETCH: u16 = 16;
 /// How the product service consumes the warehouse's outcome events.
 #[derive(Debug, Clone)]
 pub struct EventSettings {
-    pub amqp_url: String,
+    pub broker: Broker,
     /// Names only `stock_events_queue` is consumed; the rest is declared (idempotently) so the
     /// queue is bound to the events exchange whoever starts first.
     pub topology: Topology,
@@ -39,7 +39,7 @@ impl EventSettings {
     /// The local broker, the given order queue's topology, quick reconnects (tests).
     pub fn local(queue: &str) -> Self {
         Self {
-            amqp_url: messaging::with_frame_max(messaging::DEFAULT_AMQP_URL),
+            broker: Broker::default(),
             topology: Topology::new(queue, QueueType::Classic),
             prefetch: EVENTS_PREFETCH,
             connection_name: format!("product-{queue}"),
@@ -111,11 +111,11 @@ impl Settings {
             DEFAULT_CACHE_CAPACITY,
             "found products kept in front of PostgreSQL (0 = none)",
         )?;
-        let amqp_url = messaging::amqp_url(env)?;
+        let broker = Broker::read(env)?;
         let topology = Topology::read(env)?;
         let (reconnect_min, reconnect_max) = messaging::reconnect_backoff(env)?;
         let events = EventSettings {
-            amqp_url,
+            broker,
             topology,
             prefetch: EVENTS_PREFETCH,
             connection_name: service.instance_id.clone(),

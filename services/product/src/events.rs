@@ -184,10 +184,10 @@ impl EventConsumer {
     async fn session(&self, shutdown: &CancellationToken) -> SessionEnd {
         let properties = ConnectionProperties::default()
             .with_connection_name(self.settings.connection_name.as_str().into());
-        let url = &self.settings.amqp_url;
+        let broker = &self.settings.broker;
         let connection = tokio::select! {
             () = shutdown.cancelled() => return SessionEnd::Shutdown,
-            connected = messaging::connect(url, properties, messaging::NODE_CONNECT_TIMEOUT) => match connected {
+            connected = messaging::connect_broker(broker, properties, messaging::NODE_CONNECT_TIMEOUT) => match connected {
                 Ok(connection) => connection,
                 Err(e) => return SessionEnd::Lost(e.to_string()),
             }

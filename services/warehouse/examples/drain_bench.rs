@@ -18,7 +18,7 @@
 //! `--database-url URL` (the ledger on PostgreSQL, a fresh `bench_wh_*` schema per drain,
 //! dropped afterwards; default: in memory), `AMQP_URL` for the broker.
 
-use common::messaging::{self, OrderItem, OrderMessage, QueueType, Topology};
+use common::messaging::{self, Broker, OrderItem, OrderMessage, QueueType, Topology};
 use common::store::postgres::{self as pg, PgConfig, PgPool};
 use futures::StreamExt;
 use lapin::options::{
@@ -188,12 +188,12 @@ async fn wait_drained(
 }
 
 /// A bare consumer: C channels with prefetch P on one connection, acking every delivery.
-async fn drain_raw(url: &str, queue: &str, args: &Args) -> anyhow::Result<Duration> {
+async fn drain_raw(broker: &Broker, queue: &str, args: &Args) -> anyhow::Result<Duration> {
     let acked = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
     let started = Instant::now();
-    let connection = messaging::connect(
-        url,
+    let connection = messaging::connect_broker(
+        broker,
         ConnectionProperties::default().with_connection_name("drain-bench-raw".into()),
         Duration::from_secs(5),
     )
@@ -259,9 +259,13 @@ async fn fresh_store(
 }
 
 /// The warehouse's own consumer (library, in process) on the same queue.
-async fn drain_warehouse(url: &str, topology: &Topology, args: &Args) -> anyhow::Result<Duration> {
+async fn drain_warehouse(
+    broker: &Broker,
+    topology: &Topology,
+    args: &Args,
+) -> anyhow::Result<Duration> {
     let mut settings = ConsumerSettings::local(&topology.queue);
-    settings.amqp_url = url.to_string();
+    settings.broker = broker.clone();
     settings.channels = args.channels;
     settings.prefetch = args.prefetch;
     settings.batch.writers = args.writers;
@@ -316,7 +320,7 @@ fn rate(n: usize, elapsed: Duration) -> f64 {
 
 async fn run(
     args: &Args,
-    url: &str,
+    broker: &Broker,
     topology: &Topology,
     connection: &Connection,
 ) -> anyhow::Result<()> {
@@ -351,7 +355,7 @@ async fn run(
                 args.messages
             );
             let (label, elapsed) = if is_warehouse {
-                app = drain_warehouse(url, topology, args).await?;
+                app = drain_warehouse(broker, topology, args).await?;
                 // The drain's outcome events, which nobody consumes here, would pile up.
                 let purge = connection.create_channel().await?;
                 for queue in [&topology.order_events_queue, &topology.stock_events_queue] {
@@ -362,7 +366,7 @@ async fn run(
                 let _ = purge.close(200, "purged".into()).await;
                 ("warehouse drain  ", app)
             } else {
-                raw = drain_raw(url, &topology.queue, args).await?;
+                raw = drain_raw(broker, &topology.queue, args).await?;
                 ("raw consume+ack  ", raw)
             };
             println!(
@@ -394,16 +398,16 @@ async fn run(
 async fn main() -> anyhow::Result<()> {
     common::telemetry::init(common::config::LogFormat::Text);
     let args = parse_args()?;
-    let url = messaging::amqp_url(&mut common::config::Env::process())?;
+    let broker = Broker::read(&mut common::config::Env::process())?;
     let queue = format!("bench_wh_{}", uuid::Uuid::new_v4().simple());
     let topology = Topology::new(&queue, QueueType::Classic);
-    let connection = messaging::connect(
-        &url,
+    let connection = messaging::connect_broker(
+        &broker,
         ConnectionProperties::default().with_connection_name("drain-bench".into()),
         Duration::from_secs(5),
     )
     .await?;
-    let result = run(&args, &url, &topology, &connection).await;
+    let result = run(&args, &broker, &topology, &connection).await;
     // Always clean up the queues this run created.
     let channel = connection.create_channel().await?;
     for name in topology.queues() {

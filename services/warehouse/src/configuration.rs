@@ -3,7 +3,7 @@
 
 use crate::batch::BatchSettings;
 use common::config::{ConfigError, Env, ServiceConfig};
-use common::messaging::{self, QueueType, Topology};
+use common::messaging::{self, Broker, QueueType, Topology};
 use common::store::postgres::PgConfig;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ pub const MAX_FULFILMENT_DELAY: Duration = Duration::from_secs(600);
 /// How the consumer talks to the broker.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
-    pub amqp_url: String,
+    pub broker: Broker,
     pub topology: Topology,
     /// Number of channels, each with its own consumer.
     pub channels: u16,
@@ -45,7 +45,7 @@ impl ConsumerSettings {
     /// Defaults for a queue on the local broker (tests and benchmarks).
     pub fn local(queue: &str) -> Self {
         Self {
-            amqp_url: messaging::with_frame_max(messaging::DEFAULT_AMQP_URL),
+            broker: Broker::default(),
             topology: Topology::new(queue, QueueType::Classic),
             channels: DEFAULT_CHANNELS,
             prefetch: DEFAULT_PREFETCH,
@@ -73,7 +73,7 @@ pub struct Settings {
 impl Settings {
     pub fn read(env: &mut Env) -> Result<Self, ConfigError> {
         let service = ServiceConfig::read(env, "warehouse", DEFAULT_PORT)?;
-        let amqp_url = messaging::amqp_url(env)?;
+        let broker = Broker::read(env)?;
         let topology = Topology::read(env)?;
         let channels = env.positive(
             "WAREHOUSE_CHANNELS",
@@ -124,7 +124,7 @@ impl Settings {
         )?;
         let store = PgConfig::read(env, "warehouse")?;
         let consumer = ConsumerSettings {
-            amqp_url,
+            broker,
             topology,
             channels,
             prefetch,

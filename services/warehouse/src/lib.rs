@@ -127,7 +127,7 @@ impl Application {
             port = self.port,
             instance = %self.settings.service.instance_id,
             queue = %self.settings.consumer.topology.queue,
-            amqp = %common::messaging::redact_amqp_urls(&self.settings.consumer.amqp_url),
+            amqp = %self.settings.consumer.broker.redacted(),
             store = %self.ledger.store().kind(),
             database = database.as_deref().unwrap_or("-"),
             "warehouse listening"

@@ -476,7 +476,8 @@ async fn the_service_runs_without_the_broker_and_catches_up_when_it_is_back(back
     let proxy = FaultyProxy::start("127.0.0.1:5672").await;
     proxy.set(Mode::Cut);
     let mut events = broker.settings();
-    events.amqp_url = proxy.url_for(&messaging::with_frame_max(DEFAULT_AMQP_URL));
+    events.broker =
+        messaging::Broker::parse(&proxy.url_for(DEFAULT_AMQP_URL)).expect("a valid URL");
     events.reconnect_max = Duration::from_millis(300);
     let mut settings = Settings::for_tests();
     settings.events = Some(events);

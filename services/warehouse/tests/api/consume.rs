@@ -1,6 +1,7 @@
 use crate::helpers::{
     order, spawn_app, spawn_app_with, unique_queue, wait_for, Broker, Message, QueueGuard,
 };
+use common::messaging;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 use warehouse::configuration::Settings;
@@ -128,7 +129,8 @@ async fn racing_channels_apply_a_republished_order_once() {
 async fn is_alive_but_not_ready_without_a_broker() {
     let mut settings = Settings::for_tests(&unique_queue());
     // Nothing listens on port 1: the connection is refused and retried with backoff.
-    settings.consumer.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+    settings.consumer.broker =
+        messaging::Broker::parse("amqp://guest:guest@127.0.0.1:1/%2f").expect("a valid URL");
     settings.consumer.reconnect_min = Duration::from_millis(50);
     let app = spawn_app_with(settings).await;
     assert_eq!(app.get("/health").await.status(), 200);
