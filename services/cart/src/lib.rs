@@ -43,12 +43,11 @@ pub struct AppState {
     /// Where `Idempotency-Key`s and their answers are kept.
     pub idempotency: idempotency::Idempotency,
     pub products: ProductCatalog,
-    pub authorizer: Authorizer,
+    /// For cancels; checkouts publish through `checkout`.
     pub publisher: OrderPublisher,
-    pub outcomes: checkout::CheckoutOutcomes,
     pub orders: Arc<dyn OrderStore>,
-    /// `None` when `RESERVE_STOCK=false`.
-    pub stock: Option<StockReservations>,
+    /// The checkout workflow over the real authorizer, publisher and stock reservations.
+    pub checkout: Arc<checkout::Workflow>,
 }
 
 pub struct Application {
@@ -88,6 +87,17 @@ async fn order_store(
     })
 }
 
+/// Stock reserved at the product service during checkout, unless `RESERVE_STOCK=false`.
+fn stock_reservations(
+    http: &clients::HttpClient,
+    settings: &Settings,
+) -> Result<Option<StockReservations>, String> {
+    if !settings.reserve_stock {
+        return Ok(None);
+    }
+    StockReservations::new(http.clone(), settings).map(Some)
+}
+
 impl Application {
     /// Builds the app. The broker need not be up: publishing connects lazily and `/ready`
     /// reports the broker's state, so the service starts, says it is not ready, and heals.
@@ -100,20 +110,23 @@ impl Application {
         let publisher = OrderPublisher::new(&settings, &metrics)?;
         let carts = cart_store(&settings)?;
         let orders = order_store(&settings).await?;
-        let stock = if settings.reserve_stock {
-            Some(StockReservations::new(http.clone(), &settings)?)
-        } else {
-            None
-        };
+        let stock = stock_reservations(&http, &settings)?;
+        let products = ProductCatalog::new(http.clone(), &settings)?;
+        let checkout = checkout::Workflow::new(
+            Arc::clone(&carts),
+            Arc::clone(&orders),
+            Authorizer::new(http, &settings)?,
+            publisher.clone(),
+            stock,
+            &metrics,
+        );
         let state = Arc::new(AppState {
             carts: Arc::clone(&carts),
             idempotency,
-            products: ProductCatalog::new(http.clone(), &settings)?,
-            authorizer: Authorizer::new(http, &settings)?,
+            products,
             publisher: publisher.clone(),
-            outcomes: checkout::CheckoutOutcomes::register(&metrics),
             orders: Arc::clone(&orders),
-            stock,
+            checkout: Arc::new(checkout),
         });
         let mut readiness = Readiness::new().check("rabbitmq", move || {
             let publisher = publisher.clone();
