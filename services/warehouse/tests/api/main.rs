@@ -9,3 +9,4 @@ mod helpers;
 mod ledger;
 mod process;
 mod recovery;
+mod secrets;
