@@ -11,7 +11,7 @@
 
 use common::messaging::{OrderItem, OrderMessage};
 use common::store::StoreUnavailable;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -49,8 +49,40 @@ pub struct CartView {
     pub shopping_cart_id: i32,
     pub customer_id: i32,
     pub status: CartStatus,
-    pub items: Vec<OrderItem>,
+    pub items: Vec<LineItem>,
     pub order_id: Option<i32>,
+}
+
+/// An item of a cart or an order as the API shows (and the order store keeps) it. The same
+/// shape as the order message's [`OrderItem`] today, but its own type: the HTTP views and the
+/// message on the wire can each change without the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineItem {
+    pub product_id: i32,
+    pub quantity: i32,
+}
+
+impl From<&OrderItem> for LineItem {
+    fn from(item: &OrderItem) -> Self {
+        Self {
+            product_id: item.product_id,
+            quantity: item.quantity,
+        }
+    }
+}
+
+impl From<&LineItem> for OrderItem {
+    fn from(item: &LineItem) -> Self {
+        Self {
+            product_id: item.product_id,
+            quantity: item.quantity,
+        }
+    }
+}
+
+/// An order message's items as the API shows them.
+pub fn line_items(items: &[OrderItem]) -> Vec<LineItem> {
+    items.iter().map(LineItem::from).collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,7 +146,18 @@ impl Default for Lifetimes {
     }
 }
 
-/// The items as the API and the order message list them: by product id.
+/// A cart's items (product id → quantity) as the API lists them: by product id.
+pub fn line_items_of<'a>(items: impl IntoIterator<Item = (&'a i32, &'a i32)>) -> Vec<LineItem> {
+    items
+        .into_iter()
+        .map(|(&product_id, &quantity)| LineItem {
+            product_id,
+            quantity,
+        })
+        .collect()
+}
+
+/// A cart's items as the order message lists them: by product id.
 pub fn items_of<'a>(items: impl IntoIterator<Item = (&'a i32, &'a i32)>) -> Vec<OrderItem> {
     items
         .into_iter()

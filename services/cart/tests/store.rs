@@ -3,9 +3,10 @@
 //! macro at the bottom instantiates it once per store. The Redis-only tests at the end run
 //! two store instances on separate connections against one prefix, as two cart processes would.
 
-use cart_service::carts::{CartError, CartStatus, CheckoutTicket, Lifetimes, StoreError};
+use cart_service::carts::{
+    line_items, CartError, CartStatus, CheckoutTicket, Lifetimes, LineItem, StoreError,
+};
 use cart_service::store::{CartStore, MemoryCartStore, RedisCartStore};
-use common::messaging::OrderItem;
 use common::testing::TestRedis;
 use futures::future::join_all;
 use std::collections::HashSet;
@@ -48,8 +49,8 @@ fn refused<T: Debug>(result: Result<T, StoreError>) -> CartError {
     }
 }
 
-fn item(product_id: i32, quantity: i32) -> OrderItem {
-    OrderItem {
+fn item(product_id: i32, quantity: i32) -> LineItem {
+    LineItem {
         product_id,
         quantity,
     }
@@ -119,7 +120,7 @@ async fn only_one_checkout_wins_and_a_checked_out_cart_is_closed(kind: Kind) {
     );
     store.add_item(id, 1, 1).await.expect("add");
     let ticket = store.begin_checkout(id).await.expect("begin");
-    assert_eq!(ticket.order.items, vec![item(1, 1)]);
+    assert_eq!(line_items(&ticket.order.items), vec![item(1, 1)]);
     assert_eq!(ticket.order.customer_id, 1);
     assert_eq!(ticket.order.shopping_cart_id, id);
     let in_progress = CartError::CheckoutInProgress(id);
@@ -170,7 +171,10 @@ async fn a_retry_after_a_failed_publish_reuses_the_order_and_freezes_the_items(k
     assert_eq!(second.order.order_uid, first.order.order_uid);
     assert_eq!(second.order.order_id, first.order.order_id);
     assert_eq!(second.order.created_at, first.order.created_at);
-    assert_eq!(second.order.items, vec![item(1, 1), item(2, 1)]);
+    assert_eq!(
+        line_items(&second.order.items),
+        vec![item(1, 1), item(2, 1)]
+    );
     // The publish's fate is unknown: the same message must be retried unchanged.
     store.abort_checkout(&second, true).await.expect("abort");
     assert_eq!(
@@ -346,7 +350,7 @@ async fn item_changes_are_allowed_again_after_a_checkout_that_published_nothing(
     store.remove_item(id, 2).await.expect("remove");
     let retry = store.begin_checkout(id).await.expect("begin");
     assert_eq!(retry.order.order_uid, ticket.order.order_uid);
-    assert_eq!(retry.order.items, vec![item(1, 3)]);
+    assert_eq!(line_items(&retry.order.items), vec![item(1, 3)]);
     // Once a publish may have happened, the items are frozen.
     store.abort_checkout(&retry, true).await.expect("abort");
     assert_eq!(
@@ -448,7 +452,7 @@ async fn one_of_many_checkouts_across_instances_wins() {
         let attempts = join_all(begins).await;
         let tickets: Vec<&CheckoutTicket> = attempts.iter().flatten().collect();
         assert_eq!(tickets.len(), 1, "{attempts:?}");
-        assert_eq!(tickets[0].order.items, vec![item(4, 2)]);
+        assert_eq!(line_items(&tickets[0].order.items), vec![item(4, 2)]);
         assert!(attempts
             .iter()
             .filter_map(|a| a.as_ref().err())

@@ -28,6 +28,7 @@ pub mod events;
 pub mod memory;
 pub mod postgres;
 
+use crate::carts::{line_items, LineItem};
 use common::messaging::{CancelReason, OrderEvent, OrderItem, OrderMessage, OrderOutcome};
 use common::store::{StoreKind, StoreUnavailable};
 use serde::Serialize;
@@ -106,7 +107,7 @@ pub struct Order {
     pub order_uid: String,
     pub shopping_cart_id: i32,
     pub customer_id: i32,
-    pub items: Vec<OrderItem>,
+    pub items: Vec<LineItem>,
     pub status: OrderStatus,
     /// Why it is being, or was, cancelled.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -124,7 +125,7 @@ impl Order {
             order_uid: order.order_uid.clone(),
             shopping_cart_id: order.shopping_cart_id,
             customer_id: order.customer_id,
-            items: order.items.clone(),
+            items: line_items(&order.items),
             status,
             cancel_reason: None,
             created_at: order.created_at,
@@ -139,7 +140,7 @@ impl Order {
             order_id: self.order_id,
             shopping_cart_id: self.shopping_cart_id,
             customer_id: self.customer_id,
-            items: self.items.clone(),
+            items: self.items.iter().map(OrderItem::from).collect(),
             created_at: self.created_at,
         }
     }

@@ -6,6 +6,7 @@
 //! order backwards: a final status is only ever written over a status that is not final.
 
 use super::{parse_reason, reason_str, Order, OrderStatus, OrderStore, OrderStoreError};
+use crate::carts::{line_items, LineItem};
 use common::messaging::{CancelReason, OrderEvent, OrderItem, OrderMessage};
 use common::store::postgres::{self as pg, PgPool};
 use common::store::{StoreKind, StoreUnavailable};
@@ -71,7 +72,7 @@ fn order_of(row: &sqlx::postgres::PgRow) -> Result<Order, OrderStoreError> {
         order_uid: row.try_get("order_uid").map_err(corrupt)?,
         shopping_cart_id: row.try_get("shopping_cart_id").map_err(corrupt)?,
         customer_id: row.try_get("customer_id").map_err(corrupt)?,
-        items: serde_json::from_str::<Vec<OrderItem>>(&items).map_err(corrupt)?,
+        items: serde_json::from_str::<Vec<LineItem>>(&items).map_err(corrupt)?,
         status: OrderStatus::parse(&status).ok_or_else(|| corrupt(&status))?,
         cancel_reason: reason.as_deref().and_then(parse_reason),
         created_at: row.try_get("created_at").map_err(corrupt)?,
@@ -79,8 +80,9 @@ fn order_of(row: &sqlx::postgres::PgRow) -> Result<Order, OrderStoreError> {
     })
 }
 
+/// A message's items as the order store keeps them: as the API shows them.
 fn items_json(items: &[OrderItem]) -> String {
-    serde_json::to_string(items).unwrap_or_else(|_| "[]".to_string())
+    serde_json::to_string(&line_items(items)).unwrap_or_else(|_| "[]".to_string())
 }
 
 #[async_trait::async_trait]

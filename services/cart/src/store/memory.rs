@@ -6,7 +6,7 @@
 
 use super::CartStore;
 use crate::carts::{
-    items_of, CartError, CartStatus, CartView, CheckoutTicket, Lifetimes, StoreError,
+    items_of, line_items_of, CartError, CartStatus, CartView, CheckoutTicket, Lifetimes, StoreError,
 };
 use common::messaging::OrderMessage;
 use common::store::StoreKind;
@@ -222,7 +222,7 @@ impl CartStore for MemoryCartStore {
                 shopping_cart_id: cart_id,
                 customer_id: cart.customer_id,
                 status: cart.status,
-                items: items_of(&cart.items),
+                items: line_items_of(&cart.items),
                 order_id: cart.order_id,
             })
         })?)

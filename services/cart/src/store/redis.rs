@@ -13,7 +13,7 @@
 
 use super::CartStore;
 use crate::carts::{
-    items_of, CartError, CartStatus, CartView, CheckoutTicket, Lifetimes, StoreError,
+    line_items_of, CartError, CartStatus, CartView, CheckoutTicket, Lifetimes, StoreError,
 };
 use common::messaging::{OrderItem, OrderMessage};
 use common::store::redis::{connect, ping, unavailable, RedisConfig, RedisSetupError};
@@ -267,7 +267,7 @@ fn view_from(cart_id: i32, fields: &[Value]) -> Option<CartView> {
         shopping_cart_id: cart_id,
         customer_id: customer_id?,
         status: status?,
-        items: items_of(&items),
+        items: line_items_of(&items),
         order_id,
     })
 }
