@@ -183,7 +183,7 @@ static PREFERRED_NODE: std::sync::atomic::AtomicUsize =
 /// last, giving each `per_node` to accept. A node that is down refuses at once; one that is cut
 /// off from the network never answers, which is why each gets its own bound rather than sharing
 /// one. An `amqps://` node must present a certificate the system or `AMQP_CA_FILE` trusts.
-pub async fn connect_broker(
+pub async fn connect(
     broker: &Broker,
     properties: lapin::ConnectionProperties,
     per_node: Duration,
@@ -218,26 +218,6 @@ pub async fn connect_broker(
         }
     }
     Err(AmqpConnectError(failures.join("; ")))
-}
-
-/// [`connect_broker`] for a node list from [`parse_amqp_urls`], trusting the system's CAs only.
-// Transitional: the cart still carries its node list as a string.
-pub async fn connect(
-    list: &str,
-    properties: lapin::ConnectionProperties,
-    per_node: Duration,
-) -> Result<lapin::Connection, AmqpConnectError> {
-    let broker = Broker {
-        urls: Secret::new(list.to_string()),
-        ca_pem: None,
-    };
-    connect_broker(&broker, properties, per_node).await
-}
-
-/// `AMQP_URL` as a string, as [`Broker::read`] reads it.
-// Transitional, with [`connect`].
-pub fn amqp_url(env: &mut Env) -> Result<String, ConfigError> {
-    Broker::read(env).map(|broker| broker.urls.expose().clone())
 }
 
 async fn connect_node(

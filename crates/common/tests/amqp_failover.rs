@@ -22,7 +22,7 @@ async fn connects_to_the_first_node_that_answers_and_names_every_node_that_did_n
     let silent = silent.url_for(&real);
     let per_node = Duration::from_millis(500);
 
-    let list = messaging::parse_amqp_urls(&format!("{down},{silent},{real}")).expect("valid list");
+    let list = messaging::Broker::parse(&format!("{down},{silent},{real}")).expect("valid list");
     let started = Instant::now();
     let connection = messaging::connect(&list, ConnectionProperties::default(), per_node)
         .await
@@ -39,7 +39,7 @@ async fn connects_to_the_first_node_that_answers_and_names_every_node_that_did_n
         .await
         .expect("close");
 
-    let list = messaging::parse_amqp_urls(&format!("{down},{silent}")).expect("valid list");
+    let list = messaging::Broker::parse(&format!("{down},{silent}")).expect("valid list");
     let err = messaging::connect(&list, ConnectionProperties::default(), per_node)
         .await
         .expect_err("no node answers");

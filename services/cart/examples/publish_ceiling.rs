@@ -207,9 +207,9 @@ async fn main() -> anyhow::Result<()> {
         args.messages > 0 && args.channels > 0 && args.window > 0,
         "--messages, --channels and --window must be positive"
     );
-    let url = messaging::amqp_url(&mut common::config::Env::process())?;
+    let broker = messaging::Broker::read(&mut common::config::Env::process())?;
     let connection = messaging::connect(
-        &url,
+        &broker,
         ConnectionProperties::default().with_connection_name("publish-ceiling".into()),
         std::time::Duration::from_secs(5),
     )

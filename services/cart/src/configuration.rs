@@ -1,5 +1,5 @@
 use common::config::{ConfigError, Env, ServiceConfig};
-use common::messaging::{self, Topology};
+use common::messaging::{Broker, Topology};
 use common::store::postgres::PgConfig;
 use common::store::redis::RedisConfig;
 use std::time::Duration;
@@ -15,7 +15,7 @@ pub struct Settings {
     /// `CCA_URL`: the card authorizer.
     pub cca_url: String,
     /// `AMQP_URL`.
-    pub amqp_url: String,
+    pub broker: Broker,
     /// `ORDER_QUEUE`, `QUEUE_TYPE`.
     pub topology: Topology,
     /// `CHANNEL_POOL_SIZE`: confirm-mode channels kept open for publishing (default 20).
@@ -64,7 +64,7 @@ impl Settings {
     pub fn read(env: &mut Env) -> Result<Self, ConfigError> {
         let service = ServiceConfig::read(env, "cart", crate::DEFAULT_PORT)?;
         let calls = Calls::read(env)?;
-        let amqp_url = messaging::amqp_url(env)?;
+        let broker = Broker::read(env)?;
         let topology = Topology::read(env)?;
         let publishing = Publishing::read(env)?;
         let store = RedisConfig::read(env)?;
@@ -102,7 +102,7 @@ impl Settings {
             service,
             product_url: calls.product_url,
             cca_url: calls.cca_url,
-            amqp_url,
+            broker,
             topology,
             channel_pool_size: publishing.channel_pool_size,
             channel_wait: publishing.channel_wait,
@@ -149,7 +149,7 @@ impl Settings {
     /// The longest a new broker connection can take: every node of the list given
     /// `AMQP_CONNECT_TIMEOUT_MS` in turn.
     pub fn connect_timeout_all_nodes(&self) -> Duration {
-        let nodes = messaging::amqp_urls(&self.amqp_url).count().max(1);
+        let nodes = self.broker.nodes().max(1);
         self.connect_timeout * u32::try_from(nodes).unwrap_or(u32::MAX)
     }
 

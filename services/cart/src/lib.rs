@@ -159,7 +159,7 @@ impl Application {
             port,
             product_url = %settings.product_url,
             cca_url = %settings.cca_url,
-            amqp = %common::messaging::redact_amqp_urls(&settings.amqp_url),
+            amqp = %settings.broker.redacted(),
             queue = %settings.topology.queue,
             store = %state.carts.kind(),
             store_at = %store_at,
@@ -189,7 +189,7 @@ impl Application {
         // drained, so checkouts finishing during the drain still get their outcomes applied.
         let background = CancellationToken::new();
         tokio::spawn(orders::events::consume_outcomes(
-            self.settings.amqp_url.clone(),
+            self.settings.broker.clone(),
             self.settings.topology.clone(),
             Arc::clone(&self.state.orders),
             self.outcome_metrics.clone(),

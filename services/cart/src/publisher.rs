@@ -12,7 +12,7 @@
 //!   closed ones, so the pool heals by itself after the broker or the connection comes back.
 
 use crate::configuration::Settings;
-use common::messaging::{self, AmqpConnectError, CancelMessage, OrderMessage, Topology};
+use common::messaging::{self, AmqpConnectError, Broker, CancelMessage, OrderMessage, Topology};
 use common::metrics::{Counter, Metrics};
 use deadpool::managed::{self, Object, PoolError, RecycleError, RecycleResult, TimeoutType};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -41,7 +41,7 @@ pub enum PublishError {
 
 /// Makes the pooled connection: to the first node of `AMQP_URL`'s list that answers.
 pub struct ConnectionManager {
-    urls: String,
+    broker: Broker,
     name: String,
     per_node: Duration,
 }
@@ -53,7 +53,7 @@ impl managed::Manager for ConnectionManager {
     async fn create(&self) -> Result<Connection, AmqpConnectError> {
         let properties =
             ConnectionProperties::default().with_connection_name(self.name.as_str().into());
-        messaging::connect(&self.urls, properties, self.per_node).await
+        messaging::connect(&self.broker, properties, self.per_node).await
     }
 
     async fn recycle(
@@ -137,7 +137,7 @@ impl PublishError {
 impl OrderPublisher {
     pub fn new(settings: &Settings, metrics: &Metrics) -> Result<Self, Box<dyn std::error::Error>> {
         let connections = managed::Pool::builder(ConnectionManager {
-            urls: settings.amqp_url.clone(),
+            broker: settings.broker.clone(),
             name: format!("cart-service {}", settings.service.instance_id),
             per_node: settings.connect_timeout,
         })

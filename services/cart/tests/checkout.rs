@@ -238,7 +238,7 @@ fn close_connections_named(fragment: &str) -> usize {
 async fn broker_down_fails_fast_and_recovers_without_a_restart() {
     let proxy = FaultyProxy::start("127.0.0.1:5672").await;
     let app = spawn_app_with(Options {
-        amqp_url: Some(support::amqp_url_via(&proxy)),
+        broker: Some(support::broker_via(&proxy)),
         ..Options::default()
     })
     .await;
@@ -291,7 +291,7 @@ async fn an_unconfirmed_publish_is_answered_pending_and_withdrawn_if_the_warehou
 ) {
     let proxy = FaultyProxy::start("127.0.0.1:5672").await;
     let app = spawn_app_with(Options {
-        amqp_url: Some(support::amqp_url_via(&proxy)),
+        broker: Some(support::broker_via(&proxy)),
         confirm_timeout: Duration::from_millis(700),
         pending_order_timeout: Duration::from_millis(1500),
         ..Options::default()

@@ -125,7 +125,7 @@ async fn an_unconfirmed_order_on_one_instance_is_reported_pending_by_the_other()
     };
     let broker = FaultyProxy::start("127.0.0.1:5672").await;
     let a = spawn_app_with(Options {
-        amqp_url: Some(support::amqp_url_via(&broker)),
+        broker: Some(support::broker_via(&broker)),
         confirm_timeout: Duration::from_millis(700),
         ..shared()
     })

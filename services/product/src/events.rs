@@ -187,7 +187,7 @@ impl EventConsumer {
         let broker = &self.settings.broker;
         let connection = tokio::select! {
             () = shutdown.cancelled() => return SessionEnd::Shutdown,
-            connected = messaging::connect_broker(broker, properties, messaging::NODE_CONNECT_TIMEOUT) => match connected {
+            connected = messaging::connect(broker, properties, messaging::NODE_CONNECT_TIMEOUT) => match connected {
                 Ok(connection) => connection,
                 Err(e) => return SessionEnd::Lost(e.to_string()),
             }

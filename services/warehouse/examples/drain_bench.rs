@@ -192,7 +192,7 @@ async fn drain_raw(broker: &Broker, queue: &str, args: &Args) -> anyhow::Result<
     let acked = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
     let started = Instant::now();
-    let connection = messaging::connect_broker(
+    let connection = messaging::connect(
         broker,
         ConnectionProperties::default().with_connection_name("drain-bench-raw".into()),
         Duration::from_secs(5),
@@ -401,7 +401,7 @@ async fn main() -> anyhow::Result<()> {
     let broker = Broker::read(&mut common::config::Env::process())?;
     let queue = format!("bench_wh_{}", uuid::Uuid::new_v4().simple());
     let topology = Topology::new(&queue, QueueType::Classic);
-    let connection = messaging::connect_broker(
+    let connection = messaging::connect(
         &broker,
         ConnectionProperties::default().with_connection_name("drain-bench".into()),
         Duration::from_secs(5),

@@ -13,7 +13,7 @@
 use super::api::request_cancel;
 use super::OrderStore;
 use crate::publisher::OrderPublisher;
-use common::messaging::{self, OrderEvents, Topology};
+use common::messaging::{self, Broker, OrderEvents, Topology};
 use common::metrics::{Counter, Metrics};
 use common::shutdown::CancellationToken;
 use futures::StreamExt;
@@ -56,7 +56,7 @@ impl OutcomeMetrics {
 
 /// Runs until `stop`, reconnecting with backoff whenever the broker goes away.
 pub async fn consume_outcomes(
-    amqp_url: String,
+    broker: Broker,
     topology: Topology,
     orders: Arc<dyn OrderStore>,
     metrics: OutcomeMetrics,
@@ -64,7 +64,7 @@ pub async fn consume_outcomes(
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let session = consume_session(&amqp_url, &topology, orders.as_ref(), &metrics, &stop);
+        let session = consume_session(&broker, &topology, orders.as_ref(), &metrics, &stop);
         let result = tokio::select! {
             () = stop.cancelled() => return,
             result = session => result,
@@ -87,14 +87,14 @@ pub async fn consume_outcomes(
 }
 
 async fn consume_session(
-    amqp_url: &str,
+    broker: &Broker,
     topology: &Topology,
     orders: &dyn OrderStore,
     metrics: &OutcomeMetrics,
     stop: &CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let connection = messaging::connect(
-        amqp_url,
+        broker,
         ConnectionProperties::default().with_connection_name("cart-service outcomes".into()),
         messaging::NODE_CONNECT_TIMEOUT,
     )

@@ -6,7 +6,9 @@
 
 use cart_service::{configuration::Settings, Application};
 use common::config::ServiceConfig;
-use common::messaging::{CancelMessage, OrderMessage, QueueType, Topology, DEFAULT_AMQP_URL};
+use common::messaging::{
+    Broker, CancelMessage, OrderMessage, QueueType, Topology, DEFAULT_AMQP_URL,
+};
 use common::shutdown::CancellationToken;
 use common::store::postgres::PgConfig;
 use common::store::redis::RedisConfig;
@@ -35,7 +37,7 @@ pub struct Options {
     pub decline_rate: f64,
     pub cca_url: Option<String>,
     pub product_url: Option<String>,
-    pub amqp_url: Option<String>,
+    pub broker: Option<Broker>,
     pub confirm_timeout: Duration,
     /// Publish to this queue instead of a fresh one.
     pub queue: Option<String>,
@@ -57,7 +59,7 @@ impl Default for Options {
             decline_rate: 0.0,
             cca_url: None,
             product_url: None,
-            amqp_url: None,
+            broker: None,
             confirm_timeout: Duration::from_secs(5),
             queue: None,
             store: None,
@@ -129,9 +131,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         service: ServiceConfig::for_tests(&instance_id),
         product_url: product_url.clone(),
         cca_url: cca_url.clone(),
-        amqp_url: options
-            .amqp_url
-            .unwrap_or_else(|| common::messaging::with_frame_max(DEFAULT_AMQP_URL)),
+        broker: options.broker.unwrap_or_default(),
         topology: Topology::new(&queue, QueueType::Classic),
         channel_pool_size: 4,
         channel_wait: Duration::from_secs(1),
@@ -364,7 +364,7 @@ pub async fn assert_one_checkout_won(responses: Vec<reqwest::Response>) -> i64 {
     orders.into_iter().next().unwrap_or_default()
 }
 
-/// The broker's URL through `proxy`.
-pub fn amqp_url_via(proxy: &FaultyProxy) -> String {
-    proxy.url_for(DEFAULT_AMQP_URL)
+/// The broker through `proxy`.
+pub fn broker_via(proxy: &FaultyProxy) -> Broker {
+    Broker::parse(&proxy.url_for(DEFAULT_AMQP_URL)).expect("a valid AMQP URL")
 }

@@ -231,7 +231,7 @@ impl OrderConsumer {
             .with_connection_name(self.settings.connection_name.as_str().into());
         let connection = tokio::select! {
             () = shutdown.cancelled() => return SessionEnd::Shutdown,
-            connected = messaging::connect_broker(&self.settings.broker, properties, messaging::NODE_CONNECT_TIMEOUT) => {
+            connected = messaging::connect(&self.settings.broker, properties, messaging::NODE_CONNECT_TIMEOUT) => {
                 match connected {
                     Ok(connection) => connection,
                     Err(e) => return SessionEnd::Lost(e.to_string()),

@@ -29,7 +29,7 @@ async fn the_warehouse_consumes_over_amqps_when_it_trusts_the_brokers_ca() {
     app.wait_until_consuming().await;
 
     // An order published over TLS as well, under confirms, reaches the ledger.
-    let connection = messaging::connect_broker(
+    let connection = messaging::connect(
         &broker,
         ConnectionProperties::default().with_connection_name("amqps-test".into()),
         Duration::from_secs(5),
@@ -87,7 +87,7 @@ async fn a_broker_whose_certificate_no_trusted_ca_signed_is_refused() {
             Broker::parse(&tls.url).expect("a valid amqps URL"),
         ),
     ] {
-        let refused = messaging::connect_broker(
+        let refused = messaging::connect(
             &broker,
             ConnectionProperties::default(),
             Duration::from_secs(5),
