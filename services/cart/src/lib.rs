@@ -27,7 +27,6 @@ use crate::orders::events::OutcomeMetrics;
 use crate::orders::{MemoryOrderStore, OrderStore, PgOrderStore};
 use crate::publisher::OrderPublisher;
 use crate::store::{CartStore, MemoryCartStore, RedisCartStore};
-use common::config::redact_url;
 use common::http::{bind, with_common_layers, Readiness};
 use common::metrics::Metrics;
 use common::shutdown::CancellationToken;
@@ -152,7 +151,7 @@ impl Application {
         );
         let listener = bind(settings.service.port).await?;
         let store_at = settings.store.as_ref().map_or(String::new(), |redis| {
-            format!("{} keys {}*", redact_url(&redis.url), redis.key_prefix)
+            format!("{} keys {}*", redis.redacted_url(), redis.key_prefix)
         });
         let port = listener.local_addr()?.port();
         tracing::info!(

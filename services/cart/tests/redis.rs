@@ -216,7 +216,7 @@ async fn redis_down_is_a_fast_503_and_the_service_recovers_without_a_restart() {
     let redis = TestRedis::create().await;
     let proxy = FaultyProxy::start("127.0.0.1:6379").await;
     let mut config = redis.config();
-    config.url = proxy.url_for(&redis.url);
+    config.url = common::secret::Secret::new(proxy.url_for(&redis.url));
     let app = spawn_app_with(Options {
         store: Some(config),
         ..Options::default()

@@ -116,13 +116,11 @@ impl Application {
         self,
         shutdown: CancellationToken,
     ) -> std::io::Result<FinalTotals> {
-        let database = self.settings.store.as_ref().map(|config| {
-            format!(
-                "{} (schema {})",
-                common::config::redact_url(&config.url),
-                config.schema
-            )
-        });
+        let database = self
+            .settings
+            .store
+            .as_ref()
+            .map(|config| format!("{} (schema {})", config.redacted_url(), config.schema));
         tracing::info!(
             port = self.port,
             instance = %self.settings.service.instance_id,

@@ -11,6 +11,7 @@
 
 use super::{retry_until, store_timeout, StoreUnavailable};
 use crate::config::{redact_url, ConfigError, Env};
+use crate::secret::Secret;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::fmt;
@@ -23,7 +24,7 @@ pub use sqlx::PgPool;
 #[derive(Clone)]
 pub struct PgConfig {
     /// `DATABASE_URL`, e.g. `postgres://postgres@127.0.0.1:5432/shop`.
-    pub url: String,
+    pub url: Secret<String>,
     /// `DATABASE_SCHEMA`: the schema this service owns.
     pub schema: String,
     /// `DATABASE_MAX_CONNECTIONS` (default 10).
@@ -37,7 +38,7 @@ pub struct PgConfig {
 impl fmt::Debug for PgConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgConfig")
-            .field("url", &redact_url(&self.url))
+            .field("url", &self.redacted_url())
             .field("schema", &self.schema)
             .field("max_connections", &self.max_connections)
             .field("timeout", &self.timeout)
@@ -46,6 +47,11 @@ impl fmt::Debug for PgConfig {
 }
 
 impl PgConfig {
+    /// The URL with its password masked, for logs.
+    pub fn redacted_url(&self) -> String {
+        redact_url(self.url.expose())
+    }
+
     /// `None` when `DATABASE_URL` is unset: the service keeps its state in memory. The other
     /// variables are read (and checked) either way, so `--help` lists them.
     pub fn read(env: &mut Env, default_schema: &str) -> Result<Option<Self>, ConfigError> {
@@ -73,7 +79,7 @@ impl PgConfig {
             "how long the start waits for the database before giving up",
         )?;
         Ok(url.map(|url| Self {
-            url,
+            url: Secret::new(url),
             schema,
             max_connections,
             timeout,
@@ -84,7 +90,7 @@ impl PgConfig {
     /// A configuration for tests: a short timeout so "store down" tests are quick.
     pub fn for_tests(url: &str, schema: &str) -> Self {
         Self {
-            url: url.to_string(),
+            url: Secret::new(url.to_string()),
             schema: schema.to_string(),
             max_connections: 10,
             timeout: Duration::from_secs(1),
@@ -126,9 +132,9 @@ pub enum PgSetupError {
 /// `startup_timeout` for the database to come up.
 pub async fn connect(config: &PgConfig, migrator: &Migrator) -> Result<PgPool, PgSetupError> {
     parse_schema(&config.schema).map_err(PgSetupError::Schema)?;
-    let options = PgConnectOptions::from_str(&config.url)
+    let options = PgConnectOptions::from_str(config.url.expose())
         .map_err(|e| PgSetupError::Url {
-            url: redact_url(&config.url),
+            url: config.redacted_url(),
             reason: e.to_string(),
         })?
         // Every connection of this pool works in the service's own schema.
@@ -146,7 +152,7 @@ pub async fn connect(config: &PgConfig, migrator: &Migrator) -> Result<PgPool, P
     .await
     .map_err(|failure| match failure {
         Prepare::Unreachable(reason) => PgSetupError::Unavailable {
-            url: redact_url(&config.url),
+            url: config.redacted_url(),
             waited: config.startup_timeout,
             reason,
         },

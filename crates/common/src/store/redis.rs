@@ -8,6 +8,7 @@
 use super::store_timeout;
 use super::StoreUnavailable;
 use crate::config::{redact_url, ConfigError, Env};
+use crate::secret::Secret;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::fmt;
 use std::time::Duration;
@@ -17,7 +18,7 @@ pub use redis::aio::ConnectionManager as RedisConnection;
 #[derive(Clone)]
 pub struct RedisConfig {
     /// `REDIS_URL`, e.g. `redis://127.0.0.1:6379/0`.
-    pub url: String,
+    pub url: Secret<String>,
     /// `REDIS_KEY_PREFIX` (default `shop:`): every key this service writes starts with it, so
     /// several stacks (or tests) can share one Redis.
     pub key_prefix: String,
@@ -28,7 +29,7 @@ pub struct RedisConfig {
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
-            .field("url", &redact_url(&self.url))
+            .field("url", &self.redacted_url())
             .field("key_prefix", &self.key_prefix)
             .field("timeout", &self.timeout)
             .finish()
@@ -36,6 +37,11 @@ impl fmt::Debug for RedisConfig {
 }
 
 impl RedisConfig {
+    /// The URL with its password masked, for logs.
+    pub fn redacted_url(&self) -> String {
+        redact_url(self.url.expose())
+    }
+
     /// `None` when `REDIS_URL` is unset: the service keeps its state in memory. The other
     /// variables are read (and checked) either way, so `--help` lists them.
     pub fn read(env: &mut Env) -> Result<Option<Self>, ConfigError> {
@@ -51,7 +57,7 @@ impl RedisConfig {
         );
         let timeout = store_timeout(env)?;
         Ok(url.map(|url| Self {
-            url,
+            url: Secret::new(url),
             key_prefix,
             timeout,
         }))
@@ -59,7 +65,7 @@ impl RedisConfig {
 
     pub fn for_tests(url: &str, key_prefix: &str) -> Self {
         Self {
-            url: url.to_string(),
+            url: Secret::new(url.to_string()),
             key_prefix: key_prefix.to_string(),
             timeout: Duration::from_secs(1),
         }
@@ -75,10 +81,11 @@ pub struct RedisSetupError {
 
 /// A connection manager that connects on first use and reconnects after failures.
 pub fn connect(config: &RedisConfig) -> Result<ConnectionManager, RedisSetupError> {
-    let client = redis::Client::open(config.url.as_str()).map_err(|e| RedisSetupError {
-        url: redact_url(&config.url),
-        reason: e.to_string(),
-    })?;
+    let client =
+        redis::Client::open(config.url.expose().as_str()).map_err(|e| RedisSetupError {
+            url: config.redacted_url(),
+            reason: e.to_string(),
+        })?;
     let manager_config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.timeout))
         .set_response_timeout(Some(config.timeout))
@@ -86,7 +93,7 @@ pub fn connect(config: &RedisConfig) -> Result<ConnectionManager, RedisSetupErro
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_secs(1));
     ConnectionManager::new_lazy_with_config(client, manager_config).map_err(|e| RedisSetupError {
-        url: redact_url(&config.url),
+        url: config.redacted_url(),
         reason: e.to_string(),
     })
 }
