@@ -1,6 +1,7 @@
 //! The batch writers: the channel tasks hand validated deliveries (orders and cancels) over, a
 //! writer takes whatever is waiting (up to `batch_max`, without waiting for more), applies it to
-//! the ledger as one unit, publishes the batch's outcome events, and only once the broker has
+//! the ledger as one unit and hands it to its announcer, which publishes the outcome events of
+//! every batch committed since its last publish as one message and only once the broker has
 //! confirmed them acks each delivery.
 //!
 //! Why this keeps "exactly once" with a durable store: an entry's outcome record and its effect
@@ -114,21 +115,23 @@ enum Commit {
 
 impl Writer {
     async fn run(self, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, batch_max: usize) {
-        // A committed batch's events and acks are sent by a task of their own, so the writer
-        // goes straight on to the next commit; they are all awaited before the writer ends (and
-        // the session closes the connection).
-        let mut acks = JoinSet::new();
+        // A committed batch's events and acks go to this writer's announcer task, so the writer
+        // goes straight on to the next commit. The announcer is awaited before the writer ends
+        // (and the session closes the connection). The channel is bounded in effect: only
+        // unacked deliveries (channels x prefetch) can be committed.
+        let (committed, to_announce) = mpsc::unbounded_channel();
+        let announcer = tokio::spawn(self.announcer().run(to_announce));
         loop {
-            while acks.try_join_next().is_some() {}
             let mut batch = Vec::with_capacity(batch_max);
             // One writer waits for deliveries at a time; it takes all that are waiting.
             let taken = rx.lock().await.recv_many(&mut batch, batch_max).await;
             if taken == 0 {
                 break;
             }
-            self.settle(batch, &mut acks).await;
+            self.settle(batch, &committed).await;
         }
-        acks.join_all().await;
+        drop(committed);
+        let _ = announcer.await;
     }
 
     fn announcer(&self) -> Announcer {
@@ -139,10 +142,15 @@ impl Writer {
         }
     }
 
-    async fn settle(&self, mut batch: Vec<Pending>, acks: &mut JoinSet<()>) {
+    async fn settle(&self, mut batch: Vec<Pending>, committed: &mpsc::UnboundedSender<Committed>) {
         match self.commit(&mut batch).await {
             Commit::Done(recorded) => {
-                acks.spawn(self.announcer().announce_then_ack(batch, recorded));
+                if let Err(mpsc::error::SendError((batch, recorded))) =
+                    committed.send((batch, recorded))
+                {
+                    // The announcer is gone (it cannot be while the writer runs): announce here.
+                    self.announcer().announce_then_ack(batch, recorded).await;
+                }
             }
             Commit::Abandoned => {}
             Commit::Refused(reason) if batch.len() == 1 => self.reject(batch, &reason).await,
@@ -217,7 +225,13 @@ impl Writer {
     }
 }
 
-/// Publishes a committed batch's events, then settles its deliveries.
+/// A committed batch: its deliveries and what the ledger recorded for each.
+type Committed = (Vec<Pending>, Vec<Recorded>);
+
+/// The most committed batches one events message announces.
+const ANNOUNCE_MAX_BATCHES: usize = 64;
+
+/// Publishes committed batches' events, then settles their deliveries.
 struct Announcer {
     ledger: Arc<Ledger>,
     publisher: Arc<EventPublisher>,
@@ -225,11 +239,33 @@ struct Announcer {
 }
 
 impl Announcer {
+    /// Announces what its writer commits. Every batch committed while the previous events
+    /// message waited for its confirm goes out in the next one: under load one confirm settles
+    /// many small batches. (One message per batch made the broker's work, not the ledger's, the
+    /// limit of the drain: a batch is often a single delivery.)
+    async fn run(self, mut committed: mpsc::UnboundedReceiver<Committed>) {
+        let mut gathered = Vec::new();
+        while committed
+            .recv_many(&mut gathered, ANNOUNCE_MAX_BATCHES)
+            .await
+            > 0
+        {
+            // In commit order, as one batch.
+            let mut batches = gathered.drain(..);
+            let (mut batch, mut recorded) = batches.next().unwrap_or_default();
+            for (more, more_recorded) in batches {
+                batch.extend(more);
+                recorded.extend(more_recorded);
+            }
+            self.announce_then_ack(batch, recorded).await;
+        }
+    }
+
     /// Acks every delivery once the events are confirmed. An ack that fails (its channel died)
     /// leaves the entry applied and unacked: the broker redelivers it, the ledger sees a
     /// duplicate and the event is published again. Events that are not confirmed: every
     /// delivery is nacked with requeue after a backoff (not at once when the session ends).
-    async fn announce_then_ack(self, batch: Vec<Pending>, recorded: Vec<Recorded>) {
+    async fn announce_then_ack(&self, batch: Vec<Pending>, recorded: Vec<Recorded>) {
         let outcomes: Vec<_> = recorded.iter().map(|r| r.outcome).collect();
         let events = {
             let entries: Vec<Entry<'_>> = batch.iter().map(|p| p.request.entry()).collect();

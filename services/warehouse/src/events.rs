@@ -1,6 +1,7 @@
-//! Outcome events: after a batch commits, ONE [`OrderEvents`] message with one [`OrderEvent`]
-//! per delivery of the batch goes to the fanout `Topology::events_exchange` (persistent, under
-//! publisher confirms), and only once the broker has confirmed it are the deliveries acked.
+//! Outcome events: after batches commit, ONE [`OrderEvents`] message with one [`OrderEvent`]
+//! per delivery goes to the fanout `Topology::events_exchange` (persistent, under publisher
+//! confirms), and only once the broker has confirmed it are the deliveries acked. One message
+//! carries every batch its writer committed while the previous message awaited its confirm.
 //!
 //! Every delivery gets an event, duplicates and losers included, each stating the uid's
 //! *recorded* outcome: so an event lost before its delivery was acked (a crash, a failed
