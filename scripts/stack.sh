@@ -93,7 +93,10 @@ ACTIVE=("${SERVICES[@]}")
 # The stores of this run; empty: in memory. Set by choose_stores (up) or load_stores (status).
 STORE_DATABASE_URL=""
 STORE_REDIS_URL=""
-PACKAGES=(product-service cart-service credit-card-authorizer warehouse gateway)
+# The load tester too: it is handy against the stack, and building the same packages as
+# scripts/chaos.sh and scripts/bench.sh means one set of unified dependency features, so their
+# builds after this one find everything compiled.
+PACKAGES=(product-service cart-service credit-card-authorizer warehouse gateway loadtest)
 
 if [[ -t 1 ]]; then
     BOLD=$'\e[1m' GREEN=$'\e[32m' RED=$'\e[31m' YELLOW=$'\e[33m' RESET=$'\e[0m'

@@ -32,11 +32,26 @@ pub struct Target {
     addrs: Vec<SocketAddr>,
     /// Original base URL (for reports).
     pub base_url: String,
+    /// `--header`: sent with every request.
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Target {
     /// Parse and resolve a base URL such as `http://localhost:8080`.
-    pub async fn resolve(base_url: &str) -> anyhow::Result<Arc<Target>> {
+    pub async fn resolve(
+        base_url: &str,
+        headers: &[(String, String)],
+    ) -> anyhow::Result<Arc<Target>> {
+        let headers = headers
+            .iter()
+            .map(|(name, value)| {
+                Ok((
+                    HeaderName::from_bytes(name.as_bytes())?,
+                    HeaderValue::from_str(value)?,
+                ))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+            .context("invalid --header")?;
         let uri: Uri = base_url
             .trim()
             .parse()
@@ -73,6 +88,7 @@ impl Target {
             prefix,
             addrs,
             base_url: base_url.trim().to_string(),
+            headers,
         }))
     }
 
@@ -237,6 +253,9 @@ impl Conn {
         *req.uri_mut() = uri;
         req.headers_mut()
             .insert(HOST, self.target.host_header.clone());
+        for (name, value) in &self.target.headers {
+            req.headers_mut().append(name.clone(), value.clone());
+        }
         if has_body {
             req.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -125,6 +125,23 @@ pub struct Cli {
     /// latency_us, cart, status, error, order_id, order_status. Input of chaos-reconcile.
     #[arg(long, value_name = "FILE")]
     pub audit: Option<PathBuf>,
+    /// An extra header on every request, `Name: value` (repeatable): an `X-API-Key`, or an
+    /// `X-Forwarded-For` that names this client to a service behind a trusted proxy.
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+}
+
+/// `Name: value` as a header.
+pub fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected `Name: value`"))?;
+    let (name, value) = (name.trim(), value.trim());
+    hyper::header::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("{name:?} is not a header name"))?;
+    hyper::header::HeaderValue::from_str(value)
+        .map_err(|_| format!("{value:?} is not a header value"))?;
+    Ok((name.to_string(), value.to_string()))
 }
 
 /// Settings of the `lifecycle` scenario (ignored by the others).
@@ -234,6 +251,8 @@ pub struct RunConfig {
     pub lifecycle: LifecycleConfig,
     /// `--audit`: the JSONL file of checkout attempts.
     pub audit: Option<PathBuf>,
+    /// `--header`: extra headers on every request.
+    pub headers: Vec<(String, String)>,
 }
 
 impl RunConfig {
@@ -253,6 +272,7 @@ impl RunConfig {
             threads: None,
             lifecycle: LifecycleConfig::DEFAULT,
             audit: None,
+            headers: Vec::new(),
         }
     }
 
@@ -332,6 +352,7 @@ impl From<&Cli> for RunConfig {
                 poll_interval: c.poll_interval,
             },
             audit: c.audit.clone(),
+            headers: c.headers.clone(),
         }
     }
 }

@@ -130,7 +130,7 @@ struct CartCreated {
 /// Run a whole load test as configured. Errors only when the run cannot start.
 pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     cfg.validate()?;
-    let target = Target::resolve(&cfg.base_url).await?;
+    let target = Target::resolve(&cfg.base_url, &cfg.headers).await?;
     preflight(&target).await?;
     // Created before any load, so a bad path fails the run before it starts.
     let audit = cfg.audit.as_deref().map(AuditWriter::create).transpose()?;

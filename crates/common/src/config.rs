@@ -3,6 +3,7 @@
 //! A value that is present but invalid stops the service at start with a message naming the
 //! variable: a typo in `FAILURE_RATE` must not silently become "no failures".
 
+use crate::ratelimit::RateLimitConfig;
 use crate::secret::Secret;
 use std::collections::HashMap;
 use std::fmt::{self, Display};
@@ -498,6 +499,8 @@ pub struct ServiceConfig {
     pub body_limit: usize,
     /// `SHUTDOWN_TIMEOUT_MS`: how long in-flight requests may take to drain on SIGTERM.
     pub shutdown_timeout: Duration,
+    /// `RATE_LIMIT_RPS`, `RATE_LIMIT_BURST`, `TRUSTED_PROXY_HOPS`.
+    pub rate_limit: RateLimitConfig,
 }
 
 impl ServiceConfig {
@@ -527,6 +530,7 @@ impl ServiceConfig {
                 Duration::from_secs(10),
                 "on SIGTERM, how long requests in flight may take to finish",
             )?,
+            rate_limit: RateLimitConfig::read(env)?,
         };
         env.document(
             "RUST_LOG",
@@ -544,6 +548,7 @@ impl ServiceConfig {
             log_format: LogFormat::Text,
             body_limit: 64 * 1024,
             shutdown_timeout: Duration::from_secs(2),
+            rate_limit: RateLimitConfig::off(),
         }
     }
 }
@@ -669,6 +674,9 @@ mod tests {
                 "LOG_FORMAT",
                 "BODY_LIMIT_BYTES",
                 "SHUTDOWN_TIMEOUT_MS",
+                "RATE_LIMIT_RPS",
+                "RATE_LIMIT_BURST",
+                "TRUSTED_PROXY_HOPS",
                 "RUST_LOG",
                 "DATABASE_URL"
             ]

@@ -7,6 +7,7 @@ use crate::config::ServiceConfig;
 use crate::edge::EdgeLayer;
 use crate::error::ApiError;
 use crate::metrics::{self, Metrics};
+use crate::ratelimit::{rate_limit, RateLimiter};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -109,6 +110,13 @@ pub fn with_common_layers(
         .route("/health", get(health))
         .route("/ready", get(ready).with_state(readiness))
         .route("/metrics", get(metrics::render).with_state(metrics.clone()));
+    // Only the service's own routes are limited: health checks and scrapes are not.
+    let app = if config.rate_limit.enabled() {
+        let limiter = RateLimiter::new(config.rate_limit, metrics);
+        app.layer(axum::middleware::from_fn_with_state(limiter, rate_limit))
+    } else {
+        app
+    };
     let app = app
         .merge(ops)
         .fallback(not_found)

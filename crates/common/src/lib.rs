@@ -9,6 +9,7 @@
 //!   `/health`, `/ready` and `/metrics`, and a server that drains gracefully on SIGTERM.
 //! - [`messaging`] (feature `amqp`): the order message and the queue topology, declared identically
 //!   by the cart and the warehouse.
+//! - [`ratelimit`]: a token bucket per client at every service's edge (429 with `Retry-After`).
 //! - [`store`]: PostgreSQL (feature `postgres`) and Redis (feature `redis`) connections with
 //!   start-up migrations, readiness pings and the one "store unavailable" 503.
 //! - `testing` (feature `test-support`): a database and a Redis key prefix per test, and a TCP
@@ -22,6 +23,7 @@ pub mod extract;
 pub mod healthcheck;
 pub mod http;
 pub mod metrics;
+pub mod ratelimit;
 pub mod secret;
 pub mod shutdown;
 pub mod store;
