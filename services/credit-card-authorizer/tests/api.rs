@@ -119,7 +119,10 @@ async fn decline_rate_one_declines_everything() {
 fn help_lists_the_variables_and_the_readmes_document_each() {
     let listed = common::config::check_help(
         env!("CARGO_BIN_EXE_credit-card-authorizer"),
-        &[include_str!("../../../README.md")],
+        &[
+            include_str!("../README.md"),
+            include_str!("../../../README.md"),
+        ],
     )
     .unwrap_or_else(|e| panic!("{e}"));
     for name in ["PORT", "DECLINE_RATE", "LOG_FORMAT"] {
