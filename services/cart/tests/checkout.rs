@@ -250,17 +250,9 @@ async fn broker_down_fails_fast_and_recovers_without_a_restart() {
     // its frames to a connection that is already dead; its fate is then unknown and it is
     // rightly answered 202 pending, not 503. So wait until the cart has seen the cut: from then
     // on a checkout must fail fast and certainly.
-    let noticed = Instant::now();
-    let resp = loop {
-        let resp = app.get("/ready").await;
-        if resp.status() == StatusCode::SERVICE_UNAVAILABLE
-            || noticed.elapsed() > Duration::from_secs(5)
-        {
-            break resp;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let resp = app
+        .ready_becomes(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(5))
+        .await;
     assert!(error_body(resp).await.to_string().contains("rabbitmq"));
     let cart = app.filled_cart().await;
     let started = Instant::now();

@@ -251,11 +251,8 @@ async fn redis_down_is_a_fast_503_and_the_service_recovers_without_a_restart() {
     assert_store_unavailable(resp, started, "checkout").await;
 
     proxy.set(Mode::Pass);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.get("/ready").await.status() != StatusCode::OK {
-        assert!(Instant::now() < deadline, "no recovery");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    app.ready_becomes(StatusCode::OK, Duration::from_secs(10))
+        .await;
     app.create_cart().await;
     order_id(app.checkout(cart, CARD).await).await;
     assert_eq!(app.drain().await.len(), 1);

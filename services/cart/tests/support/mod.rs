@@ -199,6 +199,24 @@ impl TestApp {
             .expect("request")
     }
 
+    /// Polls `GET /ready` until it answers `status` (then returns that response), or panics after
+    /// `within`: a dependency cut or restored reaches the service's readiness a moment later.
+    pub async fn ready_becomes(&self, status: StatusCode, within: Duration) -> reqwest::Response {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let resp = self.get("/ready").await;
+            if resp.status() == status {
+                return resp;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/ready did not become {status} within {within:?} (last: {})",
+                resp.status()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn create_cart(&self) -> i64 {
         let resp = self
             .post("/shopping-cart", json!({"customer_id": 42}))
