@@ -13,6 +13,9 @@ locals {
     RUST_LOG   = var.log_level
     LOG_FORMAT = "json"
     QUEUE_TYPE = var.queue_type
+    # Behind the ALB: its X-Forwarded-For entry names the client for a rate limit (RATE_LIMIT_RPS,
+    # off unless set through extra_environment).
+    TRUSTED_PROXY_HOPS = "1"
   }
 
   # The AMQP URL (with credentials) only ever reaches a task through the SSM parameter, the store
