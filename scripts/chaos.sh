@@ -24,7 +24,7 @@
 #
 # What it starts (all private to the run, nothing shared with scripts/stack.sh or the system's
 # servers): the cluster (scripts/cluster.sh, in network namespaces when it can make them), a
-# PostgreSQL on :55432 and a Redis on :56379 of its own (so they may be restarted; Redis with an
+# PostgreSQL on :25432 and a Redis on :26379 of its own (so they may be restarted; Redis with an
 # append-only file fsynced on every write, since it hands out the order ids), and product,
 # card authorizer, two carts, two warehouses and the gateway on ports 9180-9188.
 set -euo pipefail
@@ -41,8 +41,8 @@ EXPECT_LOSS=false
 BUILD=true
 KEEP=false
 OUT=""
-PG_PORT="${CHAOS_PG_PORT:-55432}"
-REDIS_PORT="${CHAOS_REDIS_PORT:-56379}"
+PG_PORT="${CHAOS_PG_PORT:-25432}"
+REDIS_PORT="${CHAOS_REDIS_PORT:-26379}"
 GATEWAY_PORT=9180
 
 say() { printf '%s\n' "$*"; }
