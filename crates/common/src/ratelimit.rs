@@ -118,13 +118,20 @@ impl RateLimiter {
     /// Takes a token from `client`'s bucket; when none is left, how long until one is.
     pub fn take(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
         let RateLimitConfig { rps, burst, .. } = self.0.config;
-        if self.0.buckets.len() >= SWEEP_AT {
-            self.sweep(now);
-        }
-        let mut bucket = self.0.buckets.entry(client).or_insert(Bucket {
-            tokens: burst,
-            updated: now,
-        });
+        let mut bucket = match self.0.buckets.get_mut(&client) {
+            Some(bucket) => bucket,
+            None => {
+                // Only a new client can grow the map, so only then is its size worth counting
+                // (`len` visits every shard).
+                if self.0.buckets.len() >= SWEEP_AT {
+                    self.sweep(now);
+                }
+                self.0.buckets.entry(client).or_insert(Bucket {
+                    tokens: burst,
+                    updated: now,
+                })
+            }
+        };
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rps).min(burst);
         bucket.updated = now;
