@@ -47,6 +47,13 @@ resource "aws_iam_role_policy" "execution_secrets" {
         Action   = ["secretsmanager:GetSecretValue"]
         Resource = [for s in aws_secretsmanager_secret.store_url : s.arn]
       },
+      {
+        # API_KEYS and the cart's SERVICE_API_KEY (auth.tf), same key.
+        Sid      = "ReadAuthKeys"
+        Effect   = "Allow"
+        Action   = ["secretsmanager:GetSecretValue"]
+        Resource = [for s in aws_secretsmanager_secret.auth : s.arn]
+      },
     ]
   })
 }

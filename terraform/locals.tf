@@ -9,17 +9,18 @@ locals {
     warehouse              = "warehouse"
   }
 
-  common_environment = {
+  common_environment = merge(local.auth_environment, {
     RUST_LOG   = var.log_level
     LOG_FORMAT = "json"
     QUEUE_TYPE = var.queue_type
     # Behind the ALB: its X-Forwarded-For entry names the client for a rate limit (RATE_LIMIT_RPS,
     # off unless set through extra_environment).
     TRUSTED_PROXY_HOPS = "1"
-  }
+  })
 
   # The AMQP URL (with credentials) only ever reaches a task through the SSM parameter, the store
-  # URLs only through Secrets Manager (datastores.tf).
+  # URLs and the API keys only through Secrets Manager (datastores.tf, auth.tf): API_KEYS to
+  # every task, SERVICE_API_KEY to the cart alone.
   amqp_secret     = { AMQP_URL = aws_ssm_parameter.amqp_url.arn }
   database_secret = { DATABASE_URL = aws_secretsmanager_secret.store_url["database-url"].arn }
   redis_secret    = { REDIS_URL = aws_secretsmanager_secret.store_url["redis-url"].arn }
@@ -46,7 +47,7 @@ locals {
         SEED_PRODUCTS = tostring(var.seed_products)
         FAILURE_RATE  = "0"
       })
-      secrets = merge(local.database_secret, local.amqp_secret)
+      secrets = merge(local.database_secret, local.amqp_secret, local.api_keys_secret)
     }
     product-bad = {
       repository     = local.repositories.product
@@ -61,7 +62,7 @@ locals {
         SEED_PRODUCTS = tostring(var.seed_products)
         FAILURE_RATE  = var.product_bad_failure_rate
       })
-      secrets = merge(local.database_secret, local.amqp_secret)
+      secrets = merge(local.database_secret, local.amqp_secret, local.api_keys_secret)
     }
     cart = {
       repository     = local.repositories.cart
@@ -82,7 +83,7 @@ locals {
         # The cart keeps a pool per task, like the warehouse: the same per-task budget.
         DATABASE_MAX_CONNECTIONS = tostring(var.db_max_connections_per_task)
       }
-      secrets = merge(local.amqp_secret, local.redis_secret, local.database_secret)
+      secrets = merge(local.amqp_secret, local.redis_secret, local.database_secret, local.api_keys_secret, local.service_key_secret)
     }
     credit-card-authorizer = {
       repository     = local.repositories["credit-card-authorizer"]
@@ -96,7 +97,7 @@ locals {
         INSTANCE_ID  = "credit-card-authorizer"
         DECLINE_RATE = var.decline_rate
       }
-      secrets = {}
+      secrets = local.api_keys_secret
     }
     warehouse = {
       repository     = local.repositories.warehouse
@@ -113,7 +114,7 @@ locals {
         DATABASE_SCHEMA          = "warehouse"
         DATABASE_MAX_CONNECTIONS = tostring(var.db_max_connections_per_task)
       }
-      secrets = merge(local.amqp_secret, local.database_secret)
+      secrets = merge(local.amqp_secret, local.database_secret, local.api_keys_secret)
     }
   }
 

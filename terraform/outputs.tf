@@ -66,6 +66,11 @@ output "redis_endpoint" {
   value       = "${aws_elasticache_replication_group.this.primary_endpoint_address}:${aws_elasticache_replication_group.this.port}"
 }
 
+output "auth_secrets" {
+  description = "Secrets Manager secrets holding API_KEYS (hashes, every service) and SERVICE_API_KEY (the cart's key); values put by scripts/deploy-aws.sh, not Terraform."
+  value       = { for k, s in aws_secretsmanager_secret.auth : k => s.name }
+}
+
 output "store_url_secrets" {
   description = "Secrets Manager secrets holding DATABASE_URL (with the password) and REDIS_URL."
   value       = { for k, s in aws_secretsmanager_secret.store_url : k => s.name }

@@ -210,9 +210,44 @@ variable "log_level" {
 }
 
 variable "extra_environment" {
-  description = "Extra environment variables per workload (keys: product, product-bad, cart, credit-card-authorizer, warehouse). Not for secrets."
+  description = "Extra environment variables per workload (keys: product, product-bad, cart, credit-card-authorizer, warehouse). Not for secrets, nor for the authentication settings."
   type        = map(map(string))
   default     = {}
+
+  validation {
+    condition = alltrue([
+      for env in values(var.extra_environment) :
+      length(setintersection(keys(env), ["AUTH_MODE", "API_KEYS", "SERVICE_API_KEY", "JWT_JWKS", "JWT_ISSUER", "JWT_AUDIENCE"])) == 0
+    ])
+    error_message = "extra_environment may not set AUTH_MODE (always on), API_KEYS or SERVICE_API_KEY (Secrets Manager) or JWT_JWKS/JWT_ISSUER/JWT_AUDIENCE (the jwt_* variables)."
+  }
+}
+
+variable "jwt_jwks_url" {
+  description = "HTTPS URL of the JWKS that signs the bearer tokens the services accept (e.g. a Cognito user pool's https://cognito-idp.<region>.amazonaws.com/<pool id>/.well-known/jwks.json). Empty: no JWTs, API keys only."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.jwt_jwks_url == "" || startswith(var.jwt_jwks_url, "https://")
+    error_message = "jwt_jwks_url must be empty or an https:// URL."
+  }
+  validation {
+    condition     = var.jwt_jwks_url == "" || (var.jwt_issuer != "" && var.jwt_audience != "")
+    error_message = "jwt_jwks_url needs jwt_issuer and jwt_audience too (the services check both claims)."
+  }
+}
+
+variable "jwt_issuer" {
+  description = "The iss claim the tokens must carry (Cognito: https://cognito-idp.<region>.amazonaws.com/<pool id>). Used only with jwt_jwks_url."
+  type        = string
+  default     = ""
+}
+
+variable "jwt_audience" {
+  description = "The aud claim the tokens must carry (Cognito ID tokens: the app client id). Used only with jwt_jwks_url."
+  type        = string
+  default     = ""
 }
 
 variable "log_retention_days" {

@@ -223,6 +223,17 @@ run "authorizer_only_reachable_from_cart" {
     condition     = { for e in jsondecode(aws_ecs_task_definition.service["cart"].container_definitions)[0].environment : e.name => e.value }["CCA_URL"] == "http://credit-card-authorizer.shop.local:8083"
     error_message = "The cart must reach the authorizer by its Cloud Map name."
   }
+  assert {
+    condition = toset([
+      for r in aws_vpc_security_group_egress_rule.internal : r.referenced_security_group_id
+      if r.security_group_id == aws_security_group.this["alb"].id
+    ]) == toset([aws_security_group.this["product"].id, aws_security_group.this["cart"].id])
+    error_message = "The ALB may open connections to the product and cart tasks only (never the authorizer)."
+  }
+  assert {
+    condition     = length(aws_ecs_service.service["credit-card-authorizer"].load_balancer) == 0 && one(aws_ecs_service.service["credit-card-authorizer"].network_configuration).assign_public_ip == false
+    error_message = "The authorizer is behind no load balancer and has no public IP."
+  }
 }
 
 run "tasks_have_no_public_ips" {
@@ -402,6 +413,120 @@ run "rejects_latest_image_tag" {
 }
 
 ############################################################################
+# Authentication (issue #19)
+############################################################################
+
+run "auth_keys_come_from_secrets_manager" {
+  command = plan
+
+  assert {
+    condition = alltrue([
+      for k, td in aws_ecs_task_definition.service :
+      { for s in jsondecode(td.container_definitions)[0].secrets : s.name => s.valueFrom }["API_KEYS"] == aws_secretsmanager_secret.auth["api-keys"].arn
+    ])
+    error_message = "Every service's task definition gets API_KEYS from the api-keys secret."
+  }
+  assert {
+    condition = [
+      for k, td in aws_ecs_task_definition.service : k
+      if contains([for s in jsondecode(td.container_definitions)[0].secrets : s.name], "SERVICE_API_KEY")
+    ] == ["cart"]
+    error_message = "Only the cart gets SERVICE_API_KEY."
+  }
+  assert {
+    condition     = { for s in jsondecode(aws_ecs_task_definition.service["cart"].container_definitions)[0].secrets : s.name => s.valueFrom }["SERVICE_API_KEY"] == aws_secretsmanager_secret.auth["service-api-key"].arn
+    error_message = "The cart gets SERVICE_API_KEY from the service-api-key secret."
+  }
+  assert {
+    condition = alltrue([
+      for k, td in aws_ecs_task_definition.service :
+      lookup({ for e in jsondecode(td.container_definitions)[0].environment : e.name => e.value }, "AUTH_MODE", "") == "on"
+    ])
+    error_message = "AUTH_MODE is on in every task definition."
+  }
+  assert {
+    condition = alltrue([
+      for k, td in aws_ecs_task_definition.service :
+      length(setintersection(toset([for e in jsondecode(td.container_definitions)[0].environment : e.name]), toset(["API_KEYS", "SERVICE_API_KEY", "JWT_JWKS", "JWT_ISSUER", "JWT_AUDIENCE"]))) == 0
+    ])
+    error_message = "No key in plain environment; no JWT settings unless jwt_jwks_url is set."
+  }
+  assert {
+    condition = toset(one([
+      for st in jsondecode(aws_iam_role_policy.execution_secrets.policy).Statement : st.Resource
+      if st.Sid == "ReadAuthKeys"
+    ])) == toset([aws_secretsmanager_secret.auth["api-keys"].arn, aws_secretsmanager_secret.auth["service-api-key"].arn])
+    error_message = "The execution role may read exactly the two auth secrets (ReadAuthKeys)."
+  }
+  assert {
+    condition = alltrue([
+      for st in jsondecode(aws_iam_role_policy.execution_secrets.policy).Statement :
+      flatten([st.Action]) == ["secretsmanager:GetSecretValue"] && st.Effect == "Allow"
+      if st.Sid == "ReadAuthKeys"
+    ])
+    error_message = "ReadAuthKeys allows secretsmanager:GetSecretValue only."
+  }
+  assert {
+    condition     = keys(aws_secretsmanager_secret.auth) == ["api-keys", "service-api-key"] && aws_secretsmanager_secret.auth["api-keys"].name == "shop/api-keys"
+    error_message = "The auth secrets are <name>/api-keys and <name>/service-api-key (scripts/deploy-aws.sh puts their values)."
+  }
+}
+
+run "jwt_settings_reach_every_task" {
+  command = plan
+
+  variables {
+    jwt_jwks_url = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Example/.well-known/jwks.json"
+    jwt_issuer   = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Example"
+    jwt_audience = "example-client-id"
+  }
+
+  assert {
+    condition = alltrue([
+      for k, td in aws_ecs_task_definition.service : (
+        { for e in jsondecode(td.container_definitions)[0].environment : e.name => e.value }["JWT_JWKS"] == "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Example/.well-known/jwks.json" &&
+        { for e in jsondecode(td.container_definitions)[0].environment : e.name => e.value }["JWT_ISSUER"] == "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Example" &&
+        { for e in jsondecode(td.container_definitions)[0].environment : e.name => e.value }["JWT_AUDIENCE"] == "example-client-id" &&
+        { for e in jsondecode(td.container_definitions)[0].environment : e.name => e.value }["AUTH_MODE"] == "on"
+      )
+    ])
+    error_message = "With jwt_jwks_url, every task gets JWT_JWKS, JWT_ISSUER and JWT_AUDIENCE, and AUTH_MODE stays on."
+  }
+}
+
+run "rejects_jwks_without_issuer_and_audience" {
+  command = plan
+
+  variables {
+    jwt_jwks_url = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Example/.well-known/jwks.json"
+  }
+
+  expect_failures = [var.jwt_jwks_url]
+}
+
+run "rejects_plain_http_jwks" {
+  command = plan
+
+  variables {
+    jwt_jwks_url = "http://issuer.example/jwks.json"
+    jwt_issuer   = "http://issuer.example"
+    jwt_audience = "shop"
+  }
+
+  expect_failures = [var.jwt_jwks_url]
+}
+
+run "rejects_auth_mode_off_through_extra_environment" {
+  command = plan
+
+  variables {
+    extra_environment = { cart = { AUTH_MODE = "off" } }
+  }
+
+  expect_failures = [var.extra_environment]
+}
+
+############################################################################
 # PostgreSQL and Redis
 ############################################################################
 
@@ -536,8 +661,8 @@ run "store_urls_are_secrets" {
     condition = toset(flatten([
       for st in jsondecode(aws_iam_role_policy.execution_secrets.policy).Statement : st.Resource
       if contains(flatten([st.Action]), "secretsmanager:GetSecretValue")
-    ])) == toset([for s in aws_secretsmanager_secret.store_url : s.arn])
-    error_message = "The execution role reads exactly the two store secrets from Secrets Manager."
+    ])) == toset(concat([for s in aws_secretsmanager_secret.store_url : s.arn], [for s in aws_secretsmanager_secret.auth : s.arn]))
+    error_message = "The execution role reads exactly the two store secrets and the two auth secrets from Secrets Manager."
   }
   assert {
     condition     = aws_db_instance.this.password == null && aws_db_instance.this.password_wo_version == 1
