@@ -140,7 +140,8 @@ run_tests() {
   local url
   url="$(tf_out alb_url)"
   say "curl suite against $url"
-  bash "$ROOT/scripts/test-api.sh" "$url"
+  # As the administrator, with the key ensure_keys made (ADMIN_KEY from the environment wins).
+  SECRETS_DIR="$ROOT/.secrets/aws-$NAME" bash "$ROOT/scripts/test-api.sh" "$url"
 }
 
 wait_stable() {
