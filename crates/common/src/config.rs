@@ -3,6 +3,7 @@
 //! A value that is present but invalid stops the service at start with a message naming the
 //! variable: a typo in `FAILURE_RATE` must not silently become "no failures".
 
+use crate::auth::AuthConfig;
 use crate::ratelimit::RateLimitConfig;
 use crate::secret::Secret;
 use std::collections::HashMap;
@@ -39,6 +40,9 @@ impl ConfigError {
 pub struct Env {
     source: Source,
     asked: Vec<Variable>,
+    /// A problem with the settings as a whole, reported once every variable has been read (so
+    /// that `--help` still lists them all, and a bad value names its own variable first).
+    deferred: Option<ConfigError>,
 }
 
 #[derive(Debug)]
@@ -84,7 +88,18 @@ impl Env {
         Self {
             source,
             asked: Vec::new(),
+            deferred: None,
         }
+    }
+
+    /// Records a problem to report after the whole configuration is read (the first one wins).
+    pub fn defer(&mut self, err: ConfigError) {
+        self.deferred.get_or_insert(err);
+    }
+
+    /// The deferred problem, if any: [`settings_or_exit`] stops the start on it.
+    pub fn take_deferred(&mut self) -> Option<ConfigError> {
+        self.deferred.take()
     }
 
     /// Every variable asked for so far, in the order first asked.
@@ -340,7 +355,11 @@ pub fn settings_or_exit<S>(
             std::process::exit(2);
         }
     }
-    match read(&mut Env::process()) {
+    let mut env = Env::process();
+    match read(&mut env).and_then(|settings| match env.take_deferred() {
+        Some(err) => Err(err),
+        None => Ok(settings),
+    }) {
         Ok(settings) => settings,
         Err(err) => {
             eprintln!("{binary}: {err}");
@@ -501,6 +520,8 @@ pub struct ServiceConfig {
     pub shutdown_timeout: Duration,
     /// `RATE_LIMIT_RPS`, `RATE_LIMIT_BURST`, `TRUSTED_PROXY_HOPS`.
     pub rate_limit: RateLimitConfig,
+    /// `AUTH_MODE`, `API_KEYS`, `JWT_*`.
+    pub auth: AuthConfig,
 }
 
 impl ServiceConfig {
@@ -531,6 +552,7 @@ impl ServiceConfig {
                 "on SIGTERM, how long requests in flight may take to finish",
             )?,
             rate_limit: RateLimitConfig::read(env)?,
+            auth: AuthConfig::read(env)?,
         };
         env.document(
             "RUST_LOG",
@@ -549,6 +571,7 @@ impl ServiceConfig {
             body_limit: 64 * 1024,
             shutdown_timeout: Duration::from_secs(2),
             rate_limit: RateLimitConfig::off(),
+            auth: AuthConfig::off(),
         }
     }
 }
@@ -677,6 +700,12 @@ mod tests {
                 "RATE_LIMIT_RPS",
                 "RATE_LIMIT_BURST",
                 "TRUSTED_PROXY_HOPS",
+                "AUTH_MODE",
+                "API_KEYS",
+                "JWT_JWKS",
+                "JWT_ISSUER",
+                "JWT_AUDIENCE",
+                "JWT_LEEWAY_SECS",
                 "RUST_LOG",
                 "DATABASE_URL"
             ]

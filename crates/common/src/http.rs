@@ -3,11 +3,12 @@
 //! body limit, request metrics), JSON bodies on every error (including axum's own 404/405), and a
 //! per-request span when DEBUG logging is on.
 
+use crate::auth::{self, Guard};
 use crate::config::ServiceConfig;
 use crate::edge::EdgeLayer;
 use crate::error::ApiError;
 use crate::metrics::{self, Metrics};
-use crate::ratelimit::{rate_limit, RateLimiter};
+use crate::ratelimit::RateLimiter;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -106,18 +107,28 @@ pub fn with_common_layers(
     metrics: &Metrics,
     readiness: Readiness,
 ) -> Router {
+    let limiter = config
+        .rate_limit
+        .enabled()
+        .then(|| RateLimiter::new(config.rate_limit, metrics));
+    let guard = Guard::new(&config.auth, limiter, metrics);
+    // `/health` and `/ready` are open to anyone (load balancers, orchestrators); `/metrics` is an
+    // administrator's, not rate limited (scrapes come often, from few addresses).
     let ops = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready).with_state(readiness))
-        .route("/metrics", get(metrics::render).with_state(metrics.clone()));
-    // Only the service's own routes are limited: health checks and scrapes are not.
-    let app = if config.rate_limit.enabled() {
-        let limiter = RateLimiter::new(config.rate_limit, metrics);
-        app.layer(axum::middleware::from_fn_with_state(limiter, rate_limit))
-    } else {
-        app
-    };
+        .route(
+            "/metrics",
+            get(metrics::render)
+                .with_state(metrics.clone())
+                .route_layer(axum::middleware::from_fn_with_state(
+                    guard.clone(),
+                    auth::require_admin,
+                )),
+        );
+    // The service's own routes: authenticated, then rate limited per credential.
     let app = app
+        .layer(axum::middleware::from_fn_with_state(guard, auth::guard))
         .merge(ops)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);

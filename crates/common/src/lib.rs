@@ -9,12 +9,14 @@
 //!   `/health`, `/ready` and `/metrics`, and a server that drains gracefully on SIGTERM.
 //! - [`messaging`] (feature `amqp`): the order message and the queue topology, declared identically
 //!   by the cart and the warehouse.
-//! - [`ratelimit`]: a token bucket per client at every service's edge (429 with `Retry-After`).
+//! - [`auth`]: API keys and JWTs at every service's edge, roles (admin, service, customer), 401
+//!   and 403; [`ratelimit`]: a token bucket per credential or address (429 with `Retry-After`).
 //! - [`store`]: PostgreSQL (feature `postgres`) and Redis (feature `redis`) connections with
 //!   start-up migrations, readiness pings and the one "store unavailable" 503.
 //! - `testing` (feature `test-support`): a database and a Redis key prefix per test, and a TCP
 //!   proxy that cuts a dependency away under a running service.
 
+pub mod auth;
 pub mod card;
 pub mod config;
 pub mod edge;

@@ -4,7 +4,8 @@
 //! `/health`, `/ready` and `/metrics` are never limited: health checks and scrapes come from a
 //! few addresses, often.
 //!
-//! A client is its address. Behind proxies (the gateway, the ALB) every request comes from the
+//! A client is its credential (see [`crate::auth`], which calls [`RateLimiter::take`] once it
+//! knows who the request is), or its address when it has none. Behind proxies (the gateway, the ALB) every request comes from the
 //! proxy's address, so with `TRUSTED_PROXY_HOPS=N` the client is the address the first trusted
 //! proxy saw: the N-th entry of `X-Forwarded-For` counted from the right (each proxy appends the
 //! address it was reached from). Entries further left are whatever the client sent, and are
@@ -13,13 +14,11 @@
 use crate::config::{ConfigError, Env};
 use crate::error::ApiError;
 use crate::metrics::{Counter, Metrics};
-use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
 use http::StatusCode;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -87,6 +86,15 @@ impl RateLimitConfig {
     }
 }
 
+/// Whom a bucket belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Client {
+    /// A credential, by its principal's name (`key:1a2b3c4d`, `jwt:<subject>`).
+    Credential(Arc<str>),
+    /// A request without a (valid) credential, by the client's address.
+    Address(IpAddr),
+}
+
 struct Bucket {
     tokens: f64,
     updated: Instant,
@@ -98,7 +106,7 @@ pub struct RateLimiter(Arc<Inner>);
 
 struct Inner {
     config: RateLimitConfig,
-    buckets: DashMap<IpAddr, Bucket>,
+    buckets: DashMap<Client, Bucket>,
     limited: Counter,
 }
 
@@ -116,9 +124,9 @@ impl RateLimiter {
     }
 
     /// Takes a token from `client`'s bucket; when none is left, how long until one is.
-    pub fn take(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
+    pub fn take(&self, client: &Client, now: Instant) -> Result<(), Duration> {
         let RateLimitConfig { rps, burst, .. } = self.0.config;
-        let mut bucket = match self.0.buckets.get_mut(&client) {
+        let mut bucket = match self.0.buckets.get_mut(client) {
             Some(bucket) => bucket,
             None => {
                 // Only a new client can grow the map, so only then is its size worth counting
@@ -126,7 +134,7 @@ impl RateLimiter {
                 if self.0.buckets.len() >= SWEEP_AT {
                     self.sweep(now);
                 }
-                self.0.buckets.entry(client).or_insert(Bucket {
+                self.0.buckets.entry(client.clone()).or_insert(Bucket {
                     tokens: burst,
                     updated: now,
                 })
@@ -152,8 +160,13 @@ impl RateLimiter {
             .retain(|_, bucket| now.saturating_duration_since(bucket.updated) < refill);
     }
 
+    /// How many proxies' `X-Forwarded-For` entries are trusted.
+    pub fn trusted_hops(&self) -> usize {
+        self.0.config.trusted_hops
+    }
+
     /// The answer to a request over the limit.
-    fn refuse(&self, wait: Duration) -> Response {
+    pub fn refuse(&self, wait: Duration) -> Response {
         self.0.limited.inc();
         let RateLimitConfig { rps, burst, .. } = self.0.config;
         let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
@@ -197,27 +210,6 @@ pub fn client_address(
     }
 }
 
-/// The middleware: `axum::middleware::from_fn_with_state(limiter, rate_limit)`.
-pub async fn rate_limit(
-    State(limiter): State<RateLimiter>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
-    let client = client_address(request.headers(), peer, limiter.0.config.trusted_hops);
-    let Some(client) = client else {
-        // No address at all (an in-process call): nothing to count it against.
-        return next.run(request).await;
-    };
-    match limiter.take(client, Instant::now()) {
-        Ok(()) => next.run(request).await,
-        Err(wait) => limiter.refuse(wait),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,28 +228,31 @@ mod tests {
     #[test]
     fn a_bucket_allows_its_burst_then_one_request_per_refill() {
         let limiter = limiter(2.0, 3.0);
-        let client: IpAddr = [10, 0, 0, 1].into();
+        let client = Client::Address([10, 0, 0, 1].into());
         let t0 = Instant::now();
         for _ in 0..3 {
-            assert_eq!(limiter.take(client, t0), Ok(()));
+            assert_eq!(limiter.take(&client, t0), Ok(()));
         }
-        let wait = limiter.take(client, t0).expect_err("over the burst");
+        let wait = limiter.take(&client, t0).expect_err("over the burst");
         assert!((wait.as_secs_f64() - 0.5).abs() < 1e-9, "{wait:?}");
         assert_eq!(
-            limiter.take(client, t0 + Duration::from_millis(500)),
+            limiter.take(&client, t0 + Duration::from_millis(500)),
             Ok(())
         );
         assert!(limiter
-            .take(client, t0 + Duration::from_millis(500))
+            .take(&client, t0 + Duration::from_millis(500))
             .is_err());
         // Another client has a bucket of its own.
-        assert_eq!(limiter.take([10, 0, 0, 2].into(), t0), Ok(()));
+        assert_eq!(
+            limiter.take(&Client::Credential("key:0123abcd".into()), t0),
+            Ok(())
+        );
         // A long quiet spell refills to the burst, not beyond.
         let later = t0 + Duration::from_secs(60);
         for _ in 0..3 {
-            assert_eq!(limiter.take(client, later), Ok(()));
+            assert_eq!(limiter.take(&client, later), Ok(()));
         }
-        assert!(limiter.take(client, later).is_err());
+        assert!(limiter.take(&client, later).is_err());
     }
 
     #[test]
