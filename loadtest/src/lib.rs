@@ -129,6 +129,10 @@ pub struct Cli {
     /// `X-Forwarded-For` that names this client to a service behind a trusted proxy.
     #[arg(long = "header", short = 'H', value_name = "NAME: VALUE", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
+    /// The `X-API-Key` sent with every request (the stack's demo keys are in
+    /// `.stack/auth/`; `scripts/stack.sh up` prints them).
+    #[arg(long, env = "LOADTEST_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 /// `Name: value` as a header.
@@ -352,7 +356,16 @@ impl From<&Cli> for RunConfig {
                 poll_interval: c.poll_interval,
             },
             audit: c.audit.clone(),
-            headers: c.headers.clone(),
+            headers: c
+                .headers
+                .iter()
+                .cloned()
+                .chain(
+                    c.api_key
+                        .iter()
+                        .map(|key| ("x-api-key".to_string(), key.clone())),
+                )
+                .collect(),
         }
     }
 }

@@ -1,7 +1,9 @@
 use common::config::{ConfigError, Env, ServiceConfig};
 use common::messaging::{Broker, Topology};
+use common::secret::Secret;
 use common::store::postgres::PgConfig;
 use common::store::redis::RedisConfig;
+use hyper::header::HeaderValue;
 use std::time::Duration;
 
 /// Time left over, beyond a checkout's worst case, before its hold on a cart may be taken over.
@@ -14,6 +16,9 @@ pub struct Settings {
     pub product_url: String,
     /// `CCA_URL`: the card authorizer.
     pub cca_url: String,
+    /// `SERVICE_API_KEY`: the cart's own `X-API-Key` (role `service`) on its calls to the
+    /// product service and the card authorizer; unset sends none (their `AUTH_MODE=off`).
+    pub service_api_key: Option<Secret<String>>,
     /// `AMQP_URL`.
     pub broker: Broker,
     /// `ORDER_QUEUE`, `QUEUE_TYPE`.
@@ -102,6 +107,7 @@ impl Settings {
             service,
             product_url: calls.product_url,
             cca_url: calls.cca_url,
+            service_api_key: calls.service_api_key,
             broker,
             topology,
             channel_pool_size: publishing.channel_pool_size,
@@ -178,6 +184,7 @@ impl Settings {
 struct Calls {
     product_url: String,
     cca_url: String,
+    service_api_key: Option<Secret<String>>,
     cca_timeout: Duration,
     cca_retries: u32,
     product_timeout: Duration,
@@ -191,6 +198,18 @@ impl Calls {
             "the product service (products checked, stock reserved)",
         )?;
         let cca_url = env.base_url("CCA_URL", "http://127.0.0.1:8083", "the card authorizer")?;
+        let service_api_key = env.secret_with(
+            "SERVICE_API_KEY",
+            None,
+            "",
+            "the cart's X-API-Key (a service key) on its calls to the product service and the card authorizer",
+            |v| match HeaderValue::from_str(v) {
+                Ok(_) => Ok(Some(v.to_string())),
+                Err(_) => Err("not a valid header value".to_string()),
+            },
+            |_| "[redacted]".to_string(),
+        )?;
+        let service_api_key = service_api_key.expose().clone().map(Secret::new);
         let cca_timeout = env.millis(
             "CCA_TIMEOUT_MS",
             Duration::from_secs(2),
@@ -216,6 +235,7 @@ impl Calls {
         Ok(Self {
             product_url,
             cca_url,
+            service_api_key,
             cca_timeout,
             cca_retries,
             product_timeout,

@@ -18,8 +18,8 @@
 //!   key is not blocked for ever. The request runs in its own task, so a client hanging up does
 //!   not abandon its claim half-way.
 //! - The keys live where the carts do: in memory ([`memory`]), or in Redis ([`redis`]) under
-//!   `<REDIS_KEY_PREFIX>idem:<route>:<key>`, shared by every instance. A store that cannot be
-//!   reached is the cart store's 503 `STORE_UNAVAILABLE`, and nothing runs.
+//!   `<REDIS_KEY_PREFIX>idem:<credential>:<route>:<key>`, shared by every instance. A store
+//!   that cannot be reached is the cart store's 503 `STORE_UNAVAILABLE`, and nothing runs.
 
 pub mod memory;
 pub mod redis;
@@ -32,6 +32,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use common::auth::Principal;
 use common::metrics::{Counter, Metrics};
 use common::store::redis::RedisSetupError;
 use common::store::StoreUnavailable;
@@ -191,7 +192,13 @@ pub async fn guard(State(idem): State<Idempotency>, req: Request, next: Next) ->
         Ok(Some(key)) => key,
         Err(err) => return err.into_response(),
     };
-    let scope = format!("{}:{}:{key}", req.method(), req.uri().path());
+    // Per credential: another customer's request with the same key and path is not a retry of
+    // this one, and must not be answered with this one's result.
+    let who = req
+        .extensions()
+        .get::<Principal>()
+        .map_or("open", |principal| &principal.name);
+    let scope = format!("{who}:{}:{}:{key}", req.method(), req.uri().path());
     let (parts, body) = req.into_parts();
     let body = match read_body(body, idem.body_limit).await {
         Ok(body) => body,

@@ -105,7 +105,10 @@ impl Application {
         let idempotency = idempotency::Idempotency::from_settings(&settings, &metrics)?;
         // Connecting is part of each call's own timeout; this only stops a connect from outliving
         // the shorter of the two.
-        let http = clients::HttpClient::new(settings.cca_timeout.min(settings.product_timeout));
+        let http = clients::HttpClient::new(
+            settings.cca_timeout.min(settings.product_timeout),
+            settings.service_api_key.as_ref(),
+        );
         let publisher = OrderPublisher::new(&settings, &metrics)?;
         let carts = cart_store(&settings)?;
         let orders = order_store(&settings).await?;

@@ -13,6 +13,7 @@ use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
+use common::auth::Principal;
 use common::store::StoreUnavailable;
 use common::{ApiError, ApiJson, ErrorBody, PathId, RequestId};
 use serde::{Deserialize, Serialize};
@@ -142,6 +143,7 @@ pub struct CartCreated {
 #[tracing::instrument(level = "debug", skip_all, fields(customer_id = body.customer_id))]
 async fn create_cart(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     ApiJson(body): ApiJson<CreateCart>,
 ) -> Result<(StatusCode, Json<CartCreated>), CartRouteError> {
     if body.customer_id < 1 {
@@ -150,6 +152,9 @@ async fn create_cart(
             "must be a positive integer",
         )));
     }
+    principal
+        .act_for(body.customer_id)
+        .map_err(CartRouteError::Api)?;
     let id = state.carts.create(body.customer_id).await?;
     Ok((
         StatusCode::CREATED,
@@ -162,9 +167,30 @@ async fn create_cart(
 #[tracing::instrument(level = "debug", skip_all, fields(cart_id = cart_id))]
 async fn get_cart(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     PathId(cart_id): PathId,
 ) -> Result<Json<CartView>, CartRouteError> {
-    Ok(Json(state.carts.view(cart_id).await?))
+    let view = state.carts.view(cart_id).await?;
+    principal
+        .act_for(view.customer_id)
+        .map_err(CartRouteError::Api)?;
+    Ok(Json(view))
+}
+
+/// Refuses a customer's credential on another customer's cart (403); an unknown cart is 404.
+/// Administrators (and `AUTH_MODE=off`) skip the lookup.
+pub(crate) async fn authorize_cart(
+    state: &AppState,
+    principal: &Principal,
+    cart_id: i32,
+) -> Result<(), CartRouteError> {
+    if !principal.is_customer_bound() {
+        return Ok(());
+    }
+    match state.carts.owner(cart_id).await? {
+        None => Err(CartError::NotFound(cart_id).into()),
+        Some(owner) => principal.act_for(owner).map_err(CartRouteError::Api),
+    }
 }
 
 #[derive(Deserialize)]
@@ -176,6 +202,7 @@ pub struct AddItem {
 #[tracing::instrument(level = "debug", skip_all, fields(cart_id = cart_id, product_id = body.product_id, quantity = body.quantity))]
 async fn add_item(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     PathId(cart_id): PathId,
     RequestId(request_id): RequestId,
     ApiJson(body): ApiJson<AddItem>,
@@ -192,6 +219,7 @@ async fn add_item(
             "must be at least 1",
         )));
     }
+    authorize_cart(&state, &principal, cart_id).await?;
     // An unknown cart is a 404 without bothering the product service. A product known to
     // exist needs no asking, and then the store's own answer says whether the cart exists:
     // one store round trip instead of two.
@@ -257,6 +285,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ItemPath {
 #[tracing::instrument(level = "debug", skip_all, fields(cart_id = path.cart_id, product_id = path.product_id, quantity = body.quantity))]
 async fn set_quantity(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     path: ItemPath,
     ApiJson(body): ApiJson<SetQuantity>,
 ) -> Result<StatusCode, CartRouteError> {
@@ -266,6 +295,7 @@ async fn set_quantity(
             "must be at least 1 (DELETE the item to remove it)",
         )));
     }
+    authorize_cart(&state, &principal, path.cart_id).await?;
     state
         .carts
         .set_quantity(path.cart_id, path.product_id, body.quantity)
@@ -277,8 +307,10 @@ async fn set_quantity(
 #[tracing::instrument(level = "debug", skip_all, fields(cart_id = path.cart_id, product_id = path.product_id))]
 async fn remove_item(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     path: ItemPath,
 ) -> Result<StatusCode, CartRouteError> {
+    authorize_cart(&state, &principal, path.cart_id).await?;
     state
         .carts
         .remove_item(path.cart_id, path.product_id)

@@ -467,7 +467,8 @@ async fn redis_keys_are_shared_by_every_instance() {
     checkout_keyed(&a, cart, "anywhere")
         .await
         .assert_replays(&placed);
-    // Where the key lives: `<prefix>idem:<method>:<path>:<key>`.
+    // Where the key lives: `<prefix>idem:<credential>:<method>:<path>:<key>` (`open`: no
+    // authentication here).
     let client = ::redis::Client::open(redis.url.as_str()).expect("client");
     let mut connection = client
         .get_multiplexed_async_connection()
@@ -482,15 +483,18 @@ async fn redis_keys_are_shared_by_every_instance() {
     assert_eq!(
         keys,
         HashSet::from([
-            format!("{}idem:POST:/shopping-cart:anywhere", redis.prefix),
+            format!("{}idem:open:POST:/shopping-cart:anywhere", redis.prefix),
             format!(
-                "{}idem:POST:/shopping-carts/{cart}/checkout:anywhere",
+                "{}idem:open:POST:/shopping-carts/{cart}/checkout:anywhere",
                 redis.prefix
             ),
         ])
     );
     let ttl: i64 = ::redis::cmd("PTTL")
-        .arg(format!("{}idem:POST:/shopping-cart:anywhere", redis.prefix))
+        .arg(format!(
+            "{}idem:open:POST:/shopping-cart:anywhere",
+            redis.prefix
+        ))
         .query_async(&mut connection)
         .await
         .expect("pttl");

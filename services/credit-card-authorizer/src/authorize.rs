@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use common::auth::Internal;
 use common::card;
 use common::metrics::Counter;
 use common::{ApiError, ApiJson};
@@ -48,6 +49,7 @@ pub fn router(decline_rate: f64, outcomes: Outcomes) -> Router {
 
 #[tracing::instrument(level = "debug", skip_all, fields(card = %card::mask(&req.credit_card_number)))]
 async fn authorize(
+    _: Internal,
     State(state): State<AuthorizerState>,
     ApiJson(req): ApiJson<AuthorizeRequest>,
 ) -> Response {

@@ -1,4 +1,4 @@
-//! The gateway's own route: `GET /gateway/targets`.
+//! The gateway's own route: `GET /gateway/targets` (administrators only).
 
 use crate::config::AtwConfig;
 use crate::targets::GroupSnapshot;
@@ -6,6 +6,7 @@ use crate::Gateway;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use common::auth::Admin;
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -54,7 +55,7 @@ struct TargetsView {
 
 /// `GET /gateway/targets`: every group's targets with health, weight and counts.
 /// Fields keep their declared order (scripts parse it without a JSON tool).
-async fn targets(State(gw): State<Arc<Gateway>>) -> Json<TargetsView> {
+async fn targets(_: Admin, State(gw): State<Arc<Gateway>>) -> Json<TargetsView> {
     Json(TargetsView {
         atw: AtwView::from(&gw.config.atw),
         groups: gw.groups().iter().map(|g| g.snapshot()).collect(),

@@ -20,6 +20,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use common::auth::{Admin, Internal};
 use common::{ApiError, ApiJson, PathId};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -63,7 +64,11 @@ impl<S: Send + Sync> FromRequestParts<S> for PathUid {
 type Answer = Result<(StatusCode, Json<Value>), ApiError>;
 
 #[tracing::instrument(level = "debug", skip_all, fields(order_uid = %body.order_uid))]
-async fn reserve(State(stock): State<Stock>, ApiJson(body): ApiJson<ReserveRequest>) -> Answer {
+async fn reserve(
+    _: Internal,
+    State(stock): State<Stock>,
+    ApiJson(body): ApiJson<ReserveRequest>,
+) -> Answer {
     let (order_uid, items) = body.validate()?;
     let reserved = stock.reserve(&order_uid, &items).await?;
     let status = if reserved.created {
@@ -76,7 +81,7 @@ async fn reserve(State(stock): State<Stock>, ApiJson(body): ApiJson<ReserveReque
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(order_uid = %order_uid))]
-async fn release(State(stock): State<Stock>, PathUid(order_uid): PathUid) -> Answer {
+async fn release(_: Internal, State(stock): State<Stock>, PathUid(order_uid): PathUid) -> Answer {
     if !stock::could_exist(&order_uid) {
         return Err(StockError::ReservationNotFound(order_uid).into());
     }
@@ -85,7 +90,11 @@ async fn release(State(stock): State<Stock>, PathUid(order_uid): PathUid) -> Ans
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
-async fn confirm(State(stock): State<Stock>, ApiJson(body): ApiJson<ConfirmRequest>) -> Answer {
+async fn confirm(
+    _: Internal,
+    State(stock): State<Stock>,
+    ApiJson(body): ApiJson<ConfirmRequest>,
+) -> Answer {
     if body.order_uids.len() > MAX_CONFIRM_UIDS {
         return Err(ApiError::invalid_field(
             "order_uids",
@@ -105,7 +114,11 @@ async fn confirm(State(stock): State<Stock>, ApiJson(body): ApiJson<ConfirmReque
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(order_uid = %order_uid))]
-async fn reservation(State(stock): State<Stock>, PathUid(order_uid): PathUid) -> Answer {
+async fn reservation(
+    _: Internal,
+    State(stock): State<Stock>,
+    PathUid(order_uid): PathUid,
+) -> Answer {
     let found = if stock::could_exist(&order_uid) {
         stock.reservation(&order_uid).await?
     } else {
@@ -116,7 +129,7 @@ async fn reservation(State(stock): State<Stock>, PathUid(order_uid): PathUid) ->
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(product_id = id))]
-async fn levels(State(stock): State<Stock>, PathId(id): PathId) -> Answer {
+async fn levels(_: Internal, State(stock): State<Stock>, PathId(id): PathId) -> Answer {
     let levels = stock
         .levels(id)
         .await?
@@ -126,6 +139,7 @@ async fn levels(State(stock): State<Stock>, PathId(id): PathId) -> Answer {
 
 #[tracing::instrument(skip_all, fields(product_id = id, delta = body.delta))]
 async fn adjust(
+    _: Admin,
     State(stock): State<Stock>,
     PathId(id): PathId,
     ApiJson(body): ApiJson<AdjustRequest>,

@@ -11,6 +11,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use common::auth::Admin;
 use common::metrics::Counter;
 use common::{ApiError, ApiJson, PathId};
 use rand::Rng;
@@ -215,6 +216,7 @@ async fn get_product(
 
 #[tracing::instrument(skip_all, fields(sku = %new.sku))]
 async fn create_product(
+    _: Admin,
     _: PassedFaultInjection,
     State(CatalogState {
         catalog,

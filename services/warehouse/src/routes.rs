@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use common::auth::Admin;
 use common::store::StoreUnavailable;
 use common::ApiError;
 use std::sync::Arc;
@@ -34,6 +35,6 @@ impl IntoResponse for StatsError {
 /// event_publish_failures}`. `orders_processed` (fulfilled), `orders_cancelled` and `products`
 /// come from the ledger store (durable with PostgreSQL); the rest are this process's counts.
 #[tracing::instrument(skip_all)]
-async fn stats(State(ledger): State<Arc<Ledger>>) -> Result<Json<Stats>, StatsError> {
+async fn stats(_: Admin, State(ledger): State<Arc<Ledger>>) -> Result<Json<Stats>, StatsError> {
     Ok(Json(ledger.stats().await?))
 }

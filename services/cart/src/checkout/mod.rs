@@ -21,6 +21,7 @@ use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use common::auth::Principal;
 use common::{card, ApiError, ApiJson, PathId, RequestId};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -95,10 +96,12 @@ impl From<CheckoutError> for CartRouteError {
 #[tracing::instrument(level = "debug", skip_all, fields(cart_id = cart_id, card = %card::mask(&body.credit_card_number)))]
 pub(crate) async fn checkout(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     PathId(cart_id): PathId,
     RequestId(request_id): RequestId,
     ApiJson(body): ApiJson<Checkout>,
 ) -> Result<(StatusCode, Json<OrderPlaced>), CartRouteError> {
+    crate::routes::authorize_cart(&state, &principal, cart_id).await?;
     // An unknown cart is a 404 before a bad card is a 400. With a good card, taking the cart
     // says whether it exists: one store round trip instead of two.
     if !card::is_valid_format(&body.credit_card_number) {

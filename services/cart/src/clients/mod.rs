@@ -11,7 +11,9 @@
 
 use crate::configuration::Settings;
 use bytes::Bytes;
+use common::auth::X_API_KEY;
 use common::http::REQUEST_ID;
+use common::secret::Secret;
 use common::ErrorBody;
 use dashmap::DashSet;
 use http_body_util::{BodyExt, Full, Limited};
@@ -70,10 +72,12 @@ enum CallError {
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Client<HttpConnector, Full<Bytes>>,
+    /// `SERVICE_API_KEY` as a header value, marked sensitive (never logged by hyper).
+    api_key: Option<HeaderValue>,
 }
 
 impl HttpClient {
-    pub fn new(connect_timeout: Duration) -> Self {
+    pub fn new(connect_timeout: Duration, api_key: Option<&Secret<String>>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
@@ -81,7 +85,14 @@ impl HttpClient {
             .pool_idle_timeout(Duration::from_secs(50))
             .pool_max_idle_per_host(256)
             .build(connector);
-        Self { inner }
+        // Checked by the configuration: a key is a valid header value.
+        let api_key = api_key
+            .and_then(|key| HeaderValue::from_str(key.expose()).ok())
+            .map(|mut value| {
+                value.set_sensitive(true);
+                value
+            });
+        Self { inner, api_key }
     }
 
     /// One attempt: the request, then the whole (bounded) body, within the call's timeout.
@@ -95,6 +106,9 @@ impl HttpClient {
         }
         if call.body.is_some() {
             request = request.header(CONTENT_TYPE, APPLICATION_JSON);
+        }
+        if let Some(key) = &self.api_key {
+            request = request.header(X_API_KEY, key.clone());
         }
         let request = request
             .body(Full::new(call.body.cloned().unwrap_or_default()))
@@ -129,6 +143,20 @@ impl HttpClient {
         let mut attempt = 0;
         loop {
             let failure = match self.attempt(&call).await {
+                // The dependency refused the cart's own credential: a misconfiguration, not the
+                // customer's doing and not worth a retry.
+                Ok(reply)
+                    if reply.status == StatusCode::UNAUTHORIZED
+                        || reply.status == StatusCode::FORBIDDEN =>
+                {
+                    return Err(Unavailable {
+                        service,
+                        reason: format!(
+                            "it refused the cart's credential (SERVICE_API_KEY): answered {}",
+                            reply.status
+                        ),
+                    });
+                }
                 Ok(reply) if !reply.status.is_server_error() => return Ok(reply),
                 Ok(reply) => format!("answered {}", reply.status),
                 Err(CallError::TimedOut) => {

@@ -1,6 +1,6 @@
 //! Idempotency keys in Redis, next to the carts and shared by every cart instance.
 //!
-//! One string per key, `<REDIS_KEY_PREFIX>idem:<method>:<path>:<key>`, holding either
+//! One string per key, `<REDIS_KEY_PREFIX>idem:<credential>:<method>:<path>:<key>`, holding either
 //! - a claim, `C<fingerprint hex><token hex>`, which expires with its lease (`PX`), or
 //! - an answer, `D<fingerprint hex><status, 3 digits><0|1 content type present><content type>\n<body>`,
 //!   which expires after `IDEMPOTENCY_TTL_MS` (a content type cannot contain a newline).

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use common::auth::Principal;
 use common::extract::parse_id;
 use common::messaging::{CancelMessage, CancelReason};
 use common::{ApiError, PathId, RequestId};
@@ -63,10 +64,14 @@ impl IntoResponse for OrderRouteError {
 #[tracing::instrument(level = "debug", skip_all, fields(order_id = order_id))]
 async fn get_order(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     PathId(order_id): PathId,
 ) -> Result<Json<Order>, OrderRouteError> {
     match state.orders.get(order_id).await? {
-        Some(order) => Ok(Json(order)),
+        Some(order) => {
+            principal.act_for(order.customer_id)?;
+            Ok(Json(order))
+        }
         None => Err(OrderRouteError::NotFound(order_id)),
     }
 }
@@ -108,9 +113,11 @@ pub fn page_params(query: Option<&str>) -> Result<(usize, Option<i32>), ApiError
 #[tracing::instrument(level = "debug", skip_all, fields(customer_id = customer_id))]
 async fn list_orders(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     PathId(customer_id): PathId,
     RawQuery(query): RawQuery,
 ) -> Result<Json<OrderPage>, OrderRouteError> {
+    principal.act_for(customer_id)?;
     let (limit, cursor) = page_params(query.as_deref())?;
     // One more than asked says whether there is a next page without a second query.
     let mut items = state
@@ -131,6 +138,7 @@ async fn list_orders(
 #[tracing::instrument(level = "debug", skip_all, fields(order_id = order_id))]
 async fn cancel_order(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     PathId(order_id): PathId,
     RequestId(request_id): RequestId,
 ) -> Result<(StatusCode, Json<Order>), OrderRouteError> {
@@ -139,6 +147,7 @@ async fn cancel_order(
         .get(order_id)
         .await?
         .ok_or(OrderRouteError::NotFound(order_id))?;
+    principal.act_for(order.customer_id)?;
     match order.status {
         OrderStatus::Fulfilled => return Err(OrderRouteError::AlreadyFulfilled(order_id)),
         OrderStatus::Cancelled => return Ok((StatusCode::OK, Json(order))),

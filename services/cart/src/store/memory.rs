@@ -216,6 +216,10 @@ impl CartStore for MemoryCartStore {
         Ok(self.with_cart(cart_id, |_, _| Ok(())).is_ok())
     }
 
+    async fn owner(&self, cart_id: i32) -> Result<Option<i32>, StoreError> {
+        Ok(self.with_cart(cart_id, |cart, _| Ok(cart.customer_id)).ok())
+    }
+
     async fn view(&self, cart_id: i32) -> Result<CartView, StoreError> {
         Ok(self.with_cart(cart_id, |cart, _| {
             Ok(CartView {

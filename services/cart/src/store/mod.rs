@@ -26,6 +26,10 @@ pub trait CartStore: Send + Sync {
 
     async fn exists(&self, cart_id: i32) -> Result<bool, StoreError>;
 
+    /// Whose cart this is (its `customer_id`); `None` if there is no such cart. Asked before a
+    /// customer's credential may touch it.
+    async fn owner(&self, cart_id: i32) -> Result<Option<i32>, StoreError>;
+
     async fn view(&self, cart_id: i32) -> Result<CartView, StoreError>;
 
     /// Adds `quantity` of a product (adding to what is there). Only an open cart whose items

@@ -305,6 +305,16 @@ impl CartStore for RedisCartStore {
         .await
     }
 
+    async fn owner(&self, cart_id: i32) -> Result<Option<i32>, StoreError> {
+        self.bounded(
+            redis::cmd("HGET")
+                .arg(self.cart_key(cart_id))
+                .arg("customer")
+                .query_async(&mut self.connection()),
+        )
+        .await
+    }
+
     async fn view(&self, cart_id: i32) -> Result<CartView, StoreError> {
         let reply: Value = self
             .bounded(

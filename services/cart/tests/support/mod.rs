@@ -5,10 +5,12 @@
 #![allow(dead_code, unused_imports)]
 
 use cart_service::{configuration::Settings, Application};
+use common::auth::AuthConfig;
 use common::config::ServiceConfig;
 use common::messaging::{
     Broker, CancelMessage, OrderMessage, QueueType, Topology, DEFAULT_AMQP_URL,
 };
+use common::secret::Secret;
 use common::shutdown::CancellationToken;
 use common::store::postgres::PgConfig;
 use common::store::redis::RedisConfig;
@@ -51,6 +53,27 @@ pub struct Options {
     pub orders_db: Option<PgConfig>,
     pub reserve_stock: bool,
     pub pending_order_timeout: Duration,
+    /// Credentials on the cart, the product service and the authorizer ([`demo_auth`]); `None`:
+    /// `AUTH_MODE=off`.
+    pub auth: Option<AuthConfig>,
+    /// The cart's `SERVICE_API_KEY` (with `auth`, [`SERVICE_KEY`] unless set otherwise).
+    pub service_api_key: Option<String>,
+}
+
+pub const ADMIN_KEY: &str = "test-admin-key";
+pub const SERVICE_KEY: &str = "test-service-key";
+/// Customer 7's key; [`CUSTOMER_8_KEY`] is customer 8's.
+pub const CUSTOMER_7_KEY: &str = "test-customer-7-key";
+pub const CUSTOMER_8_KEY: &str = "test-customer-8-key";
+
+/// Every service asks for a credential: these four keys.
+pub fn demo_auth() -> AuthConfig {
+    AuthConfig::with_keys(&[
+        (ADMIN_KEY, "admin"),
+        (SERVICE_KEY, "service"),
+        (CUSTOMER_7_KEY, "customer:7"),
+        (CUSTOMER_8_KEY, "customer:8"),
+    ])
 }
 
 impl Default for Options {
@@ -69,6 +92,8 @@ impl Default for Options {
             orders_db: None,
             reserve_stock: true,
             pending_order_timeout: Duration::from_secs(30),
+            auth: None,
+            service_api_key: None,
         }
     }
 }
@@ -79,8 +104,13 @@ pub async fn spawn_app() -> TestApp {
 
 /// The product service (ids 1..=10) on an ephemeral port, until `shutdown`.
 pub async fn spawn_product(shutdown: &CancellationToken) -> String {
+    spawn_product_with(shutdown, AuthConfig::off()).await
+}
+
+async fn spawn_product_with(shutdown: &CancellationToken, auth: AuthConfig) -> String {
     let mut product = product_service::configuration::Settings::for_tests();
     product.seed_products = 10;
+    product.service.auth = auth;
     let product = product_service::Application::build(product)
         .await
         .expect("product");
@@ -91,8 +121,17 @@ pub async fn spawn_product(shutdown: &CancellationToken) -> String {
 
 /// The card authorizer on an ephemeral port, until `shutdown`.
 pub async fn spawn_authorizer(shutdown: &CancellationToken, decline_rate: f64) -> String {
+    spawn_authorizer_with(shutdown, decline_rate, AuthConfig::off()).await
+}
+
+async fn spawn_authorizer_with(
+    shutdown: &CancellationToken,
+    decline_rate: f64,
+    auth: AuthConfig,
+) -> String {
     let mut cca = credit_card_authorizer::configuration::Settings::for_tests();
     cca.decline_rate = decline_rate;
+    cca.service.auth = auth;
     let cca = credit_card_authorizer::Application::build(cca)
         .await
         .expect("cca");
@@ -115,20 +154,24 @@ pub async fn spawn_second(first: &TestApp, options: Options) -> TestApp {
 
 pub async fn spawn_app_with(options: Options) -> TestApp {
     let shutdown = CancellationToken::new();
+    let auth = options.auth.clone().unwrap_or_else(AuthConfig::off);
     let product_url = match options.product_url {
         Some(url) => url,
-        None => spawn_product(&shutdown).await,
+        None => spawn_product_with(&shutdown, auth.clone()).await,
     };
     let cca_url = match options.cca_url {
         Some(url) => url,
-        None => spawn_authorizer(&shutdown, options.decline_rate).await,
+        None => spawn_authorizer_with(&shutdown, options.decline_rate, auth.clone()).await,
     };
     let queue = options
         .queue
         .unwrap_or_else(|| format!("test_cart_{}", uuid::Uuid::new_v4().simple()));
     let instance_id = format!("cart-{}", uuid::Uuid::new_v4().simple());
+    let mut service = ServiceConfig::for_tests(&instance_id);
+    service.auth = auth;
     let settings = Settings {
-        service: ServiceConfig::for_tests(&instance_id),
+        service,
+        service_api_key: options.service_api_key.map(Secret::new),
         product_url: product_url.clone(),
         cca_url: cca_url.clone(),
         broker: options.broker.unwrap_or_default(),
