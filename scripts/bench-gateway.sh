@@ -53,10 +53,10 @@ PORT=$GATEWAY_PORT INSTANCE_ID=bench-gateway RUST_LOG=warn \
     "$BIN_DIR/gateway" >"$WORK/gateway.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GATEWAY_PORT/products/1") == 200 ]] && break
+    [[ $(admin_curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GATEWAY_PORT/products/1") == 200 ]] && break
     sleep 0.1
 done
-[[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GATEWAY_PORT/products/1") == 200 ]] ||
+[[ $(admin_curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GATEWAY_PORT/products/1") == 200 ]] ||
     { echo "the gateway does not serve /products/1:" >&2; cat "$WORK/gateway.log" "$WORK/product.log" >&2; exit 1; }
 
 # Requests spread over the seeded ids.

@@ -38,7 +38,10 @@ trap cleanup EXIT
 echo "== building release binaries" >&2
 cargo build --release -q --bins -p product-service -p loadtest
 
-PORT=$PORT INSTANCE_ID=product-limited SEED_PRODUCTS=1000 FAILURE_RATE=0 RATE_LIMIT_RPS=$LIMIT TRUSTED_PROXY_HOPS=1 \
+# Clients told apart by address (X-Forwarded-For behind one trusted proxy), without credentials:
+# the per-address buckets. Per-credential buckets are the same code with another key
+# (crates/common/tests/auth.rs checks them).
+PORT=$PORT INSTANCE_ID=product-limited SEED_PRODUCTS=1000 FAILURE_RATE=0 RATE_LIMIT_RPS=$LIMIT TRUSTED_PROXY_HOPS=1 AUTH_MODE=off \
   RUST_LOG=warn "$BIN/product-service" >"$WORK/product.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do

@@ -166,12 +166,12 @@ PID_WH=$PID_warehouse
   while :; do r=$(rss_kb "$PID_WH"); ((r > max)) && max=$r; echo "$max" >"$WORK/rss_wh.max"; sleep 0.2; done
 ) &
 WH_SAMPLER=$!
-before=$(curl -s "http://127.0.0.1:$WH_PORT/stats" | jq -r '.orders_processed // 0')
+before=$(admin_curl -s "http://127.0.0.1:$WH_PORT/stats" | jq -r '.orders_processed // 0')
 timeout 300 "$BIN/examples/publish_ceiling" --queue "$QUEUE_WH" --keep --messages "$DRAIN" \
   >"$WORK/whfill.out" 2>&1 || cat "$WORK/whfill.out" >&2
 done_n=0
 for _ in $(seq 1 600); do
-  done_n=$(curl -s "http://127.0.0.1:$WH_PORT/stats" | jq -r '.orders_processed // 0' 2>/dev/null || echo 0)
+  done_n=$(admin_curl -s "http://127.0.0.1:$WH_PORT/stats" | jq -r '.orders_processed // 0' 2>/dev/null || echo 0)
   ((done_n - before >= DRAIN)) && break
   sleep 0.1
 done

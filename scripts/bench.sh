@@ -158,7 +158,7 @@ BARE_PORT=$(port_from_log "$WORK/bare_proxy.log")
 PIDS+=($!)
 RELAY_PORT=$(port_from_log "$WORK/tcp_relay.log")
 for _ in $(seq 1 100); do
-  [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GATEWAY_PORT/products/1") == 200 ]] && break
+  [[ $(admin_curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GATEWAY_PORT/products/1") == 200 ]] && break
   sleep 0.1
 done
 sleep 1
@@ -268,7 +268,7 @@ if start warehouse "$WH_PORT" warehouse ORDER_QUEUE="$WH_QUEUE"; then
   timeout 120 "$BIN/examples/publish_ceiling" --queue "$WH_QUEUE" --keep --messages "$WH_LOAD" \
     >"$WORK/whfill.out" 2>&1 || cat "$WORK/whfill.out" >&2
   for _ in $(seq 1 300); do
-    done_n=$(curl -s "http://127.0.0.1:$WH_PORT/stats" | jq -r '.orders_processed // 0' 2>/dev/null || echo 0)
+    done_n=$(admin_curl -s "http://127.0.0.1:$WH_PORT/stats" | jq -r '.orders_processed // 0' 2>/dev/null || echo 0)
     ((done_n >= WH_LOAD)) && break
     sleep 0.1
   done

@@ -88,6 +88,10 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT="${OUT:-$ROOT/.chaos/$STAMP}"
 mkdir -p "$OUT/logs" "$OUT/env" "$OUT/pids"
 OUT="$(cd "$OUT" && pwd)"
+# The services ask for credentials as in the stack; loadtest sends the administrator's key.
+# shellcheck source=scripts/lib/auth.sh
+source "$ROOT/scripts/lib/auth.sh"
+use_demo_auth "$OUT/secrets"
 FAULT_LOG="$OUT/faults.jsonl"
 : >"$FAULT_LOG"
 QUEUE="chaos_orders_${STAMP,,}"

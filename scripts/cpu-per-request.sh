@@ -145,7 +145,7 @@ broker_part() {
 
 # The cart's count of confirmed checkouts (0 before the first).
 confirmed_checkouts() {
-  curl -s "http://127.0.0.1:$1/metrics" | awk '$1 == "checkouts_confirmed_total" { print $2; f = 1 } END { if (!f) print 0 }'
+  admin_curl -s "http://127.0.0.1:$1/metrics" | awk '$1 == "checkouts_confirmed_total" { print $2; f = 1 } END { if (!f) print 0 }'
 }
 
 # checkout_part [redis]: the checkout path; with "redis", the carts live in Redis and the Redis
@@ -241,7 +241,7 @@ drain_part() {
     wh=$SPAWNED_PID
     done_n=0
     for _ in $(seq 1 6000); do
-      done_n=$(curl -s "http://127.0.0.1:$port/stats" | jq -r '.orders_processed // 0' 2>/dev/null || echo 0)
+      done_n=$(admin_curl -s "http://127.0.0.1:$port/stats" | jq -r '.orders_processed // 0' 2>/dev/null || echo 0)
       ((done_n >= MESSAGES)) && break
       sleep 0.05
     done

@@ -35,6 +35,15 @@ case "$GW" in
 esac
 command -v curl >/dev/null || { echo "curl is required" >&2; exit 2; }
 command -v awk >/dev/null || { echo "awk is required" >&2; exit 2; }
+# The stack asks for credentials (AUTH_MODE=on): the demo administrator's key, unless given.
+if [[ -z ${ADMIN_KEY:-} && -s ${SECRETS_DIR:-$ROOT/.secrets}/admin.key ]]; then
+    ADMIN_KEY=$(cat "${SECRETS_DIR:-$ROOT/.secrets}/admin.key")
+fi
+AUTH=()
+if [[ -n ${ADMIN_KEY:-} ]]; then
+    AUTH=(-H "X-API-Key: $ADMIN_KEY")
+    export LOADTEST_API_KEY=$ADMIN_KEY
+fi
 
 # shellcheck disable=SC2329 # called by the EXIT trap below
 cleanup() {
@@ -48,7 +57,7 @@ trap cleanup EXIT
 # gateway's JSON (field order is fixed by the gateway, so sed is enough; no jq needed).
 product_targets() {
     local json
-    json=$(curl -s --max-time 3 "$GW/gateway/targets") || return 1
+    json=$(curl -s --max-time 3 ${AUTH[@]+"${AUTH[@]}"} "$GW/gateway/targets") || return 1
     json=${json%%\"name\":\"cart\"*}
     printf '%s' "$json" |
         grep -o '"url":"[^"]*","healthy":[a-z]*,"state":"[a-z]*","weight":[-0-9.e]*,"atw_verdict":"[a-z_]*","requests":[0-9]*,"errors":[0-9]*' |
@@ -108,7 +117,7 @@ else
             while ((SECONDS < end)); do
                 args=()
                 for _ in $(seq 1 100); do args+=(-o /dev/null "$GW/products/$((RANDOM % PRODUCTS + 1))"); done
-                curl -s --max-time 10 -w '%{http_code}\n' "${args[@]}" >>"$WORK/codes.$wkr" 2>/dev/null || true
+                curl -s --max-time 10 -w '%{http_code}\n' ${AUTH[@]+"${AUTH[@]}"} "${args[@]}" >>"$WORK/codes.$wkr" 2>/dev/null || true
             done
         ) &
         LOAD_PIDS+=($!)

@@ -11,8 +11,12 @@
 # the gateway: the stack's deliberately bad product instance answers 503 on purpose.
 # schemathesis is installed from PyPI at a pinned version into a cached virtualenv
 # ($SHOP_TOOLS_DIR, default ~/.cache/shop-tools); the run is skipped, loudly, when that fails.
-# Checks: not_a_server_error. The coverage phase is left out: on this Python it stops with an
-# internal error in hypothesis; examples, fuzzing and stateful run.
+# Checks: not_a_server_error and, when the services ask for credentials (AUTH_MODE=on), also
+# ignored_auth: every operation the spec says needs a credential is sent again without one (and
+# with a wrong one) and must be refused. The requests carry the administrator's key (ADMIN_KEY,
+# default: the stack's demo key in SECRETS_DIR, default .secrets/), so every operation is
+# reachable. The coverage phase is left out: on this Python it stops with an internal error in
+# hypothesis; examples, fuzzing and stateful run.
 set -euo pipefail
 SECONDS_EACH=45
 while getopts "t:h" opt; do
@@ -26,6 +30,16 @@ PRODUCT_URL=${1:-http://127.0.0.1:8081}
 CART_URL=${2:-http://127.0.0.1:8082}
 cd "$(dirname "$0")/.."
 SPEC=$PWD/openapi.yaml
+SECRETS_DIR=${SECRETS_DIR:-$PWD/.secrets}
+if [[ -z ${ADMIN_KEY:-} && -s $SECRETS_DIR/admin.key ]]; then ADMIN_KEY=$(cat "$SECRETS_DIR/admin.key"); fi
+AUTH=()
+CHECKS=not_a_server_error
+probe=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$PRODUCT_URL/products/1" || true)
+if [[ $probe == 401 ]]; then
+  [[ -n ${ADMIN_KEY:-} ]] || { echo "the services ask for credentials: set ADMIN_KEY (or make the demo keys: scripts/demo-keys.sh)" >&2; exit 2; }
+  AUTH=(-H "X-API-Key: $ADMIN_KEY")
+  CHECKS=not_a_server_error,ignored_auth
+fi
 
 VERSION=4.32.5
 TOOLS=${SHOP_TOOLS_DIR:-$HOME/.cache/shop-tools}
@@ -52,7 +66,7 @@ run() {
   out=$(mktemp)
   # Each run in its own directory: schemathesis writes its cassettes and reports there.
   if (cd "$(dirname "$out")" && "$VENV/bin/st" run "$SPEC" --url "$2" --include-path-regex "$3" \
-    --checks not_a_server_error --phases examples,fuzzing,stateful --max-time "$SECONDS_EACH" \
+    "${AUTH[@]}" --checks "$CHECKS" --phases examples,fuzzing,stateful --max-time "$SECONDS_EACH" \
     --workers 2 --no-color >"$out" 2>&1); then
     sed -n '/SUMMARY/,$p' "$out" | grep -E 'Tested|generated|passed|failure|error' >&2 || true
   else

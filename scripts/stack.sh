@@ -48,8 +48,11 @@
 #   SEED_STOCK, RESERVATION_TTL_MS  passed to the product instances when set (their defaults:
 #                      1000000 units per product, 600000 ms)
 #   PENDING_ORDER_TIMEOUT_MS  passed to the carts when set (default 30000)
-#   RUST_LOG, LOG_FORMAT, STORE_TIMEOUT_MS, DATABASE_MAX_CONNECTIONS, CART_TTL_SECONDS are passed
-#   through to every service.
+#   RUST_LOG, LOG_FORMAT, STORE_TIMEOUT_MS, DATABASE_MAX_CONNECTIONS, CART_TTL_SECONDS,
+#   RATE_LIMIT_RPS, RATE_LIMIT_BURST are passed through to every service.
+#   AUTH_MODE          on (default): every service asks for a credential; the demo ones come from
+#                      scripts/demo-keys.sh (made in SECRETS_DIR, default .secrets/, on the first
+#                      `up`) and are printed. off: no authentication (the services warn loudly)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -74,6 +77,9 @@ READY_TIMEOUT="${READY_TIMEOUT:-90}"
 FULFILMENT_DELAY_MS="${FULFILMENT_DELAY_MS:-0}"
 STOP_TIMEOUT="${STOP_TIMEOUT:-20}"
 REDIS_KEY_PREFIX="${REDIS_KEY_PREFIX:-shop:}"
+AUTH_MODE="${AUTH_MODE:-on}"
+SECRETS_DIR="${SECRETS_DIR:-$ROOT/.secrets}"
+[[ $AUTH_MODE == on || $AUTH_MODE == off ]] || { echo "stack.sh: AUTH_MODE must be on or off, not $AUTH_MODE" >&2; exit 1; }
 if [[ ${CI:-} == true ]]; then STACK_STORES="${STACK_STORES:-durable}"; else STACK_STORES="${STACK_STORES:-auto}"; fi
 # Where the stack looks when DATABASE_URL / REDIS_URL are unset (the services' defaults are in memory).
 LOCAL_DATABASE_URL="postgres://postgres@127.0.0.1:5432/shop"
@@ -135,6 +141,7 @@ env_of() {
     local name=$1 port
     port=$(port_of "$name")
     echo "PORT=$port"
+    auth_env "$name"
     case "$name" in
         product-1 | product-2 | product-bad)
             echo "INSTANCE_ID=$name"
@@ -186,6 +193,23 @@ env_of() {
     esac
 }
 
+# Who may do what: the demo keys' hashes and the demo token issuer for every service, the
+# service key for the carts, and the gateway's X-Forwarded-For trusted by the services behind it.
+auth_env() {
+    passed_env RATE_LIMIT_RPS RATE_LIMIT_BURST
+    [[ $1 == gateway ]] || echo "TRUSTED_PROXY_HOPS=1"
+    if [[ $AUTH_MODE == off ]]; then
+        echo "AUTH_MODE=off"
+        return 0
+    fi
+    echo "AUTH_MODE=on"
+    grep -E '^(API_KEYS|JWT_ISSUER|JWT_AUDIENCE)=' "$SECRETS_DIR/auth.env"
+    echo "JWT_JWKS=$SECRETS_DIR/jwks.json"
+    case "$1" in
+        cart-*) grep -E '^SERVICE_API_KEY=' "$SECRETS_DIR/service.env" ;;
+    esac
+}
+
 # DATABASE_URL and the service's own schema, when the stack has a database.
 database_env() {
     [[ -n $STORE_DATABASE_URL ]] || return 0
@@ -228,6 +252,29 @@ port_open() {
 
 http_code() {
     curl -s -o /dev/null -w '%{http_code}' --max-time "${2:-2}" "$1" 2>/dev/null || true
+}
+
+# The demo credentials, for the banner: the commands to paste, not the keys themselves.
+# shellcheck disable=SC2016
+auth_banner() {
+    if [[ $AUTH_MODE == off ]]; then
+        printf '  %sAUTH_MODE=off: no authentication, anyone may do anything.%s' "$YELLOW" "$RESET"
+        return 0
+    fi
+    local rel=${SECRETS_DIR#"$ROOT"/}
+    printf '  Credentials (AUTH_MODE=on; demo keys in %s/, made by scripts/demo-keys.sh):\n' "$rel"
+    printf '    admin       -H "X-API-Key: $(cat %s/admin.key)"\n' "$rel"
+    printf '    customer 7  -H "X-API-Key: $(cat %s/customer-7.key)"   (customer 8: customer-8.key)\n' "$rel"
+    printf '    a JWT       -H "Authorization: Bearer $(scripts/demo-jwt.sh 7)"   (or: demo-jwt.sh admin)'
+}
+
+# curl as the stack's administrator (the gateway's and warehouse's internals need it).
+admin_curl() {
+    if [[ $AUTH_MODE != off && -s $SECRETS_DIR/admin.key ]]; then
+        curl -H "X-API-Key: $(cat "$SECRETS_DIR/admin.key")" "$@"
+    else
+        curl "$@"
+    fi
 }
 
 last_log_lines() {
@@ -584,6 +631,7 @@ cmd_up() {
     build
     ensure_rabbitmq
     fresh_stores
+    [[ $AUTH_MODE == off ]] || "$ROOT/scripts/demo-keys.sh" "$SECRETS_DIR"
 
     info "starting services (logs in ${LOG_DIR#"$ROOT"/})"
     local deadline=$((SECONDS + READY_TIMEOUT))
@@ -609,7 +657,7 @@ cmd_up() {
 
 ${BOLD}The stack is up.${RESET}
   API (gateway, the ALB stand-in)  http://localhost:$GATEWAY_PORT
-      e.g. curl http://localhost:$GATEWAY_PORT/products/1
+      e.g. curl -H "X-API-Key: \$(cat ${SECRETS_DIR#"$ROOT"/}/customer-7.key)" http://localhost:$GATEWAY_PORT/products/1
   load-balancer view               http://localhost:$GATEWAY_PORT/gateway/targets
   product instances                http://localhost:$PRODUCT1_PORT  http://localhost:$PRODUCT2_PORT  http://localhost:$PRODUCT_BAD_PORT (bad: FAILURE_RATE=$BAD_FAILURE_RATE)
   cart                             $carts
@@ -617,6 +665,8 @@ ${BOLD}The stack is up.${RESET}
   warehouse stats                  http://localhost:$WAREHOUSE_PORT/stats$held
   RabbitMQ                         $(redacted_amqp)
   $(describe_stores)
+
+$(auth_banner)
 
   scripts/test-api.sh               the curl suite against the gateway
   scripts/demo-atw.sh               the gateway shifting traffic away from the bad product instance
@@ -694,7 +744,7 @@ cmd_status() {
         say ""
         say "gateway targets (http://localhost:$GATEWAY_PORT/gateway/targets):"
         local json
-        json=$(curl -s --max-time 2 "http://127.0.0.1:$GATEWAY_PORT/gateway/targets" || true)
+        json=$(admin_curl -s --max-time 2 "http://127.0.0.1:$GATEWAY_PORT/gateway/targets" || true)
         if command -v python3 >/dev/null 2>&1 && [[ -n $json ]]; then
             python3 -c '
 import json, sys

@@ -22,7 +22,16 @@
 #   cancels an order it has seen fulfilled, which must be refused. It waits for an order's
 #   outcome up to ORDER_WAIT seconds (default 30 + FULFILMENT_DELAY_MS/1000 when that is set in
 #   the suite's environment).
+# - Every route but /health and /ready needs a credential (AUTH_MODE=on, the stack's default).
+#   The suite acts as its own customer with a demo JWT minted for it (scripts/demo-jwt.sh, from
+#   the stack's demo keys in SECRETS_DIR, default .secrets/), and as the administrator with
+#   ADMIN_KEY (default: SECRETS_DIR/admin.key) where it must (creating products). Its auth
+#   section checks the refusals: no or unknown credential 401, another customer's cart or orders
+#   403, a customer on an admin route 403, forged tokens 401. Against a stack with AUTH_MODE=off
+#   (the first request without a credential answers 200) it sends none and skips that section.
 set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SECRETS_DIR="${SECRETS_DIR:-$ROOT/.secrets}"
 
 BASE_URL="${1:-${BASE_URL:-http://localhost:8080}}"
 BASE_URL="${BASE_URL%/}"
@@ -44,6 +53,9 @@ STATUS=""
 BODY=""
 # Extra request headers for the next req calls (e.g. an Idempotency-Key); empty by default.
 REQ_HEADERS=()
+# The credential every req sends (see as_admin, as); set once the suite knows the mode.
+AUTH_HEADER=""
+ADMIN_HEADER=""
 TMP=$(mktemp)
 HDRS=$(mktemp)
 trap 'rm -f "$TMP" "$HDRS"' EXIT
@@ -58,6 +70,7 @@ req() {
         [[ -n $ctype ]] && args+=(-H "content-type: $ctype")
     fi
     for h in ${REQ_HEADERS[@]+"${REQ_HEADERS[@]}"}; do args+=(-H "$h"); done
+    [[ -n $AUTH_HEADER ]] && args+=(-H "$AUTH_HEADER")
     while true; do
         STATUS=$(curl "${args[@]}" "$BASE_URL$path" 2>/dev/null) || STATUS=${STATUS:-000}
         [[ -z $STATUS ]] && STATUS=000
@@ -150,6 +163,23 @@ skip() {
     echo "SKIP $1 ($2)"
 }
 
+# as_admin COMMAND…: runs one command (a req, a helper) with the administrator's credential.
+as_admin() {
+    local saved=$AUTH_HEADER
+    AUTH_HEADER=$ADMIN_HEADER
+    "$@"
+    AUTH_HEADER=$saved
+}
+
+# as HEADER COMMAND…: runs one command with another credential ("" for none).
+as() {
+    local saved=$AUTH_HEADER
+    AUTH_HEADER=$1
+    shift
+    "$@"
+    AUTH_HEADER=$saved
+}
+
 new_cart() {
     req POST /shopping-cart "{\"customer_id\": $1}"
     CART_ID=$(json_field shopping_cart_id)
@@ -231,9 +261,30 @@ wait_stock() {
 CARD="4111-1111-1111-1111"
 echo "API suite against $BASE_URL"
 
+# ------------------------------------------------------------------ credentials
+req GET /health
+expect "GET /health needs no credential → 200" 200
+req GET "/products/$SEED_PRODUCT_ID"
+AUTH_ON=""
+if [[ $STATUS == 401 ]]; then
+    AUTH_ON=1
+    if [[ -z ${ADMIN_KEY:-} && -s $SECRETS_DIR/admin.key ]]; then ADMIN_KEY=$(cat "$SECRETS_DIR/admin.key"); fi
+    [[ -n ${ADMIN_KEY:-} ]] || { echo "the API asks for credentials: set ADMIN_KEY or make the demo keys (scripts/demo-keys.sh)" >&2; exit 2; }
+    ADMIN_HEADER="X-API-Key: $ADMIN_KEY"
+    if [[ -s $SECRETS_DIR/jwt-signing.pem ]]; then
+        AUTH_HEADER="Authorization: Bearer $(SECRETS_DIR=$SECRETS_DIR "$ROOT/scripts/demo-jwt.sh" "$CUSTOMER")"
+        echo "acting as customer $CUSTOMER (a demo JWT) and, to create products, as the administrator"
+    else
+        AUTH_HEADER=$ADMIN_HEADER
+        echo "acting as the administrator (no demo signing key in $SECRETS_DIR to mint a customer's token)"
+    fi
+else
+    echo "the API serves without credentials (AUTH_MODE=off): the auth checks are skipped"
+fi
+
 # ------------------------------------------------------------------ products
 SKU="TEST-SKU-$$-$RANDOM"
-req POST /product "{\"sku\": \"$SKU\", \"manufacturer\": \"Acme Test Co\", \"category_id\": 3, \"weight\": 1250, \"some_other_id\": 7}"
+as_admin req POST /product "{\"sku\": \"$SKU\", \"manufacturer\": \"Acme Test Co\", \"category_id\": 3, \"weight\": 1250, \"some_other_id\": 7}"
 expect "POST /product valid → 201" 201
 PRODUCT_ID=$(json_field product_id)
 if [[ $PRODUCT_ID =~ ^[0-9]+$ ]]; then pass "POST /product returns a numeric product_id ($PRODUCT_ID)"; else fail "POST /product returns a numeric product_id" "got: $(short_body)"; fi
@@ -274,24 +325,24 @@ for bad in abc 0 -1 2147483648 1.5; do
     expect "GET /products/$bad → 400" 400
 done
 
-req POST /product '{"sku": "", "manufacturer": "Acme", "category_id": 1, "weight": 1, "some_other_id": 1}'
+as_admin req POST /product '{"sku": "", "manufacturer": "Acme", "category_id": 1, "weight": 1, "some_other_id": 1}'
 expect "POST /product empty sku → 400" 400
 LONG_SKU=$(printf 'S%.0s' $(seq 1 101))
-req POST /product "{\"sku\": \"$LONG_SKU\", \"manufacturer\": \"Acme\", \"category_id\": 1, \"weight\": 1, \"some_other_id\": 1}"
+as_admin req POST /product "{\"sku\": \"$LONG_SKU\", \"manufacturer\": \"Acme\", \"category_id\": 1, \"weight\": 1, \"some_other_id\": 1}"
 expect "POST /product sku of 101 chars → 400" 400
-req POST /product '{"sku": "X", "manufacturer": "Acme", "category_id": 0, "weight": 1, "some_other_id": 1}'
+as_admin req POST /product '{"sku": "X", "manufacturer": "Acme", "category_id": 0, "weight": 1, "some_other_id": 1}'
 expect "POST /product category_id 0 → 400" 400
-req POST /product '{"sku": "X", "manufacturer": "Acme", "category_id": 1, "weight": -1, "some_other_id": 1}'
+as_admin req POST /product '{"sku": "X", "manufacturer": "Acme", "category_id": 1, "weight": -1, "some_other_id": 1}'
 expect "POST /product negative weight → 400" 400
-req POST /product '{"sku": "X", "manufacturer": "Acme", "category_id": 1, "weight": 1}'
+as_admin req POST /product '{"sku": "X", "manufacturer": "Acme", "category_id": 1, "weight": 1}'
 expect "POST /product missing some_other_id → 400" 400
-req POST /product '{"sku": "X", "manufacturer": "Acme", "category_id": "one", "weight": 1, "some_other_id": 1}'
+as_admin req POST /product '{"sku": "X", "manufacturer": "Acme", "category_id": "one", "weight": 1, "some_other_id": 1}'
 expect "POST /product wrong field type → 400" 400
-req POST /product '{"sku": "X", "manufacturer": '
+as_admin req POST /product '{"sku": "X", "manufacturer": '
 expect "POST /product malformed JSON → 400" 400
-req POST /product '{"sku": "X", "manufacturer": "Acme", "category_id": 1, "weight": 1, "some_other_id": 1}' text/plain
+as_admin req POST /product '{"sku": "X", "manufacturer": "Acme", "category_id": 1, "weight": 1, "some_other_id": 1}' text/plain
 expect "POST /product content-type text/plain → 400" 400
-req POST /product '{"sku": "X", "manufacturer": "Acme", "category_id": 1, "weight": 1, "some_other_id": 1, "quantity_on_hand": -1}'
+as_admin req POST /product '{"sku": "X", "manufacturer": "Acme", "category_id": 1, "weight": 1, "some_other_id": 1, "quantity_on_hand": -1}'
 expect "POST /product negative quantity_on_hand → 400" 400
 check_eq "POST /product negative quantity_on_hand names the field" "$(json_field details)" quantity_on_hand
 
@@ -415,7 +466,7 @@ checkout "$CART" "abcd-efgh-ijkl-mnop"
 expect "checkout non-digit card → 400" 400
 req POST "/shopping-carts/$CART/checkout" '{"credit_card_number": '
 expect "checkout malformed JSON → 400" 400
-new_cart 43
+new_cart "$CUSTOMER"
 EMPTY=${CART_ID:-0}
 checkout "$EMPTY" "$CARD"
 expect "checkout empty cart → 400" 400
@@ -483,7 +534,7 @@ done
 req GET "/customers/$CUSTOMER/orders?cursor=abc"
 expect_error "GET /customers/{id}/orders?cursor=abc → 400" 400 INVALID_INPUT
 check_eq "GET /customers/{id}/orders?cursor=abc names cursor" "$(json_field details)" cursor
-req GET "/customers/$MISSING_ID/orders"
+as_admin req GET "/customers/$MISSING_ID/orders"
 expect "GET /customers/{id}/orders without orders → 200" 200
 check_eq "a customer without orders has an empty list" "$(json_all order_id | wc -l)" 0
 check_eq "… and no next_cursor" "$(json_field next_cursor)" null
@@ -494,7 +545,7 @@ seen402=""
 tries=0
 for _ in $(seq 1 "$MAX_DECLINE_TRIES"); do
     tries=$((tries + 1))
-    new_cart 44
+    new_cart "$CUSTOMER"
     [[ $STATUS == 201 && -n $CART_ID ]] || continue
     add_item "$CART_ID" "$SEED_PRODUCT_ID" 1
     [[ $STATUS == 204 ]] || continue
@@ -531,7 +582,7 @@ fi
 STOCK_PRODUCT=""
 STOCK_CART=""
 for attempt in $(seq 1 20); do
-    req POST /product "{\"sku\": \"STOCK-$$-$RANDOM\", \"manufacturer\": \"Acme Test Co\", \"category_id\": 3, \"weight\": 10, \"some_other_id\": 7, \"quantity_on_hand\": 1}"
+    as_admin req POST /product "{\"sku\": \"STOCK-$$-$RANDOM\", \"manufacturer\": \"Acme Test Co\", \"category_id\": 3, \"weight\": 10, \"some_other_id\": 7, \"quantity_on_hand\": 1}"
     [[ $STATUS == 201 ]] || continue
     candidate=$(json_field product_id)
     new_cart "$CUSTOMER"
@@ -715,6 +766,77 @@ while ((pages <= ${#MY_ORDERS[@]})); do
     [[ $cursor == null || -z $cursor ]] && break
 done
 check_eq "paging with limit=1 and next_cursor walks the same orders, then ends" "$got" "$want"
+
+# ------------------------------------------------------------------ who may do what
+# expect_401 NAME: a 401 with the error body and a WWW-Authenticate challenge.
+expect_401() {
+    expect_error "$1" 401 UNAUTHORIZED
+    if [[ $STATUS == 401 ]]; then
+        check_eq "$1 challenges with WWW-Authenticate" "$(resp_header www-authenticate | cut -c1-6)" "Bearer"
+    fi
+}
+if [[ -n $AUTH_ON ]]; then
+    as "" req GET "/products/$SEED_PRODUCT_ID"
+    expect_401 "GET /products/{id} without a credential → 401"
+    as "" req POST "/shopping-carts/$CART/checkout" "{\"credit_card_number\": \"$CARD\"}"
+    expect_401 "checkout without a credential → 401"
+    as "X-API-Key: not-a-key-$$" req GET "/products/$SEED_PRODUCT_ID"
+    expect_401 "an unknown X-API-Key → 401"
+    as "" req GET /gateway/targets
+    expect_401 "GET /gateway/targets without a credential → 401"
+    req GET /gateway/targets
+    expect_error "a customer on GET /gateway/targets → 403" 403 FORBIDDEN
+    as_admin req GET /gateway/targets
+    expect "the administrator on GET /gateway/targets → 200" 200
+    req POST /product '{"sku": "NOPE", "manufacturer": "Acme", "category_id": 1, "weight": 1, "some_other_id": 1}'
+    expect_error "a customer creating a product → 403" 403 FORBIDDEN
+    # Another customer's cart and orders: refused, whatever the request.
+    OTHER="Authorization: Bearer $(SECRETS_DIR=$SECRETS_DIR "$ROOT/scripts/demo-jwt.sh" "$((CUSTOMER + 1))" 2>/dev/null || echo none)"
+    if [[ -s $SECRETS_DIR/jwt-signing.pem ]]; then
+        as "$OTHER" req GET "/shopping-carts/$CART"
+        expect_error "another customer reading the cart → 403" 403 FORBIDDEN
+        as "$OTHER" add_item "$EDIT_CART" "$SEED_PRODUCT_ID" 1
+        expect_error "another customer adding to the cart → 403" 403 FORBIDDEN
+        as "$OTHER" req PATCH "/shopping-carts/$EDIT_CART/items/$SEED_PRODUCT_ID" '{"quantity": 2}'
+        expect_error "another customer changing the cart → 403" 403 FORBIDDEN
+        as "$OTHER" checkout "$EDIT_CART" "$CARD"
+        expect_error "another customer checking out the cart → 403" 403 FORBIDDEN
+        as "$OTHER" req GET "/orders/$ORDER_ID"
+        expect_error "another customer reading the order → 403" 403 FORBIDDEN
+        as "$OTHER" req POST "/orders/$ORDER_ID/cancel"
+        expect_error "another customer cancelling the order → 403" 403 FORBIDDEN
+        as "$OTHER" req GET "/customers/$CUSTOMER/orders"
+        expect_error "another customer listing the orders → 403" 403 FORBIDDEN
+        as "$OTHER" req POST /shopping-cart "{\"customer_id\": $CUSTOMER}"
+        expect_error "a cart created for another customer → 403" 403 FORBIDDEN
+        as "$OTHER" req GET "/shopping-carts/$MISSING_ID"
+        expect_error "an unknown cart is still 404" 404 CART_NOT_FOUND
+        # Forged and stale tokens.
+        as "Authorization: Bearer $(TTL=-300 SECRETS_DIR=$SECRETS_DIR "$ROOT/scripts/demo-jwt.sh" "$CUSTOMER")" req GET "/customers/$CUSTOMER/orders"
+        expect_401 "an expired token → 401"
+        as "Authorization: Bearer $(AUD=another-shop SECRETS_DIR=$SECRETS_DIR "$ROOT/scripts/demo-jwt.sh" "$CUSTOMER")" req GET "/customers/$CUSTOMER/orders"
+        expect_401 "a token for another audience → 401"
+        token=$(SECRETS_DIR=$SECRETS_DIR "$ROOT/scripts/demo-jwt.sh" "$CUSTOMER")
+        as "Authorization: Bearer ${token%.*}.$(printf 'forged' | openssl base64 -A | tr '+/' '-_' | tr -d '=')" req GET "/customers/$CUSTOMER/orders"
+        expect_401 "a token with a forged signature → 401"
+        none_header=$(printf '{"alg":"none","typ":"JWT"}' | openssl base64 -A | tr '+/' '-_' | tr -d '=')
+        claims=${token#*.}
+        as "Authorization: Bearer $none_header.${claims%.*}." req GET "/customers/$CUSTOMER/orders"
+        expect_401 "a token with alg none → 401"
+        as "Authorization: Bearer $(SECRETS_DIR=$SECRETS_DIR "$ROOT/scripts/demo-jwt.sh" admin)" req GET /gateway/targets
+        expect "an administrator's token on GET /gateway/targets → 200" 200
+    else
+        skip "another customer's cart and orders" "no demo signing key in $SECRETS_DIR"
+    fi
+    if [[ -s $SECRETS_DIR/customer-7.key && -s $SECRETS_DIR/customer-8.key ]]; then
+        as "X-API-Key: $(cat "$SECRETS_DIR/customer-7.key")" new_cart 7
+        expect "customer 7's key creates customer 7's cart → 201" 201
+        as "X-API-Key: $(cat "$SECRETS_DIR/customer-8.key")" req GET "/shopping-carts/$CART_ID"
+        expect_error "customer 8's key on customer 7's cart → 403" 403 FORBIDDEN
+        as "X-API-Key: $(cat "$SECRETS_DIR/customer-7.key")" req GET "/shopping-carts/$CART_ID"
+        expect "customer 7's key on its own cart → 200" 200
+    fi
+fi
 
 # ------------------------------------------------------------------ routing
 req GET /no-such-route

@@ -2,6 +2,13 @@
 # Helpers shared by the benchmark scripts (bench*.sh, cpu-per-request.sh). The caller sets BIN
 # (the release binaries: spawn_ready, delete_bench_queue), WORK (a scratch directory for logs)
 # and PIDS (the processes it started, which stop_pids stops).
+#
+# The services run as in the stack, with AUTH_MODE=on and the demo credentials (lib/auth.sh):
+# wrk and loadtest send the administrator's key, so the measured cost includes checking it.
+
+# shellcheck source=scripts/lib/auth.sh
+source "$(dirname "${BASH_SOURCE[0]}")/auth.sh"
+use_demo_auth "${SECRETS_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/.secrets}"
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -15,9 +22,10 @@ stop_pids() {
 }
 
 # write_ids_lua FILE: a wrk script sending GET /products/{id}, ids 1..1000 round-robin (the
-# seeded catalog), so no benchmark hits one cached id.
+# seeded catalog), so no benchmark hits one cached id; with the administrator's key.
 write_ids_lua() {
-  cat >"$1" <<'LUA'
+  printf 'wrk.headers["X-API-Key"] = "%s"\n' "$ADMIN_KEY" >"$1"
+  cat >>"$1" <<'LUA'
 local counter = 0
 request = function()
   counter = counter + 1
