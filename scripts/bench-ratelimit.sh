@@ -2,26 +2,30 @@
 # Rate-limit fairness benchmark: do other clients keep their latency while one client hammers
 # the service at 20 times its limit? Target: their p99 within 2x of a run without the abuser.
 #
-# One product-service (in-memory catalog) with RATE_LIMIT_RPS=L and TRUSTED_PROXY_HOPS=1, as
-# behind the gateway. Clients are told apart by the X-Forwarded-For entry a trusted proxy would
-# have appended (`loadtest --header`). Two rounds, each D seconds:
+# One product-service (in-memory catalog) with RATE_LIMIT_RPS=L and AUTH_MODE=on: each client has
+# an API key of its own (a customer's, `loadtest --api-key`), and the buckets are per credential.
+# With -a (by address) the service runs with AUTH_MODE=off and TRUSTED_PROXY_HOPS=1, as behind the
+# gateway, and clients are told apart by the X-Forwarded-For entry a trusted proxy would have
+# appended. Two rounds, each D seconds:
 #   1. normal: N well-behaved clients, each at half its limit (open model, fixed rate);
 #   2. abused: the same clients, plus one at 20 x L.
 # Reports each normal client's p99 in both rounds, the ratio of their worst p99s, and how much
 # of the abuser's load was refused (429).
 #
-# Usage: scripts/bench-ratelimit.sh [-l LIMIT_RPS] [-n NORMAL_CLIENTS] [-d SECONDS]
-# Defaults: -l 100 -n 3 -d 10. Loopback only; the service is stopped on exit.
+# Usage: scripts/bench-ratelimit.sh [-l LIMIT_RPS] [-n NORMAL_CLIENTS] [-d SECONDS] [-a]
+# Defaults: -l 100 -n 3 -d 10, per credential. Loopback only; the service is stopped on exit.
 set -euo pipefail
 LIMIT=100
 CLIENTS=3
 SECONDS_EACH=10
-while getopts "l:n:d:h" opt; do
+BY_ADDRESS=""
+while getopts "l:n:d:ah" opt; do
   case "$opt" in
+    a) BY_ADDRESS=1 ;;
     l) LIMIT=$OPTARG ;;
     n) CLIENTS=$OPTARG ;;
     d) SECONDS_EACH=$OPTARG ;;
-    *) sed -n '2,14p' "$0"; exit 2 ;;
+    *) sed -n '2,16p' "$0"; exit 2 ;;
   esac
 done
 cd "$(dirname "$0")/.."
@@ -38,10 +42,16 @@ trap cleanup EXIT
 echo "== building release binaries" >&2
 cargo build --release -q --bins -p product-service -p loadtest
 
-# Clients told apart by address (X-Forwarded-For behind one trusted proxy), without credentials:
-# the per-address buckets. Per-credential buckets are the same code with another key
-# (crates/common/tests/auth.rs checks them).
-PORT=$PORT INSTANCE_ID=product-limited SEED_PRODUCTS=1000 FAILURE_RATE=0 RATE_LIMIT_RPS=$LIMIT TRUSTED_PROXY_HOPS=1 AUTH_MODE=off \
+# The clients' keys: client-<n>, the abuser's client-66; the service knows their hashes.
+key_hash() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
+if [[ -n $BY_ADDRESS ]]; then
+  AUTH_ENV=(AUTH_MODE=off TRUSTED_PROXY_HOPS=1)
+else
+  keys=()
+  for i in $(seq 1 "$CLIENTS") 66; do keys+=("$(key_hash "client-$i"):customer:$i"); done
+  AUTH_ENV=(AUTH_MODE=on "API_KEYS=$(IFS=,; echo "${keys[*]}")")
+fi
+env PORT="$PORT" INSTANCE_ID=product-limited SEED_PRODUCTS=1000 FAILURE_RATE=0 RATE_LIMIT_RPS="$LIMIT" "${AUTH_ENV[@]}" \
   RUST_LOG=warn "$BIN/product-service" >"$WORK/product.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do
@@ -50,21 +60,24 @@ for _ in $(seq 1 100); do
 done
 curl -fsS "http://127.0.0.1:$PORT/ready" >/dev/null || { cat "$WORK/product.log" >&2; exit 1; }
 
-# client NAME ADDRESS RATE CONCURRENCY: one loadtest run as the client at ADDRESS, JSON to NAME.
+# client NAME N RATE CONCURRENCY: one loadtest run as client N (its key, or its address), JSON
+# to NAME.
 client() {
+  local who
+  if [[ -n $BY_ADDRESS ]]; then who=(-H "X-Forwarded-For: 203.0.113.$2"); else who=(--api-key "client-$2"); fi
   "$BIN/loadtest" product --base-url "http://127.0.0.1:$PORT" --rate "$3" --concurrency "$4" --products 1000 \
-    --duration "${SECONDS_EACH}s" --json -H "X-Forwarded-For: $2" >"$WORK/$1.json" 2>"$WORK/$1.err"
+    --duration "${SECONDS_EACH}s" --json "${who[@]}" >"$WORK/$1.json" 2>"$WORK/$1.err"
 }
 
 # round TAG [abuser]: the normal clients (and the abuser) at once.
 round() {
   local tag=$1 pids=() i
   for i in $(seq 1 "$CLIENTS"); do
-    client "$tag-normal$i" "203.0.113.$i" "$(python3 -c "print($LIMIT / 2)")" 8 &
+    client "$tag-normal$i" "$i" "$(python3 -c "print($LIMIT / 2)")" 8 &
     pids+=($!)
   done
   if [[ ${2:-} == abuser ]]; then
-    client "$tag-abuser" "198.51.100.66" "$((LIMIT * 20))" 64 &
+    client "$tag-abuser" 66 "$((LIMIT * 20))" 64 &
     pids+=($!)
   fi
   for pid in "${pids[@]}"; do wait "$pid"; done

@@ -2,6 +2,7 @@
 //! and the real PostgreSQL at 127.0.0.1:5432 (each test on its own database).
 
 mod amqps;
+mod auth;
 mod cancel;
 mod consume;
 mod durable;
