@@ -22,8 +22,16 @@ async fn stats_and_metrics_are_for_administrators_only() {
     };
     for path in ["/stats", "/metrics"] {
         assert_eq!(status(path, None).await, StatusCode::UNAUTHORIZED, "{path}");
-        assert_eq!(status(path, Some("wh-customer")).await, StatusCode::FORBIDDEN, "{path}");
-        assert_eq!(status(path, Some("wh-admin")).await, StatusCode::OK, "{path}");
+        assert_eq!(
+            status(path, Some("wh-customer")).await,
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
+        assert_eq!(
+            status(path, Some("wh-admin")).await,
+            StatusCode::OK,
+            "{path}"
+        );
     }
     assert_eq!(status("/health", None).await, StatusCode::OK);
     assert_ne!(status("/ready", None).await, StatusCode::UNAUTHORIZED);
