@@ -23,6 +23,12 @@ const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Buckets for a publisher confirm (`amqp_publish_confirm_seconds`): a confirm takes a few
+/// milliseconds on a healthy broker and at most the 5 s confirm timeout.
+pub const CONFIRM_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
 /// Stripes per histogram: enough that the few worker threads of a service rarely share one.
 const STRIPES: usize = 8;
 
@@ -106,9 +112,98 @@ impl Gauge {
     }
 }
 
+/// A gauge with a fractional value (a balancer weight), registered with [`Metrics::float_gauge`].
+#[derive(Clone, Default)]
+pub struct FloatGauge(Arc<AtomicU64>);
+
+impl std::fmt::Debug for FloatGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FloatGauge({})", self.get())
+    }
+}
+
+impl FloatGauge {
+    pub fn set(&self, v: f64) {
+        self.0.store(v.to_bits(), Ordering::Relaxed);
+    }
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// A latency histogram with buckets chosen for what it measures (a publish confirm, a store
+/// call, an order's lag), registered with [`Metrics::histogram`]. Not striped like the request
+/// histograms: these are observed a few thousand times a second at most.
+#[derive(Clone)]
+pub struct LatencyHistogram(Arc<Buckets>);
+
+struct Buckets {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self(Arc::new(Buckets {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = self.0.bounds.iter().position(|upper| secs <= *upper) {
+            self.0.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.0.count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.0.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (upper, n) in self.0.bounds.iter().zip(&self.0.counts) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{upper}\"}} {cumulative}"
+            );
+        }
+        let count = self.count();
+        let sum = self.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
+}
+
 enum Custom {
     Counter(Counter),
     Gauge(Gauge),
+    FloatGauge(FloatGauge),
+    Histogram(LatencyHistogram),
+}
+
+/// A registered metric: its family name, help, label pairs rendered (`a="x",b="y"`), value.
+struct Registered {
+    name: String,
+    help: String,
+    labels: String,
+    metric: Custom,
 }
 
 type Series = (Method, u16);
@@ -118,7 +213,7 @@ struct Registry {
     id: u64,
     /// route → (method, status) → latency histogram.
     routes: DashMap<String, DashMap<Series, Arc<Histogram>>>,
-    custom: Mutex<Vec<(String, String, Custom)>>,
+    custom: Mutex<Vec<Registered>>,
 }
 
 impl Default for Registry {
@@ -162,9 +257,54 @@ impl Metrics {
         gauge
     }
 
+    /// A gauge of one series of a labelled family (`gateway_target_weight{group,target}`).
+    pub fn float_gauge(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> FloatGauge {
+        let gauge = FloatGauge::default();
+        self.expose_float_gauge(name, help, labels, &gauge);
+        gauge
+    }
+
+    /// Renders a gauge that lives elsewhere (a target's weight, which the balancer owns).
+    pub fn expose_float_gauge(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        gauge: &FloatGauge,
+    ) {
+        self.register_with(name, help, labels, Custom::FloatGauge(gauge.clone()));
+    }
+
+    /// A latency histogram with these bucket bounds (seconds, ascending) and labels.
+    pub fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        bounds: &'static [f64],
+        labels: &[(&str, &str)],
+    ) -> LatencyHistogram {
+        let histogram = LatencyHistogram::new(bounds);
+        self.register_with(name, help, labels, Custom::Histogram(histogram.clone()));
+        histogram
+    }
+
     fn register(&self, name: &str, help: &str, metric: Custom) {
+        self.register_with(name, help, &[], metric);
+    }
+
+    fn register_with(&self, name: &str, help: &str, labels: &[(&str, &str)], metric: Custom) {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+            .collect::<Vec<_>>()
+            .join(",");
         if let Ok(mut custom) = self.0.custom.lock() {
-            custom.push((name.to_string(), help.to_string(), metric));
+            custom.push(Registered {
+                name: name.to_string(),
+                help: help.to_string(),
+                labels,
+                metric,
+            });
         }
     }
 
@@ -271,15 +411,38 @@ impl Metrics {
             );
         }
         if let Ok(custom) = self.0.custom.lock() {
-            for (name, help, metric) in custom.iter() {
-                let (kind, value) = match metric {
-                    Custom::Counter(c) => ("counter", c.get().to_string()),
-                    Custom::Gauge(g) => ("gauge", g.get().to_string()),
+            // A family's series together, its HELP and TYPE once (the text format asks both).
+            let mut sorted: Vec<&Registered> = custom.iter().collect();
+            sorted.sort_by(|a, b| a.name.cmp(&b.name));
+            let mut previous: Option<&str> = None;
+            for r in sorted {
+                let kind = match r.metric {
+                    Custom::Counter(_) => "counter",
+                    Custom::Gauge(_) | Custom::FloatGauge(_) => "gauge",
+                    Custom::Histogram(_) => "histogram",
                 };
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-                );
+                let name = r.name.as_str();
+                if previous != Some(name) {
+                    let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {kind}", r.help);
+                    previous = Some(name);
+                }
+                let series = if r.labels.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{name}{{{}}}", r.labels)
+                };
+                match &r.metric {
+                    Custom::Counter(c) => {
+                        let _ = writeln!(out, "{series} {}", c.get());
+                    }
+                    Custom::Gauge(g) => {
+                        let _ = writeln!(out, "{series} {}", g.get());
+                    }
+                    Custom::FloatGauge(g) => {
+                        let _ = writeln!(out, "{series} {}", g.get());
+                    }
+                    Custom::Histogram(h) => h.render(&mut out, name, &r.labels),
+                }
             }
         }
         out
@@ -332,6 +495,11 @@ mod tests {
             "http_request_duration_seconds_bucket{route=\"/products/{id}\",method=\"GET\",status=\"200\",le=\"0.025\"} 2"
         ));
         assert!(text.contains("orders_published_total 3"));
+        assert_eq!(
+            text.matches("# TYPE orders_published_total counter")
+                .count(),
+            1
+        );
         assert_eq!(m.requests("/products/{id}", 404), 1);
     }
 
@@ -354,5 +522,47 @@ mod tests {
         assert!(a.render().contains(
             "http_request_duration_seconds_bucket{route=\"/x\",method=\"GET\",status=\"200\",le=\"0.0005\"} 12000"
         ));
+    }
+
+    #[test]
+    fn labelled_families_render_help_once_and_histograms_their_own_buckets() {
+        const BOUNDS: [f64; 3] = [0.001, 0.01, 0.1];
+        let m = Metrics::new();
+        let a = m.float_gauge("weight", "Weights.", &[("target", "http://a:1")]);
+        let b = m.float_gauge("weight", "Weights.", &[("target", "b\"x")]);
+        a.set(0.75);
+        b.set(0.25);
+        let confirms = m.histogram("confirm_seconds", "Confirms.", &BOUNDS, &[("queue", "q")]);
+        confirms.observe(Duration::from_micros(500));
+        confirms.observe(Duration::from_millis(50));
+        confirms.observe(Duration::from_secs(1));
+        let lag = m.histogram("lag_seconds", "Lag.", &BOUNDS, &[]);
+        lag.observe(Duration::from_millis(5));
+        let text = m.render();
+        assert_eq!(text.matches("# TYPE weight gauge").count(), 1, "{text}");
+        assert!(
+            text.contains("weight{target=\"http://a:1\"} 0.75"),
+            "{text}"
+        );
+        assert!(text.contains("weight{target=\"b\\\"x\"} 0.25"), "{text}");
+        assert!(text.contains("# TYPE confirm_seconds histogram"), "{text}");
+        assert!(
+            text.contains("confirm_seconds_bucket{queue=\"q\",le=\"0.001\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("confirm_seconds_bucket{queue=\"q\",le=\"0.1\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("confirm_seconds_bucket{queue=\"q\",le=\"+Inf\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("confirm_seconds_count{queue=\"q\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("lag_seconds_bucket{le=\"0.01\"} 1"), "{text}");
+        assert!(text.contains("lag_seconds_count 1"), "{text}");
     }
 }

@@ -13,14 +13,14 @@
 
 use crate::configuration::Settings;
 use common::messaging::{self, AmqpConnectError, Broker, CancelMessage, OrderMessage, Topology};
-use common::metrics::{Counter, Metrics};
+use common::metrics::{Counter, LatencyHistogram, Metrics, CONFIRM_BUCKETS};
 use deadpool::managed::{self, Object, PoolError, RecycleError, RecycleResult, TimeoutType};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::BasicProperties;
 use lapin::Confirmation;
 use lapin::{Channel, Connection, ConnectionProperties};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +67,15 @@ impl managed::Manager for ConnectionManager {
             Err(RecycleError::message("connection is closed"))
         }
     }
+}
+
+fn confirm_histogram(metrics: &Metrics, destination: &str) -> LatencyHistogram {
+    metrics.histogram(
+        "amqp_publish_confirm_seconds",
+        "From a publish to the broker's confirm (ack or nack), by destination queue.",
+        &CONFIRM_BUCKETS,
+        &[("destination", destination)],
+    )
 }
 
 /// Makes confirm-mode channels on the pooled connection.
@@ -120,6 +129,9 @@ pub struct OrderPublisher {
     in_flight: Arc<Semaphore>,
     published: Counter,
     failed: Counter,
+    /// `amqp_publish_confirm_seconds{destination}`: from the publish to the broker's answer.
+    confirm_order: LatencyHistogram,
+    confirm_cancel: LatencyHistogram,
 }
 
 impl PublishError {
@@ -168,6 +180,8 @@ impl OrderPublisher {
                 "orders_publish_failures_total",
                 "Orders the broker did not confirm (unreachable, nack, return, timeout).",
             ),
+            confirm_order: confirm_histogram(metrics, &settings.topology.queue),
+            confirm_cancel: confirm_histogram(metrics, &settings.topology.cancel_queue),
         })
     }
 
@@ -188,7 +202,12 @@ impl OrderPublisher {
         request_id: &str,
     ) -> Result<(), PublishError> {
         let result = self
-            .publish_once(&self.queue, order.to_json(), order.properties(request_id))
+            .publish_once(
+                &self.queue,
+                &self.confirm_order,
+                order.to_json(),
+                order.properties(request_id),
+            )
             .await;
         match &result {
             Ok(()) => self.published.inc(),
@@ -205,6 +224,7 @@ impl OrderPublisher {
     ) -> Result<(), PublishError> {
         self.publish_once(
             &self.cancel_queue,
+            &self.confirm_cancel,
             cancel.to_json(),
             cancel.properties(request_id),
         )
@@ -214,6 +234,7 @@ impl OrderPublisher {
     async fn publish_once(
         &self,
         queue: &str,
+        confirm_latency: &LatencyHistogram,
         payload: Vec<u8>,
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
@@ -223,6 +244,7 @@ impl OrderPublisher {
             .await
             .map_err(|_| PublishError::Busy(self.wait))?
             .map_err(|_| PublishError::Unreachable("the publisher is closed".to_string()))?;
+        let sent = Instant::now();
         let confirm = {
             // The channel is held only while the frames are handed to it, not while the broker
             // confirms: a confirm-mode channel pipelines, so one channel carries many orders in
@@ -256,6 +278,7 @@ impl OrderPublisher {
             Ok(Err(err)) => return Err(PublishError::Channel(err.to_string())),
             Err(_) => return Err(PublishError::ConfirmTimeout(self.confirm_timeout)),
         };
+        confirm_latency.observe(sent.elapsed());
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_)) => Err(PublishError::Returned(queue.to_string())),

@@ -146,6 +146,16 @@ pub fn app(gateway: Arc<Gateway>, metrics: &Metrics) -> Router {
             }
         }
     });
+    for group in gateway.groups() {
+        for target in &group.targets {
+            metrics.expose_float_gauge(
+                "gateway_target_weight",
+                "The ATW weight of each target (0 < weight <= 1), as /gateway/targets shows it.",
+                &[("group", group.name), ("target", &target.url.url)],
+                target.weight_gauge(),
+            );
+        }
+    }
     let config = gateway.config.service.clone();
     common::http::with_common_layers(routes::router(gateway), &config, metrics, readiness)
 }

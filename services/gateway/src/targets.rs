@@ -6,6 +6,7 @@
 
 use crate::balancer::{self, Verdict, WindowStats};
 use crate::config::{AtwConfig, HealthCheckConfig, TargetUrl};
+use common::metrics::FloatGauge;
 use common::shutdown::CancellationToken;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -41,7 +42,8 @@ struct AtwState {
 pub struct Target {
     pub url: TargetUrl,
     healthy: AtomicBool,
-    weight_bits: AtomicU64,
+    /// Shared with `/metrics` (`gateway_target_weight`).
+    weight: FloatGauge,
     requests: AtomicU64,
     errors: AtomicU64,
     health: Mutex<HealthState>,
@@ -53,7 +55,11 @@ impl Target {
         Self {
             url,
             healthy: AtomicBool::new(true),
-            weight_bits: AtomicU64::new(1.0f64.to_bits()),
+            weight: {
+                let weight = FloatGauge::default();
+                weight.set(1.0);
+                weight
+            },
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             health: Mutex::new(HealthState::default()),
@@ -76,11 +82,16 @@ impl Target {
     }
 
     pub fn weight(&self) -> f64 {
-        f64::from_bits(self.weight_bits.load(Ordering::Relaxed))
+        self.weight.get()
+    }
+
+    /// The weight as a gauge, for `/metrics`.
+    pub fn weight_gauge(&self) -> &FloatGauge {
+        &self.weight
     }
 
     fn set_weight(&self, w: f64) {
-        self.weight_bits.store(w.to_bits(), Ordering::Relaxed);
+        self.weight.set(w);
     }
 
     /// Counts one proxied request; `error` for a 5xx, a connection error or a timeout.

@@ -623,6 +623,32 @@ async fn automatic_target_weights_shift_traffic_away_from_the_failing_target_and
     );
     assert!(view["groups"][0]["targets"][2]["weight"].as_f64() < Some(0.2));
     assert_eq!(view["groups"][0]["atw_active"], true);
+    // /metrics carries the same weights, per group and target, for dashboards.
+    let metrics = http()
+        .get(format!("{}/metrics", gw.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let weight_of = |target: &serde_json::Value| {
+        let series = format!(
+            "gateway_target_weight{{group=\"product\",target=\"{}\"}} ",
+            target["url"].as_str().unwrap_or_default()
+        );
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let bad_weight = weight_of(&view["groups"][0]["targets"][2]).expect("the bad target's weight");
+    assert!(bad_weight < 0.2, "{bad_weight}\n{metrics}");
+    assert_eq!(
+        weight_of(&view["groups"][0]["targets"][0]),
+        Some(1.0),
+        "{metrics}"
+    );
 
     // The target recovers: once its bad responses leave the window it regains full weight.
     bad.set_failure_rate(0.0);

@@ -181,7 +181,7 @@ impl Writer {
             };
             let error = match applied {
                 Ok(recorded) => {
-                    self.state.batch_committed();
+                    self.state.committed(batch);
                     if failures > 0 {
                         tracing::info!(failures, lane = self.lane, "the ledger store is back");
                     }

@@ -11,7 +11,7 @@ use crate::clients::{Unavailable, Verdict};
 use crate::orders::{OrderStatus, OrderStore, OrderStoreError};
 use crate::publisher::PublishError;
 use crate::store::CartStore;
-use common::metrics::{Counter, Metrics};
+use common::metrics::{Counter, Gauge, Metrics};
 use common::ErrorBody;
 use hyper::StatusCode;
 use std::sync::Arc;
@@ -24,6 +24,24 @@ pub struct CheckoutOutcomes {
     declined: Counter,
     out_of_stock: Counter,
     failed: Counter,
+    /// `checkouts_in_flight`: between taking the cart and the answer.
+    in_flight: Gauge,
+}
+
+/// Counts a checkout in flight for as long as it lives (also when its task panics).
+struct InFlight<'a>(&'a Gauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a Gauge) -> Self {
+        gauge.add(1);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.add(-1);
+    }
 }
 
 impl CheckoutOutcomes {
@@ -42,6 +60,10 @@ impl CheckoutOutcomes {
             failed: metrics.counter(
                 "checkouts_failed_total",
                 "Checkouts that failed on a dependency (503).",
+            ),
+            in_flight: metrics.gauge(
+                "checkouts_in_flight",
+                "Checkouts that have taken their cart and not answered yet.",
             ),
         }
     }
@@ -191,6 +213,7 @@ where
         card_number: String,
         request_id: String,
     ) -> Result<Outcome, CheckoutError> {
+        let _in_flight = InFlight::enter(&self.outcomes.in_flight);
         let mut guard = ReleaseOnPanic {
             carts: &self.carts,
             ticket: &ticket,

@@ -34,7 +34,7 @@ use crate::configuration::ConsumerSettings;
 use crate::events::{self, EventPublisher};
 use crate::ledger::Ledger;
 use common::messaging;
-use common::metrics::{Counter, Gauge, Metrics};
+use common::metrics::{Counter, Gauge, LatencyHistogram, Metrics};
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
@@ -64,7 +64,15 @@ pub struct ConsumerState {
     consuming_gauge: Gauge,
     batches: Counter,
     store_failures: Counter,
+    redelivered: Counter,
+    order_lag: LatencyHistogram,
 }
+
+/// `warehouse_order_lag_seconds`: from a second (an order waiting in the queue behind a burst) to
+/// a quarter of an hour (a warehouse that was down).
+const LAG_BUCKETS: [f64; 14] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+];
 
 impl ConsumerState {
     pub fn new(channels: u16, metrics: &Metrics) -> Self {
@@ -89,6 +97,34 @@ impl ConsumerState {
                 "warehouse_store_failures_total",
                 "Batch commits that failed because the ledger store was unavailable (retried).",
             ),
+            redelivered: metrics.counter(
+                "warehouse_redelivered_total",
+                "Committed deliveries (orders and cancels) the broker had delivered before.",
+            ),
+            order_lag: metrics.histogram(
+                "warehouse_order_lag_seconds",
+                "Age of an order when its batch commits: commit time minus its created_at.",
+                &LAG_BUCKETS,
+                &[],
+            ),
+        }
+    }
+
+    /// A batch committed: its redeliveries counted and its orders' ages observed.
+    pub(crate) fn committed(&self, batch: &[crate::batch::Pending]) {
+        self.batches.inc();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        for pending in batch {
+            if pending.redelivered {
+                self.redelivered.inc();
+            }
+            if let crate::batch::Request::Order(order) = &pending.request {
+                // A clock behind the cart's counts as no lag, not as a negative one.
+                let age = u64::try_from(now - order.created_at.unix_timestamp_nanos()).unwrap_or(0);
+                self.order_lag.observe(std::time::Duration::from_nanos(age));
+            }
         }
     }
 
@@ -115,10 +151,6 @@ impl ConsumerState {
     /// Failed batch commits (the store was unavailable) so far.
     pub fn store_failures(&self) -> u64 {
         self.store_failures.get()
-    }
-
-    pub(crate) fn batch_committed(&self) {
-        self.batches.inc();
     }
 
     pub(crate) fn store_failed(&self) {

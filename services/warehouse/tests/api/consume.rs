@@ -95,6 +95,20 @@ async fn applies_every_distinct_order_once_and_dead_letters_poison() {
         metrics.contains("warehouse_rejected_messages_total 7"),
         "{metrics}"
     );
+    // Every committed order delivery (duplicates too) was timed from its created_at; none of
+    // them had been delivered before.
+    assert!(
+        metrics.contains("warehouse_order_lag_seconds_count 1500"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warehouse_order_lag_seconds_bucket{le=\"+Inf\"} 1500"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warehouse_redelivered_total 0"),
+        "{metrics}"
+    );
 
     let final_stats = app.stop().await;
     assert_eq!(final_stats, stats);
