@@ -658,11 +658,11 @@ cmd_up() {
 ${BOLD}The stack is up.${RESET}
   API (gateway, the ALB stand-in)  http://localhost:$GATEWAY_PORT
       e.g. curl -H "X-API-Key: \$(cat ${SECRETS_DIR#"$ROOT"/}/customer-7.key)" http://localhost:$GATEWAY_PORT/products/1
-  load-balancer view               http://localhost:$GATEWAY_PORT/gateway/targets
+  load-balancer view (admin)       http://localhost:$GATEWAY_PORT/gateway/targets
   product instances                http://localhost:$PRODUCT1_PORT  http://localhost:$PRODUCT2_PORT  http://localhost:$PRODUCT_BAD_PORT (bad: FAILURE_RATE=$BAD_FAILURE_RATE)
   cart                             $carts
   credit-card-authorizer           http://localhost:$CCA_PORT (internal)
-  warehouse stats                  http://localhost:$WAREHOUSE_PORT/stats$held
+  warehouse stats (admin)          http://localhost:$WAREHOUSE_PORT/stats$held
   RabbitMQ                         $(redacted_amqp)
   $(describe_stores)
 

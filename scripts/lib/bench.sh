@@ -5,10 +5,17 @@
 #
 # The services run as in the stack, with AUTH_MODE=on and the demo credentials (lib/auth.sh):
 # wrk and loadtest send the administrator's key, so the measured cost includes checking it.
+# BENCH_AUTH=off runs them without authentication instead (to measure what it costs).
 
 # shellcheck source=scripts/lib/auth.sh
 source "$(dirname "${BASH_SOURCE[0]}")/auth.sh"
-use_demo_auth "${SECRETS_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/.secrets}"
+if [[ ${BENCH_AUTH:-on} == off ]]; then
+  export AUTH_MODE=off
+  unset LOADTEST_API_KEY API_KEYS SERVICE_API_KEY JWT_JWKS
+  ADMIN_KEY=""
+else
+  use_demo_auth "${SECRETS_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/.secrets}"
+fi
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -24,7 +31,7 @@ stop_pids() {
 # write_ids_lua FILE: a wrk script sending GET /products/{id}, ids 1..1000 round-robin (the
 # seeded catalog), so no benchmark hits one cached id; with the administrator's key.
 write_ids_lua() {
-  printf 'wrk.headers["X-API-Key"] = "%s"\n' "$ADMIN_KEY" >"$1"
+  if [[ -n $ADMIN_KEY ]]; then printf 'wrk.headers["X-API-Key"] = "%s"\n' "$ADMIN_KEY"; fi >"$1"
   cat >>"$1" <<'LUA'
 local counter = 0
 request = function()
