@@ -68,6 +68,20 @@ struct Inner {
     config: JwtConfig,
     keys: RwLock<Arc<KeySet>>,
     refetch: Notify,
+    /// The checks a token passes, per algorithm: built once, not per request.
+    rs256: Validation,
+    es256: Validation,
+}
+
+/// Issuer, audience, expiry (with leeway), not-before, and the claims that must be there.
+fn validation(algorithm: Algorithm, config: &JwtConfig) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.set_issuer(&[&config.issuer]);
+    validation.set_audience(&[&config.audience]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    validation.leeway = config.leeway.as_secs();
+    validation.validate_nbf = true;
+    validation
 }
 
 #[derive(Deserialize)]
@@ -100,6 +114,8 @@ impl JwtVerifier {
             JwksSource::Url(_) => KeySet::default(),
         };
         Ok(Self(Arc::new(Inner {
+            rs256: validation(Algorithm::RS256, &config),
+            es256: validation(Algorithm::ES256, &config),
             config,
             keys: RwLock::new(Arc::new(keys)),
             refetch: Notify::new(),
@@ -186,13 +202,11 @@ impl JwtVerifier {
         if *algorithm != header.alg {
             return Err(invalid("the token's algorithm does not match its key"));
         }
-        let mut validation = Validation::new(*algorithm);
-        validation.set_issuer(&[&self.0.config.issuer]);
-        validation.set_audience(&[&self.0.config.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = self.0.config.leeway.as_secs();
-        validation.validate_nbf = true;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
+        let validation = match algorithm {
+            Algorithm::RS256 => &self.0.rs256,
+            _ => &self.0.es256,
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
             invalid(match e.kind() {
                 K::ExpiredSignature => "the token has expired",
