@@ -6,6 +6,7 @@
 use crate::auth::AuthConfig;
 use crate::ratelimit::RateLimitConfig;
 use crate::secret::Secret;
+use crate::telemetry::TracingConfig;
 use std::collections::HashMap;
 use std::fmt::{self, Display};
 use std::str::FromStr;
@@ -522,6 +523,8 @@ pub struct ServiceConfig {
     pub rate_limit: RateLimitConfig,
     /// `AUTH_MODE`, `API_KEYS`, `JWT_*`.
     pub auth: AuthConfig,
+    /// `OTEL_*`: where traces are exported, if anywhere.
+    pub tracing: TracingConfig,
 }
 
 impl ServiceConfig {
@@ -553,6 +556,7 @@ impl ServiceConfig {
             )?,
             rate_limit: RateLimitConfig::read(env)?,
             auth: AuthConfig::read(env)?,
+            tracing: TracingConfig::read(env)?,
         };
         env.document(
             "RUST_LOG",
@@ -572,6 +576,7 @@ impl ServiceConfig {
             shutdown_timeout: Duration::from_secs(2),
             rate_limit: RateLimitConfig::off(),
             auth: AuthConfig::off(),
+            tracing: TracingConfig::off(),
         }
     }
 }
@@ -706,6 +711,16 @@ mod tests {
                 "JWT_ISSUER",
                 "JWT_AUDIENCE",
                 "JWT_LEEWAY_SECS",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                "OTEL_TRACES_SAMPLER_ARG",
+                "OTEL_TRACES_SAMPLER",
+                "OTEL_SDK_DISABLED",
+                "OTEL_SERVICE_NAME",
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "OTEL_BSP_MAX_QUEUE_SIZE",
                 "RUST_LOG",
                 "DATABASE_URL"
             ]

@@ -11,6 +11,7 @@
 //! shared writes on the hot path apart from the metrics cells of the current thread.
 
 use crate::metrics::Metrics;
+use crate::telemetry;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderName, HeaderValue, Method, Request};
 use axum::response::Response;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tower::{Layer, Service};
+use tracing::Span;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
@@ -104,8 +106,20 @@ where
         };
         let method = req.method().clone();
         let route = req.extensions().get::<MatchedPath>().cloned();
+        // A server span only when traces are exported, and none for the probes and scrapes.
+        let span = match &route {
+            Some(route) if telemetry::exporting() && !is_probe(route.as_str()) => {
+                telemetry::server_span(&method, route.as_str(), req.headers())
+            }
+            _ => Span::none(),
+        };
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
         EdgeFuture {
-            inner: self.inner.call(req),
+            inner,
+            span,
             shared: Arc::clone(&self.shared),
             request_id: Some(request_id),
             method,
@@ -124,7 +138,13 @@ pin_project! {
         method: Method,
         route: Option<MatchedPath>,
         started: Instant,
+        span: Span,
     }
+}
+
+/// Routes polled by load balancers and scrapers: not worth a trace each.
+fn is_probe(route: &str) -> bool {
+    matches!(route, "/health" | "/ready" | "/metrics")
 }
 
 impl<F, E> Future for EdgeFuture<F>
@@ -135,7 +155,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut result = std::task::ready!(this.inner.poll(cx));
+        let mut result = {
+            let _entered = this.span.enter();
+            std::task::ready!(this.inner.poll(cx))
+        };
         if let Ok(response) = &mut result {
             let headers = response.headers_mut();
             // A handler (or the gateway, forwarding an upstream answer) may have set these already;
@@ -146,6 +169,7 @@ where
             if !headers.contains_key(&SERVED_BY) {
                 headers.insert(SERVED_BY, this.shared.served_by.clone());
             }
+            telemetry::record_status(this.span, response.status().as_u16());
             let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
             this.shared.metrics.observe(
                 route,

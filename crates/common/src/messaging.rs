@@ -614,6 +614,52 @@ impl OrderEvents {
     }
 }
 
+/// `amqp_publish_confirm_seconds{destination}`: from a publish to the broker's confirm (ack or
+/// nack). The cart's orders and cancels, the warehouse's outcome events.
+pub fn confirm_latency(
+    metrics: &crate::metrics::Metrics,
+    destination: &str,
+) -> crate::metrics::LatencyHistogram {
+    metrics.histogram(
+        "amqp_publish_confirm_seconds",
+        "From a publish to the broker's confirm (ack or nack), by destination queue or exchange.",
+        &crate::metrics::CONFIRM_BUCKETS,
+        &[("destination", destination)],
+    )
+}
+
+/// Adds `span`'s W3C trace context (`traceparent`, `tracestate`) to a message's headers, so the
+/// consumer's span continues the publisher's trace. Unchanged when no traces are exported.
+pub fn with_trace_context(properties: BasicProperties, span: &tracing::Span) -> BasicProperties {
+    let fields = crate::telemetry::trace_fields(span);
+    if fields.is_empty() {
+        return properties;
+    }
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    for (name, value) in fields {
+        headers.insert(
+            ShortString::from(name),
+            AMQPValue::LongString(LongString::from(value)),
+        );
+    }
+    properties.with_headers(headers)
+}
+
+/// The trace context a message carries (empty when it has none).
+pub fn trace_context(properties: &BasicProperties) -> opentelemetry::Context {
+    let Some(headers) = properties.headers() else {
+        return opentelemetry::Context::new();
+    };
+    let text = |name: &str| match headers.inner().get(name) {
+        Some(AMQPValue::LongString(value)) => std::str::from_utf8(value.as_bytes()).ok(),
+        _ => None,
+    };
+    let fields = ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| text(name).map(|value| (name, value)));
+    crate::telemetry::context_from_fields(fields)
+}
+
 fn persistent_json(message_id: &str, request_id: &str) -> BasicProperties {
     let mut headers = FieldTable::default();
     if !request_id.is_empty() {

@@ -1,10 +1,13 @@
 //! Helpers for the services' integration tests (feature `test-support`): every test gets its own
 //! PostgreSQL database and its own Redis key prefix on the real servers, so tests run in parallel
 //! without seeing each other, and a [`FaultyProxy`] puts a dependency's outage (or a stall)
-//! between a running service and the real server.
+//! between a running service and the real server. [`otlp::OtlpReceiver`] collects the spans the
+//! services export.
 //!
 //! Leftovers are swept, not leaked: databases and keys carry the creating process's id, and a new
 //! test removes those whose process has exited (nextest runs each test in its own process).
+
+pub mod otlp;
 
 use crate::store::postgres::PgConfig;
 use crate::store::redis::RedisConfig;

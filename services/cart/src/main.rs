@@ -11,8 +11,10 @@ fn main() {
 
 #[tokio::main]
 async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
-    common::telemetry::init(settings.service.log_format);
+    let telemetry = common::telemetry::init(env!("CARGO_BIN_NAME"), &settings.service)?;
     let app = Application::build(settings).await?;
-    app.run_until_stopped(common::shutdown::on_signal()).await?;
+    let served = app.run_until_stopped(common::shutdown::on_signal()).await;
+    telemetry.shutdown().await;
+    served?;
     Ok(())
 }

@@ -13,7 +13,8 @@
 
 use crate::configuration::Settings;
 use common::messaging::{self, AmqpConnectError, Broker, CancelMessage, OrderMessage, Topology};
-use common::metrics::{Counter, LatencyHistogram, Metrics, CONFIRM_BUCKETS};
+use common::metrics::{Counter, LatencyHistogram, Metrics};
+use common::telemetry;
 use deadpool::managed::{self, Object, PoolError, RecycleError, RecycleResult, TimeoutType};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::BasicProperties;
@@ -22,6 +23,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -67,15 +69,6 @@ impl managed::Manager for ConnectionManager {
             Err(RecycleError::message("connection is closed"))
         }
     }
-}
-
-fn confirm_histogram(metrics: &Metrics, destination: &str) -> LatencyHistogram {
-    metrics.histogram(
-        "amqp_publish_confirm_seconds",
-        "From a publish to the broker's confirm (ack or nack), by destination queue.",
-        &CONFIRM_BUCKETS,
-        &[("destination", destination)],
-    )
 }
 
 /// Makes confirm-mode channels on the pooled connection.
@@ -180,8 +173,8 @@ impl OrderPublisher {
                 "orders_publish_failures_total",
                 "Orders the broker did not confirm (unreachable, nack, return, timeout).",
             ),
-            confirm_order: confirm_histogram(metrics, &settings.topology.queue),
-            confirm_cancel: confirm_histogram(metrics, &settings.topology.cancel_queue),
+            confirm_order: messaging::confirm_latency(metrics, &settings.topology.queue),
+            confirm_cancel: messaging::confirm_latency(metrics, &settings.topology.cancel_queue),
         })
     }
 
@@ -231,7 +224,27 @@ impl OrderPublisher {
         .await
     }
 
+    /// One publish and its confirm, in a producer span whose context the message carries.
     async fn publish_once(
+        &self,
+        queue: &str,
+        confirm_latency: &LatencyHistogram,
+        payload: Vec<u8>,
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let span = telemetry::producer_span(queue);
+        let properties = messaging::with_trace_context(properties, &span);
+        let result = self
+            .send_confirmed(queue, confirm_latency, payload, properties)
+            .instrument(span.clone())
+            .await;
+        if result.is_err() {
+            telemetry::record_error(&span);
+        }
+        result
+    }
+
+    async fn send_confirmed(
         &self,
         queue: &str,
         confirm_latency: &LatencyHistogram,

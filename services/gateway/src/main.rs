@@ -11,7 +11,13 @@ async fn main() -> ExitCode {
          weighted random balancing with automatic target weights.",
         GatewayConfig::read,
     );
-    common::telemetry::init(config.service.log_format);
+    let telemetry = match common::telemetry::init(env!("CARGO_BIN_NAME"), &config.service) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let app = match Application::build(config.clone()).await {
         Ok(app) => app,
         Err(e) => {
@@ -28,7 +34,9 @@ async fn main() -> ExitCode {
         "gateway listening"
     );
     let shutdown = common::shutdown::on_signal();
-    match app.run(shutdown).await {
+    let served = app.run(shutdown).await;
+    telemetry.shutdown().await;
+    match served {
         Ok(()) => {
             tracing::info!("gateway stopped");
             ExitCode::SUCCESS

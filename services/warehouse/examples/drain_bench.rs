@@ -274,7 +274,7 @@ async fn drain_warehouse(
     let metrics = common::metrics::Metrics::new();
     let (store, schema) = fresh_store(args).await?;
     let ledger = Arc::new(Ledger::registered(store, &metrics));
-    let state = Arc::new(ConsumerState::new(args.channels, &metrics));
+    let state = Arc::new(ConsumerState::new(args.channels, topology, &metrics));
     let stop = CancellationToken::new();
     let started = Instant::now();
     let consumer = tokio::spawn(
@@ -396,7 +396,10 @@ async fn run(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    common::telemetry::init(common::config::LogFormat::Text);
+    let _ = common::telemetry::init(
+        "drain_bench",
+        &common::config::ServiceConfig::for_tests("drain-bench"),
+    );
     let args = parse_args()?;
     let broker = Broker::read(&mut common::config::Env::process())?;
     let queue = format!("bench_wh_{}", uuid::Uuid::new_v4().simple());

@@ -21,6 +21,7 @@ use crate::consumer::ConsumerState;
 use crate::events::{self, EventPublisher};
 use crate::ledger::{ApplyError, Entry, Ledger, Recorded};
 use common::messaging::{CancelMessage, OrderMessage};
+use common::telemetry;
 use futures::future::join_all;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::Acker;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
 
 /// First and longest wait between two tries of a batch the store could not take.
 const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -59,6 +61,9 @@ pub struct Pending {
     pub request: Request,
     pub acker: Acker,
     pub redelivered: bool,
+    /// The delivery's consumer span (a child of the checkout's publish), ended when the
+    /// delivery is settled; `Span::none()` when no traces are exported.
+    pub span: Span,
 }
 
 /// How the writers work (see `configuration`).
@@ -177,7 +182,11 @@ impl Writer {
         loop {
             let applied = {
                 let entries: Vec<Entry<'_>> = batch.iter().map(|p| p.request.entry()).collect();
-                self.ledger.apply_batch(self.lane, &entries).await
+                let span = telemetry::batch_span("ledger apply", batch.iter().map(|p| &p.span));
+                self.ledger
+                    .apply_batch(self.lane, &entries)
+                    .instrument(span)
+                    .await
             };
             let error = match applied {
                 Ok(recorded) => {
@@ -271,7 +280,14 @@ impl Announcer {
             let entries: Vec<Entry<'_>> = batch.iter().map(|p| p.request.entry()).collect();
             events::build(&entries, recorded)
         };
-        if let Err(error) = self.publisher.publish(&events).await {
+        let span = telemetry::batch_span("order-events publish", batch.iter().map(|p| &p.span));
+        if let Err(error) = self
+            .publisher
+            .publish(&events)
+            .instrument(span.clone())
+            .await
+        {
+            telemetry::record_error(&span);
             self.ledger.record_event_publish_failure();
             let wait = self.publisher.backoff();
             tracing::warn!(%error, deliveries = batch.len(), retry_in_ms = wait.as_millis() as u64, "the outcome events were not confirmed; requeueing the batch");
@@ -304,7 +320,12 @@ impl Announcer {
                     tracing::debug!(order_uid = %cancel.order_uid, ?outcome, redelivered = pending.redelivered, "cancel settled");
                 }
             }
-            match pending.acker.ack(BasicAckOptions::default()).await {
+            let acked = pending
+                .acker
+                .ack(BasicAckOptions::default())
+                .instrument(telemetry::ack_span(&pending.span))
+                .await;
+            match acked {
                 Ok(true) => {}
                 Ok(false) => tracing::debug!(order_uid = %pending.request.uid(), "not acked: the channel is gone"),
                 Err(e) => tracing::debug!(order_uid = %pending.request.uid(), error = %e, "not acked"),

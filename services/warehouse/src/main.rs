@@ -11,7 +11,13 @@ async fn main() -> ExitCode {
          only for /health, /ready, /stats and /metrics.",
         Settings::read,
     );
-    common::telemetry::init(settings.service.log_format);
+    let telemetry = match common::telemetry::init(env!("CARGO_BIN_NAME"), &settings.service) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("warehouse: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {
@@ -19,7 +25,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match app.run_until_stopped(common::shutdown::on_signal()).await {
+    let stopped = app.run_until_stopped(common::shutdown::on_signal()).await;
+    telemetry.shutdown().await;
+    match stopped {
         Ok(Ok(stats)) => {
             tracing::info!(
                 orders_processed = stats.orders_processed,

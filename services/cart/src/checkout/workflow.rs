@@ -15,6 +15,7 @@ use common::metrics::{Counter, Gauge, Metrics};
 use common::ErrorBody;
 use hyper::StatusCode;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// Counts of checkout outcomes, for `/metrics`.
 #[derive(Clone)]
@@ -199,8 +200,10 @@ where
             Err(err) => return Err(err.into()),
         };
         // The checkout runs in its own task: if the client hangs up, the order is still either
-        // placed or released, never left half-done with the cart stuck in `checking_out`.
-        let task = tokio::spawn(Arc::clone(self).place_order(ticket, card_number, request_id));
+        // placed or released, never left half-done with the cart stuck in `checking_out`. It
+        // carries the request's span, so its calls and its publish stay in the request's trace.
+        let placing = Arc::clone(self).place_order(ticket, card_number, request_id);
+        let task = tokio::spawn(placing.in_current_span());
         match task.await {
             Ok(result) => result,
             Err(join_error) => Err(CheckoutError::Crashed(join_error.to_string())),

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use common::auth::X_API_KEY;
 use common::http::REQUEST_ID;
 use common::secret::Secret;
+use common::telemetry;
 use common::ErrorBody;
 use dashmap::DashSet;
 use http_body_util::{BodyExt, Full, Limited};
@@ -25,6 +26,7 @@ use hyper_util::rt::TokioExecutor;
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 pub mod stock;
 
@@ -95,8 +97,19 @@ impl HttpClient {
         Self { inner, api_key }
     }
 
-    /// One attempt: the request, then the whole (bounded) body, within the call's timeout.
-    async fn attempt(&self, call: &Call<'_>) -> Result<Reply, CallError> {
+    /// One attempt, in a client span whose context the request carries.
+    async fn attempt(&self, service: &'static str, call: &Call<'_>) -> Result<Reply, CallError> {
+        let span = telemetry::client_span(&call.method, service, call.uri.path());
+        let result = self.send(call, &span).instrument(span.clone()).await;
+        match &result {
+            Ok(reply) => telemetry::record_status(&span, reply.status.as_u16()),
+            Err(_) => telemetry::record_error(&span),
+        }
+        result
+    }
+
+    /// The request, then the whole (bounded) body, within the call's timeout.
+    async fn send(&self, call: &Call<'_>, span: &tracing::Span) -> Result<Reply, CallError> {
         let mut request = Request::builder()
             .method(call.method.clone())
             .uri(call.uri.clone())
@@ -110,9 +123,10 @@ impl HttpClient {
         if let Some(key) = &self.api_key {
             request = request.header(X_API_KEY, key.clone());
         }
-        let request = request
+        let mut request = request
             .body(Full::new(call.body.cloned().unwrap_or_default()))
             .map_err(|e| CallError::Failed(e.to_string()))?;
+        telemetry::inject_http(span, request.headers_mut());
         let exchange = async {
             let response = self
                 .inner
@@ -142,7 +156,7 @@ impl HttpClient {
     ) -> Result<Reply, Unavailable> {
         let mut attempt = 0;
         loop {
-            let failure = match self.attempt(&call).await {
+            let failure = match self.attempt(service, &call).await {
                 // The dependency refused the cart's own credential: a misconfiguration, not the
                 // customer's doing and not worth a retry.
                 Ok(reply)

@@ -92,6 +92,7 @@ impl Connection {
         exchange: Exchange,
         group: &TargetGroup,
         target: Arc<Target>,
+        span: &tracing::Span,
     ) -> Result<bool, Abort> {
         // The body bytes already read go out with the head, in one write.
         let mut body = BodyCursor::new(exchange.framing);
@@ -116,13 +117,15 @@ impl Connection {
                 failure,
                 keep_alive,
             }) => {
+                common::telemetry::record_error(span);
                 return self
                     .upstream_failed(&exchange, group, &target, failure, keep_alive)
-                    .await
+                    .await;
             }
             Err(Step::Abort | Step::Retry) => return Err(Abort),
         };
         target.record(answer.status >= 500);
+        common::telemetry::record_status(span, answer.status);
         self.relay_answer(&exchange, group, answer).await
     }
 

@@ -6,10 +6,12 @@ use super::{Exchange, Route};
 use crate::h1::{self, Framing, HeadError, MAX_HEADERS};
 use crate::targets::Target;
 use crate::Gateway;
+use common::telemetry;
 use http::{HeaderName, HeaderValue, Method, Uri};
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Span;
 
 pub(super) fn push_connection(out: &mut Vec<u8>, keep_alive: bool, http10: bool) {
     if !keep_alive {
@@ -84,11 +86,17 @@ fn is_forwarded_field(name: &str) -> bool {
     .any(|f| name.eq_ignore_ascii_case(f))
 }
 
+fn is_trace_field(name: &str) -> bool {
+    name.eq_ignore_ascii_case("traceparent") || name.eq_ignore_ascii_case("tracestate")
+}
+
 /// A request head read whole: its length in the read buffer, its facts and where it goes.
 pub(super) struct ParsedRequest {
     pub head_len: usize,
     pub exchange: Exchange,
     pub route: Route,
+    /// The proxied request's span (`Span::none()` unless traces are exported).
+    pub span: Span,
 }
 
 /// Parses the request head at the start of `buf` and picks its route; for a proxied request,
@@ -116,16 +124,22 @@ pub(super) fn prepare(
         .starts_with('/')
         .then(|| gateway.group_for(path))
         .flatten();
+    let mut span = Span::none();
     let route = match group {
         None => Route::Local(Box::new(local_parts(&head)?)),
         Some(group) => {
             let target = group.pick().cloned();
+            if telemetry::exporting() {
+                span = proxy_span(&head, &exchange.method, group.name, path);
+            }
+            let trace = telemetry::trace_fields(&span);
             let upstream = UpstreamHead {
                 path_and_query: &path_and_query,
                 framing: exchange.framing,
                 target: target.as_deref(),
                 peer_ip,
                 request_id,
+                trace: &trace,
             };
             upstream.write(&head, out);
             Route::Group(Arc::clone(group), target)
@@ -135,7 +149,18 @@ pub(super) fn prepare(
         head_len: head.len,
         exchange,
         route,
+        span,
     }))
+}
+
+/// A proxied request's server span, continuing the client's `traceparent` if it sent one.
+fn proxy_span(head: &h1::RequestHead<'_, '_>, method: &Method, group: &str, path: &str) -> Span {
+    let fields = head
+        .headers
+        .iter()
+        .filter_map(|h| std::str::from_utf8(h.value).ok().map(|v| (h.name, v)));
+    let parent = telemetry::context_from_fields(fields);
+    telemetry::proxy_span(method, group, path, parent)
 }
 
 /// The facts of a request the proxy needs after its head has left the buffer.
@@ -178,6 +203,8 @@ struct UpstreamHead<'a> {
     target: Option<&'a Target>,
     peer_ip: &'a str,
     request_id: &'a [u8],
+    /// The gateway span's `traceparent` (and `tracestate`): they replace the client's.
+    trace: &'a [(String, String)],
 }
 
 impl UpstreamHead<'_> {
@@ -201,6 +228,7 @@ impl UpstreamHead<'_> {
             has_id |= is_id && !h.value.is_empty();
             let dropped = h1::is_hop_by_hop(h.name)
                 || is_forwarded_field(h.name)
+                || (!self.trace.is_empty() && is_trace_field(h.name))
                 || (named && h1::is_connection_specific(head.headers, h.name))
                 || (is_id && h.value.is_empty());
             if !dropped {
@@ -227,6 +255,9 @@ impl UpstreamHead<'_> {
         }
         if !has_id {
             h1::push_header(out, b"x-request-id", self.request_id);
+        }
+        for (name, value) in self.trace {
+            h1::push_header(out, name.as_bytes(), value.as_bytes());
         }
         out.extend_from_slice(b"\r\n");
     }

@@ -45,6 +45,7 @@ use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tower::ServiceExt;
+use tracing::Instrument;
 
 /// The ALB's default idle timeout: how long a client may keep the gateway waiting on a read or a
 /// write, including between requests on a kept-alive connection.
@@ -175,7 +176,10 @@ impl Connection {
     /// One request and its answer; `Ok(true)` to read another from this connection.
     async fn serve_one(&mut self) -> Result<bool, Abort> {
         let ParsedRequest {
-            exchange, route, ..
+            exchange,
+            route,
+            span,
+            ..
         } = match self.read_request().await? {
             Incoming::Request(request) => request,
             Incoming::Closed => return Ok(false),
@@ -194,7 +198,10 @@ impl Connection {
                 self.respond(&exchange, error.into_response(), keep, route)
                     .await
             }
-            Route::Group(group, Some(target)) => self.forward(exchange, &group, target).await,
+            Route::Group(group, Some(target)) => {
+                let forwarded = self.forward(exchange, &group, target, &span);
+                forwarded.instrument(span.clone()).await
+            }
         }
     }
 

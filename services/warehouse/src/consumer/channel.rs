@@ -3,7 +3,8 @@
 
 use crate::batch::{Pending, Request};
 use crate::ledger::{self, Ledger};
-use common::messaging::{CancelMessage, OrderMessage};
+use common::messaging::{self, CancelMessage, OrderMessage};
+use common::telemetry;
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
@@ -123,10 +124,20 @@ async fn dispatch(
         // writer's own ack later finds the acker used and does nothing.
         let _ = delivery.acker.ack(BasicAckOptions::default()).await;
     }
+    let span = if telemetry::exporting() {
+        telemetry::consumer_span(
+            delivery.routing_key.as_str(),
+            messaging::trace_context(&delivery.properties),
+            delivery.redelivered,
+        )
+    } else {
+        tracing::Span::none()
+    };
     let pending = Pending {
         request,
         acker: delivery.acker,
         redelivered: delivery.redelivered,
+        span,
     };
     // Never waits: each queue holds every delivery the broker may have unacked.
     match &handoff.held {

@@ -261,7 +261,7 @@ pub async fn spawn_app(queue: &str) -> TestApp {
 }
 
 pub async fn spawn_app_with(settings: Settings) -> TestApp {
-    common::telemetry::init(settings.service.log_format);
+    let _ = common::telemetry::init("warehouse-tests", &settings.service);
     let app = Application::build(settings).await.expect("the app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let ledger = app.ledger();
