@@ -59,10 +59,13 @@ pub struct Application {
 }
 
 /// Redis if `REDIS_URL` is set, else memory (swept in the background).
-fn cart_store(settings: &Settings) -> Result<Arc<dyn CartStore>, Box<dyn std::error::Error>> {
+fn cart_store(
+    settings: &Settings,
+    metrics: &Metrics,
+) -> Result<Arc<dyn CartStore>, Box<dyn std::error::Error>> {
     let lifetimes = settings.lifetimes();
     Ok(match &settings.store {
-        Some(config) => Arc::new(RedisCartStore::new(config, lifetimes)?),
+        Some(config) => Arc::new(RedisCartStore::new(config, lifetimes)?.observed(metrics)),
         None => {
             let store = Arc::new(MemoryCartStore::new(lifetimes));
             store.spawn_sweeper();
@@ -75,12 +78,13 @@ fn cart_store(settings: &Settings) -> Result<Arc<dyn CartStore>, Box<dyn std::er
 /// memory.
 async fn order_store(
     settings: &Settings,
+    metrics: &Metrics,
 ) -> Result<Arc<dyn OrderStore>, Box<dyn std::error::Error>> {
     Ok(match &settings.orders_db {
         Some(config) => {
             let pool =
                 common::store::postgres::connect(config, &orders::postgres::MIGRATOR).await?;
-            Arc::new(PgOrderStore::new(pool))
+            Arc::new(PgOrderStore::new(pool).observed(metrics))
         }
         None => Arc::new(MemoryOrderStore::default()),
     })
@@ -110,8 +114,8 @@ impl Application {
             settings.service_api_key.as_ref(),
         );
         let publisher = OrderPublisher::new(&settings, &metrics)?;
-        let carts = cart_store(&settings)?;
-        let orders = order_store(&settings).await?;
+        let carts = cart_store(&settings, &metrics)?;
+        let orders = order_store(&settings, &metrics).await?;
         let stock = stock_reservations(&http, &settings)?;
         let products = ProductCatalog::new(http.clone(), &settings)?;
         let checkout = checkout::Workflow::new(

@@ -10,12 +10,14 @@
 //! cancellation carries the winning cancel's reason, and the order when the warehouse has it.
 
 use crate::ledger::{Entry, Recorded};
-use common::messaging::{OrderEvent, OrderEvents, OrderMessage, OrderOutcome, Topology};
+use common::messaging::{self, OrderEvent, OrderEvents, OrderMessage, OrderOutcome, Topology};
+use common::metrics::LatencyHistogram;
+use common::telemetry;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Channel, Connection};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// How long the broker may take to confirm an events message before the batch is requeued.
@@ -88,6 +90,7 @@ pub struct EventPublisher {
     /// the broker, say for a deleted exchange, never publishes again).
     lost: CancellationToken,
     failures: AtomicU32,
+    confirm_latency: LatencyHistogram,
 }
 
 impl EventPublisher {
@@ -96,6 +99,7 @@ impl EventPublisher {
         connection: &Connection,
         topology: &Topology,
         confirm_timeout: Duration,
+        confirm_latency: LatencyHistogram,
     ) -> lapin::Result<Self> {
         let channel = connection.create_channel().await?;
         channel
@@ -107,6 +111,7 @@ impl EventPublisher {
             confirm_timeout,
             lost: CancellationToken::new(),
             failures: AtomicU32::new(0),
+            confirm_latency,
         })
     }
 
@@ -117,8 +122,15 @@ impl EventPublisher {
 
     /// Publishes `events` and waits for the broker's confirm. Not `mandatory`: the topology
     /// declares and binds the listeners' queues at every session start, so the fanout routes.
+    /// The message carries the current span's trace context.
     pub async fn publish(&self, events: &OrderEvents) -> Result<(), String> {
         let payload = events.to_json();
+        let properties = if telemetry::exporting() {
+            messaging::with_trace_context(events.properties(""), &tracing::Span::current())
+        } else {
+            events.properties("")
+        };
+        let sent = Instant::now();
         let published = self
             .channel
             .basic_publish(
@@ -126,14 +138,18 @@ impl EventPublisher {
                 "".into(),
                 BasicPublishOptions::default(),
                 &payload,
-                events.properties(""),
+                properties,
             )
             .await;
         let confirm = match published {
             Ok(confirm) => confirm,
             Err(e) => return Err(self.channel_failed(format!("publish: {e}"))),
         };
-        match tokio::time::timeout(self.confirm_timeout, confirm).await {
+        let confirmed = tokio::time::timeout(self.confirm_timeout, confirm).await;
+        if let Ok(Ok(_)) = &confirmed {
+            self.confirm_latency.observe(sent.elapsed());
+        }
+        match confirmed {
             Ok(Ok(confirmation)) if confirmation.is_ack() => {
                 self.failures.store(0, Ordering::Relaxed);
                 Ok(())

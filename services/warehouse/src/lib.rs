@@ -52,6 +52,7 @@ pub type FinalTotals = Result<Stats, StoreUnavailable>;
 async fn ledger_store(
     settings: &Settings,
     readiness: Readiness,
+    metrics: &Metrics,
 ) -> anyhow::Result<(Arc<dyn LedgerStore>, Readiness)> {
     let Some(config) = &settings.store else {
         return Ok((Arc::new(MemoryLedger::new()), readiness));
@@ -62,7 +63,7 @@ async fn ledger_store(
         let pool = ready_pool.clone();
         async move { pg::ping(&pool).await }
     });
-    Ok((Arc::new(PgLedger::new(pool)), readiness))
+    Ok((Arc::new(PgLedger::new(pool).observed(metrics)), readiness))
 }
 
 impl Application {
@@ -70,13 +71,17 @@ impl Application {
     /// service; nothing consumes yet.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
-        let state = Arc::new(ConsumerState::new(settings.consumer.channels, &metrics));
+        let state = Arc::new(ConsumerState::new(
+            settings.consumer.channels,
+            &settings.consumer.topology,
+            &metrics,
+        ));
         let ready_state = Arc::clone(&state);
         let readiness = Readiness::new().check("rabbitmq", move || {
             let state = Arc::clone(&ready_state);
             async move { state.readiness() }
         });
-        let (store, readiness) = ledger_store(&settings, readiness).await?;
+        let (store, readiness) = ledger_store(&settings, readiness, &metrics).await?;
         let ledger = Arc::new(Ledger::registered(store, &metrics));
         let router = http::with_common_layers(
             routes::router(Arc::clone(&ledger)),

@@ -11,10 +11,15 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 
+use crate::metrics::{LatencyHistogram, Metrics};
+use crate::telemetry;
 use crate::ApiError;
+use dashmap::DashMap;
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// `STORE_TIMEOUT_MS`, shared by the Redis and the PostgreSQL settings: one service may use both.
 #[cfg(any(feature = "postgres", feature = "redis"))]
@@ -97,5 +102,74 @@ where
             }
             Err(err) => return Err(err),
         }
+    }
+}
+
+/// `store_operation_seconds`: a Redis command takes a fraction of a millisecond, a ledger batch
+/// a few milliseconds, a store in trouble up to `STORE_TIMEOUT_MS` (2 s by default).
+pub const STORE_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Times a store's operations into `store_operation_seconds{store,operation}` and, when traces
+/// are exported, makes a span of each. The default observes nothing (a store built without
+/// metrics, as in most tests).
+#[derive(Clone, Default)]
+pub struct StoreMetrics(Option<Arc<StoreSeries>>);
+
+struct StoreSeries {
+    metrics: Metrics,
+    store: &'static str,
+    /// One histogram per operation, registered on its first use.
+    operations: DashMap<&'static str, LatencyHistogram>,
+}
+
+impl StoreMetrics {
+    /// `store`: the label, `postgres` or `redis`.
+    pub fn new(metrics: &Metrics, store: &'static str) -> Self {
+        Self(Some(Arc::new(StoreSeries {
+            metrics: metrics.clone(),
+            store,
+            operations: DashMap::new(),
+        })))
+    }
+
+    /// Runs `call` as `operation`: timed (failures too: a slow failure is what an operator
+    /// looks for) and, when traces are exported, in a span marked failed on an error.
+    pub async fn observe<T, E>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let Some(series) = &self.0 else {
+            return call.await;
+        };
+        let span = telemetry::store_span(series.store, operation);
+        let started = Instant::now();
+        let result = call.instrument(span.clone()).await;
+        series.histogram(operation).observe(started.elapsed());
+        if result.is_err() {
+            telemetry::record_error(&span);
+        }
+        result
+    }
+}
+
+impl StoreSeries {
+    fn histogram(&self, operation: &'static str) -> LatencyHistogram {
+        if let Some(histogram) = self.operations.get(operation) {
+            return histogram.clone();
+        }
+        self.operations
+            .entry(operation)
+            .or_insert_with(|| {
+                self.metrics.histogram(
+                    "store_operation_seconds",
+                    "Store calls by store and operation, failures and timeouts included.",
+                    &STORE_BUCKETS,
+                    &[("store", self.store), ("operation", operation)],
+                )
+            })
+            .clone()
     }
 }

@@ -8,8 +8,9 @@
 use super::{parse_reason, reason_str, Order, OrderStatus, OrderStore, OrderStoreError};
 use crate::carts::{line_items, LineItem};
 use common::messaging::{CancelReason, OrderEvent, OrderItem, OrderMessage};
+use common::metrics::Metrics;
 use common::store::postgres::{self as pg, PgPool};
-use common::store::{StoreKind, StoreUnavailable};
+use common::store::{StoreKind, StoreMetrics, StoreUnavailable};
 use sqlx::Row;
 use time::OffsetDateTime;
 
@@ -39,12 +40,22 @@ WHERE o.order_uid = e.order_uid AND o.status NOT IN ('fulfilled', 'cancelled')
 
 pub struct PgOrderStore {
     pool: PgPool,
+    observed: StoreMetrics,
 }
 
 impl PgOrderStore {
     /// A store on a pool already migrated with [`MIGRATOR`].
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            observed: StoreMetrics::default(),
+        }
+    }
+
+    /// Times the request-path queries into `store_operation_seconds{store="postgres"}`.
+    pub fn observed(mut self, metrics: &Metrics) -> Self {
+        self.observed = StoreMetrics::new(metrics, "postgres");
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -99,7 +110,7 @@ impl OrderStore for PgOrderStore {
         // ON CONFLICT on the uid only: the same order again is a retry, or its outcome came
         // first (keep what is there); the same id with another uid is a clash and must not pass
         // silently.
-        let result = sqlx::query(
+        let result = self.observed.observe("record", sqlx::query(
             "INSERT INTO orders (order_id, order_uid, shopping_cart_id, customer_id, items, \
              status, created_at) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7) \
              ON CONFLICT (order_uid) DO NOTHING",
@@ -111,7 +122,7 @@ impl OrderStore for PgOrderStore {
         .bind(items_json(&order.items))
         .bind(status.as_str())
         .bind(order.created_at)
-        .execute(&self.pool)
+        .execute(&self.pool))
         .await;
         match result {
             Ok(_) => Ok(()),
@@ -125,9 +136,14 @@ impl OrderStore for PgOrderStore {
     }
 
     async fn get(&self, order_id: i32) -> Result<Option<Order>, OrderStoreError> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM orders WHERE order_id = $1"))
-            .bind(order_id)
-            .fetch_optional(&self.pool)
+        let row = self
+            .observed
+            .observe(
+                "get",
+                sqlx::query(&format!("SELECT {COLUMNS} FROM orders WHERE order_id = $1"))
+                    .bind(order_id)
+                    .fetch_optional(&self.pool),
+            )
             .await
             .map_err(unavailable)?;
         row.as_ref().map(order_of).transpose()
@@ -139,16 +155,21 @@ impl OrderStore for PgOrderStore {
         before: Option<i32>,
         limit: usize,
     ) -> Result<Vec<Order>, OrderStoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM orders WHERE customer_id = $1 AND order_id < $2 \
+        let rows = self
+            .observed
+            .observe(
+                "list_for_customer",
+                sqlx::query(&format!(
+                    "SELECT {COLUMNS} FROM orders WHERE customer_id = $1 AND order_id < $2 \
              ORDER BY order_id DESC LIMIT $3"
-        ))
-        .bind(customer_id)
-        .bind(before.unwrap_or(i32::MAX))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
+                ))
+                .bind(customer_id)
+                .bind(before.unwrap_or(i32::MAX))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool),
+            )
+            .await
+            .map_err(unavailable)?;
         rows.iter().map(order_of).collect()
     }
 
@@ -161,25 +182,35 @@ impl OrderStore for PgOrderStore {
         // found the row no longer eligible changes nothing, and a read in the same statement
         // would still see the row as it was when the statement began (`placed`). A separate
         // read sees the committed outcome.
-        let moved = sqlx::query(&format!(
+        let moved = self
+            .observed
+            .observe(
+                "mark_cancelling",
+                sqlx::query(&format!(
             "UPDATE orders SET status = 'cancelling', cancel_reason = $2, updated_at = now() \
              WHERE order_uid = $1 AND status IN ('pending', 'placed') RETURNING {COLUMNS}"
         ))
-        .bind(order_uid)
-        .bind(reason_str(reason))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(unavailable)?;
+                .bind(order_uid)
+                .bind(reason_str(reason))
+                .fetch_optional(&self.pool),
+            )
+            .await
+            .map_err(unavailable)?;
         if let Some(row) = moved {
             return order_of(&row).map(Some);
         }
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM orders WHERE order_uid = $1"
-        ))
-        .bind(order_uid)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(unavailable)?;
+        let row = self
+            .observed
+            .observe(
+                "mark_cancelling",
+                sqlx::query(&format!(
+                    "SELECT {COLUMNS} FROM orders WHERE order_uid = $1"
+                ))
+                .bind(order_uid)
+                .fetch_optional(&self.pool),
+            )
+            .await
+            .map_err(unavailable)?;
         row.as_ref().map(order_of).transpose()
     }
 
@@ -229,15 +260,20 @@ impl OrderStore for PgOrderStore {
         created_before: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<Order>, OrderStoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM orders WHERE status = 'pending' AND created_at < $1 \
+        let rows = self
+            .observed
+            .observe(
+                "stale_pending",
+                sqlx::query(&format!(
+                    "SELECT {COLUMNS} FROM orders WHERE status = 'pending' AND created_at < $1 \
              ORDER BY created_at LIMIT $2"
-        ))
-        .bind(created_before)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
+                ))
+                .bind(created_before)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool),
+            )
+            .await
+            .map_err(unavailable)?;
         rows.iter().map(order_of).collect()
     }
 

@@ -16,8 +16,9 @@ use crate::carts::{
     line_items_of, CartError, CartStatus, CartView, CheckoutTicket, Lifetimes, StoreError,
 };
 use common::messaging::{OrderItem, OrderMessage};
+use common::metrics::Metrics;
 use common::store::redis::{connect, ping, unavailable, RedisConfig, RedisSetupError};
-use common::store::{StoreKind, StoreUnavailable};
+use common::store::{StoreKind, StoreMetrics, StoreUnavailable};
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 use std::collections::BTreeMap;
@@ -57,6 +58,7 @@ pub struct RedisCartStore {
     /// `STORE_TIMEOUT_MS`: the most one store call may take, reconnecting included.
     timeout: Duration,
     scripts: Scripts,
+    observed: StoreMetrics,
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -86,6 +88,7 @@ impl RedisCartStore {
             ttl_ms: millis(lifetimes.cart_ttl),
             lease_ms: millis(lifetimes.checkout_lease),
             timeout: config.timeout,
+            observed: StoreMetrics::default(),
             scripts: Scripts {
                 create: Script::new(include_str!("lua/create.lua")),
                 add_item: Script::new(include_str!("lua/add_item.lua")),
@@ -114,22 +117,33 @@ impl RedisCartStore {
     /// for both.
     async fn bounded<T>(
         &self,
+        operation: &'static str,
         command: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, command).await {
-            Ok(result) => result.map_err(store_error),
-            Err(_) => Err(StoreUnavailable::new(
-                "Redis",
-                format!("no answer within {:?}", self.timeout),
-            )
-            .into()),
-        }
+        let bounded = async {
+            match tokio::time::timeout(self.timeout, command).await {
+                Ok(result) => result.map_err(store_error),
+                Err(_) => Err(StoreUnavailable::new(
+                    "Redis",
+                    format!("no answer within {:?}", self.timeout),
+                )
+                .into()),
+            }
+        };
+        self.observed.observe(operation, bounded).await
+    }
+
+    /// Times each command into `store_operation_seconds{store="redis"}` (and spans it).
+    pub fn observed(mut self, metrics: &Metrics) -> Self {
+        self.observed = StoreMetrics::new(metrics, "redis");
+        self
     }
 
     /// Runs one of the item scripts (`add_item.lua`, `set_item.lua`): both take the cart key, the
     /// item's field, a quantity and the cart's TTL, and answer a status code first.
     async fn item_script(
         &self,
+        operation: &'static str,
         script: &Script,
         cart_id: i32,
         product_id: i32,
@@ -138,6 +152,7 @@ impl RedisCartStore {
         let mut field = String::with_capacity(13);
         let _ = write!(field, "i:{product_id}");
         self.bounded(
+            operation,
             script
                 .key(self.cart_key(cart_id))
                 .arg(field)
@@ -156,7 +171,13 @@ impl RedisCartStore {
         quantity: i32,
     ) -> Result<(), StoreError> {
         let reply = self
-            .item_script(&self.scripts.set_item, cart_id, product_id, quantity)
+            .item_script(
+                "set_item",
+                &self.scripts.set_item,
+                cart_id,
+                product_id,
+                quantity,
+            )
             .await?;
         match reply.first().copied() {
             Some(OK) => Ok(()),
@@ -281,6 +302,7 @@ impl CartStore for RedisCartStore {
     async fn create(&self, customer_id: i32) -> Result<i32, StoreError> {
         let id: i64 = self
             .bounded(
+                "create",
                 self.scripts
                     .create
                     .key(&self.cart_ids)
@@ -298,6 +320,7 @@ impl CartStore for RedisCartStore {
 
     async fn exists(&self, cart_id: i32) -> Result<bool, StoreError> {
         self.bounded(
+            "exists",
             redis::cmd("EXISTS")
                 .arg(self.cart_key(cart_id))
                 .query_async(&mut self.connection()),
@@ -307,6 +330,7 @@ impl CartStore for RedisCartStore {
 
     async fn owner(&self, cart_id: i32) -> Result<Option<i32>, StoreError> {
         self.bounded(
+            "owner",
             redis::cmd("HGET")
                 .arg(self.cart_key(cart_id))
                 .arg("customer")
@@ -318,6 +342,7 @@ impl CartStore for RedisCartStore {
     async fn view(&self, cart_id: i32) -> Result<CartView, StoreError> {
         let reply: Value = self
             .bounded(
+                "view",
                 redis::cmd("HGETALL")
                     .arg(self.cart_key(cart_id))
                     .query_async(&mut self.connection()),
@@ -342,7 +367,13 @@ impl CartStore for RedisCartStore {
         quantity: i32,
     ) -> Result<(), StoreError> {
         let reply = self
-            .item_script(&self.scripts.add_item, cart_id, product_id, quantity)
+            .item_script(
+                "add_item",
+                &self.scripts.add_item,
+                cart_id,
+                product_id,
+                quantity,
+            )
             .await?;
         match reply.first().copied() {
             Some(OK) => Ok(()),
@@ -372,6 +403,7 @@ impl CartStore for RedisCartStore {
         let holder = rand::random::<u64>();
         let reply: Vec<Value> = self
             .bounded(
+                "begin_checkout",
                 self.scripts
                     .begin_checkout
                     .key(self.cart_key(cart_id))
@@ -395,6 +427,7 @@ impl CartStore for RedisCartStore {
     async fn complete_checkout(&self, ticket: &CheckoutTicket) -> Result<(), StoreError> {
         let _closed: i64 = self
             .bounded(
+                "complete_checkout",
                 self.scripts
                     .complete_checkout
                     .key(self.cart_key(ticket.cart_id))
@@ -413,6 +446,7 @@ impl CartStore for RedisCartStore {
     ) -> Result<(), StoreError> {
         let _released: i64 = self
             .bounded(
+                "abort_checkout",
                 self.scripts
                     .abort_checkout
                     .key(self.cart_key(ticket.cart_id))

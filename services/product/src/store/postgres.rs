@@ -14,7 +14,7 @@ use crate::catalog::{NewProduct, Product, SEED_MAKERS};
 use bytes::Bytes;
 use common::metrics::Metrics;
 use common::store::postgres::{self as pg, PgConfig, PgPool, PgSetupError};
-use common::store::StoreKind;
+use common::store::{StoreKind, StoreMetrics};
 use sqlx::migrate::Migrator;
 use std::future::Future;
 use std::time::Duration;
@@ -66,6 +66,8 @@ pub struct PgCatalog {
     cache: JsonCache,
     pub(super) timeout: Duration,
     pub(super) reserver: ReserveBatcher,
+    /// `store_operation_seconds{store="postgres"}` and a span per request-path query.
+    pub(super) observed: StoreMetrics,
 }
 
 impl PgCatalog {
@@ -83,6 +85,7 @@ impl PgCatalog {
             pool,
             cache: JsonCache::new(cache_capacity),
             timeout: config.timeout,
+            observed: StoreMetrics::new(metrics, "postgres"),
         })
     }
 
@@ -95,23 +98,27 @@ impl PgCatalog {
     /// database that refuses connections; this also covers one that accepted and went silent.
     async fn bounded<T>(
         &self,
+        operation: &'static str,
         query: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, sqlx::Error> {
-        tokio::time::timeout(self.timeout, query)
-            .await
-            .unwrap_or_else(|_| {
-                Err(sqlx::Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer within {:?}", self.timeout),
-                )))
-            })
+        let bounded = async {
+            tokio::time::timeout(self.timeout, query)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {:?}", self.timeout),
+                    )))
+                })
+        };
+        self.observed.observe(operation, bounded).await
     }
 
     async fn fetch(&self, id: i32) -> Result<Option<Product>, CatalogError> {
         let row = sqlx::query_as::<_, Row>(SELECT_PRODUCT)
             .bind(id)
             .fetch_optional(&self.pool);
-        let row = self.bounded(row).await.map_err(classify)?;
+        let row = self.bounded("fetch", row).await.map_err(classify)?;
         Ok(row.map(product_from_row))
     }
 
@@ -124,7 +131,7 @@ impl PgCatalog {
             .bind(new.some_other_id)
             .bind(stock)
             .fetch_one(&self.pool);
-        self.bounded(insert).await
+        self.bounded("insert", insert).await
     }
 }
 
@@ -222,7 +229,7 @@ impl CatalogStore for PgCatalog {
     async fn count(&self) -> Result<u64, CatalogError> {
         let count =
             sqlx::query_scalar::<_, i64>("SELECT count(*) FROM products").fetch_one(&self.pool);
-        let count = self.bounded(count).await.map_err(classify)?;
+        let count = self.bounded("count", count).await.map_err(classify)?;
         Ok(u64::try_from(count).unwrap_or_default())
     }
 
@@ -231,7 +238,7 @@ impl CatalogStore for PgCatalog {
             .bind(after)
             .bind(i64::from(limit))
             .fetch_all(&self.pool);
-        let rows = self.bounded(rows).await.map_err(classify)?;
+        let rows = self.bounded("list", rows).await.map_err(classify)?;
         Ok(rows.into_iter().map(product_from_row).collect())
     }
 }

@@ -389,9 +389,12 @@ impl PgCatalog {
     /// is a fast [`StockError::Store`] (503), never a hang.
     async fn within<T>(
         &self,
+        operation: &'static str,
         op: impl Future<Output = Result<T, StockError>>,
     ) -> Result<T, StockError> {
-        within(self.timeout, op).await
+        self.observed
+            .observe(operation, within(self.timeout, op))
+            .await
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, StockError> {
@@ -402,7 +405,7 @@ impl PgCatalog {
 #[async_trait::async_trait]
 impl StockStore for PgCatalog {
     async fn levels(&self, product_id: i32) -> Result<Option<Levels>, StockError> {
-        self.within(async {
+        self.within("levels", async {
             let row = sqlx::query_as::<_, LevelsRow>(READ_LEVELS)
                 .bind(product_id)
                 .fetch_optional(&self.pool)
@@ -414,7 +417,7 @@ impl StockStore for PgCatalog {
     }
 
     async fn adjust(&self, product_id: i32, delta: i64) -> Result<Levels, StockError> {
-        self.within(async {
+        self.within("adjust", async {
             let mut tx = self.begin().await?;
             let result = adjust_in(&mut tx, product_id, delta).await;
             finish(tx, result).await
@@ -424,11 +427,12 @@ impl StockStore for PgCatalog {
 
     async fn reserve(&self, order_uid: &str, items: &[Item]) -> Result<Reserved, StockError> {
         // Batched with the reservations arriving meanwhile (`postgres_reserve.rs`).
-        self.within(self.reserver.reserve(order_uid, items)).await
+        self.within("reserve", self.reserver.reserve(order_uid, items))
+            .await
     }
 
     async fn release(&self, order_uid: &str) -> Result<Reservation, StockError> {
-        self.within(async {
+        self.within("release", async {
             let mut tx = self.begin().await?;
             let result = release_in(&mut tx, order_uid).await;
             finish(tx, result).await
@@ -440,7 +444,7 @@ impl StockStore for PgCatalog {
         if order_uids.is_empty() {
             return Ok(0);
         }
-        self.within(async {
+        self.within("confirm", async {
             let mut tx = self.begin().await?;
             let result = confirm_in(&mut tx, order_uids).await;
             finish(tx, result).await
@@ -449,7 +453,7 @@ impl StockStore for PgCatalog {
     }
 
     async fn reservation(&self, order_uid: &str) -> Result<Option<Reservation>, StockError> {
-        self.within(async {
+        self.within("reservation", async {
             let row = sqlx::query_as::<_, ReservationRow>(READ_RESERVATION)
                 .bind(order_uid)
                 .fetch_optional(&self.pool)
@@ -461,7 +465,7 @@ impl StockStore for PgCatalog {
     }
 
     async fn expire_held(&self, ttl: Duration, limit: usize) -> Result<u64, StockError> {
-        self.within(async {
+        self.within("expire_held", async {
             let mut tx = self.begin().await?;
             let result = expire_in(&mut tx, ttl, limit).await;
             finish(tx, result).await
@@ -473,7 +477,7 @@ impl StockStore for PgCatalog {
         if events.is_empty() {
             return Ok(EventTally::default());
         }
-        self.within(async {
+        self.within("apply_events", async {
             let mut tx = self.begin().await?;
             let result = apply_events_in(&mut tx, events).await;
             finish(tx, result).await

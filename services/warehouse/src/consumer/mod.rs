@@ -28,13 +28,15 @@
 //!   broker for the next consumer.
 
 mod channel;
+mod depth;
 
 use crate::batch;
 use crate::configuration::ConsumerSettings;
 use crate::events::{self, EventPublisher};
 use crate::ledger::Ledger;
-use common::messaging;
+use common::messaging::{self, Topology};
 use common::metrics::{Counter, Gauge, LatencyHistogram, Metrics};
+use depth::QueueDepth;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
@@ -66,6 +68,10 @@ pub struct ConsumerState {
     store_failures: Counter,
     redelivered: Counter,
     order_lag: LatencyHistogram,
+    /// `amqp_publish_confirm_seconds{destination=<events exchange>}`.
+    events_confirm: LatencyHistogram,
+    /// `warehouse_queue_messages{queue}` of the order and cancel queues.
+    depth: QueueDepth,
 }
 
 /// `warehouse_order_lag_seconds`: from a second (an order waiting in the queue behind a burst) to
@@ -75,8 +81,10 @@ const LAG_BUCKETS: [f64; 14] = [
 ];
 
 impl ConsumerState {
-    pub fn new(channels: u16, metrics: &Metrics) -> Self {
+    pub fn new(channels: u16, topology: &Topology, metrics: &Metrics) -> Self {
         Self {
+            events_confirm: messaging::confirm_latency(metrics, &topology.events_exchange),
+            depth: QueueDepth::new(&[&topology.queue, &topology.cancel_queue], metrics),
             consuming: AtomicUsize::new(0),
             consuming_cancels: AtomicBool::new(false),
             channels: usize::from(channels),
@@ -326,6 +334,11 @@ impl OrderConsumer {
             },
             Some(writer) = writers.join_next() => SessionEnd::Lost(format!("a batch writer ended: {writer:?}")),
             () = publisher.lost().cancelled() => SessionEnd::Lost("the events channel closed".to_string()),
+            // Polls the queues' depth for as long as the session runs; never ends it.
+            end = async {
+                self.state.depth.poll(connection, session.clone()).await;
+                std::future::pending::<SessionEnd>().await
+            } => end,
         };
         self.state.set_consuming(0, false);
         session.cancel();
@@ -369,9 +382,13 @@ impl OrderConsumer {
     /// Declares the topology (queues, dead-lettering, the events exchange and its listeners'
     /// queues) and opens the events channel.
     async fn open_publisher(&self, connection: &Connection) -> lapin::Result<EventPublisher> {
-        let publisher =
-            EventPublisher::open(connection, &self.settings.topology, events::CONFIRM_TIMEOUT)
-                .await?;
+        let publisher = EventPublisher::open(
+            connection,
+            &self.settings.topology,
+            events::CONFIRM_TIMEOUT,
+            self.state.events_confirm.clone(),
+        )
+        .await?;
         let setup = connection.create_channel().await?;
         self.settings.topology.declare(&setup).await?;
         let _ = setup.close(200, "declared".into()).await;

@@ -21,8 +21,9 @@
 
 use super::{quantities, ApplyError, Entry, LedgerStore, Outcome, Recorded, Totals};
 use common::messaging::{CancelReason, OrderMessage, OrderOutcome};
+use common::metrics::Metrics;
 use common::store::postgres::{self as pg, PgPool};
-use common::store::{StoreKind, StoreUnavailable};
+use common::store::{StoreKind, StoreMetrics, StoreUnavailable};
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -86,6 +87,7 @@ const BATCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct PgLedger {
     pool: PgPool,
+    observed: StoreMetrics,
 }
 
 impl PgLedger {
@@ -100,6 +102,7 @@ impl PgLedger {
         }
         let read: Vec<(String, String, Option<String>, Option<String>)> = self
             .bounded(
+                "read_recorded",
                 sqlx::query_as(RECORDED)
                     .bind(undecided)
                     .fetch_all(&self.pool),
@@ -126,7 +129,16 @@ impl PgLedger {
 
     /// A ledger on a pool already migrated with [`MIGRATOR`] (see `common::store::postgres::connect`).
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            observed: StoreMetrics::default(),
+        }
+    }
+
+    /// Times the batch statements into `store_operation_seconds{store="postgres"}`.
+    pub fn observed(mut self, metrics: &Metrics) -> Self {
+        self.observed = StoreMetrics::new(metrics, "postgres");
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -139,15 +151,19 @@ impl PgLedger {
     /// reads the outcomes back.
     async fn bounded<T>(
         &self,
+        operation: &'static str,
         query: impl std::future::Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, ApplyError> {
-        match tokio::time::timeout(BATCH_TIMEOUT, query).await {
-            Ok(result) => result.map_err(classify),
-            Err(_) => Err(ApplyError::Unavailable(StoreUnavailable::new(
-                "PostgreSQL",
-                format!("no answer to a batch within {BATCH_TIMEOUT:?}"),
-            ))),
-        }
+        let bounded = async {
+            match tokio::time::timeout(BATCH_TIMEOUT, query).await {
+                Ok(result) => result.map_err(classify),
+                Err(_) => Err(ApplyError::Unavailable(StoreUnavailable::new(
+                    "PostgreSQL",
+                    format!("no answer to a batch within {BATCH_TIMEOUT:?}"),
+                ))),
+            }
+        };
+        self.observed.observe(operation, bounded).await
     }
 }
 
@@ -272,6 +288,7 @@ impl LedgerStore for PgLedger {
         let (params, first) = Params::of(entries);
         let won: Vec<String> = self
             .bounded(
+                "apply_batch",
                 sqlx::query_scalar(APPLY_BATCH)
                     .bind(&params.uids)
                     .bind(&params.outcomes)
