@@ -50,6 +50,8 @@
 #   PENDING_ORDER_TIMEOUT_MS  passed to the carts when set (default 30000)
 #   RUST_LOG, LOG_FORMAT, STORE_TIMEOUT_MS, DATABASE_MAX_CONNECTIONS, CART_TTL_SECONDS,
 #   RATE_LIMIT_RPS, RATE_LIMIT_BURST are passed through to every service.
+#   OTEL_EXPORTER_OTLP_ENDPOINT (and OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_TRACES_SAMPLER[_ARG], …)
+#                      export every service's traces to that collector (default: no traces)
 #   AUTH_MODE          on (default): every service asks for a credential; the demo ones come from
 #                      scripts/demo-keys.sh (made in SECRETS_DIR, default .secrets/, on the first
 #                      `up`) and are printed. off: no authentication (the services warn loudly)
@@ -197,6 +199,9 @@ env_of() {
 # service key for the carts, and the gateway's X-Forwarded-For trusted by the services behind it.
 auth_env() {
     passed_env RATE_LIMIT_RPS RATE_LIMIT_BURST
+    # Traces (README: Traces and metrics): every service exports to the same collector.
+    passed_env OTEL_EXPORTER_OTLP_ENDPOINT OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
+        OTEL_EXPORTER_OTLP_PROTOCOL OTEL_TRACES_SAMPLER OTEL_TRACES_SAMPLER_ARG OTEL_SDK_DISABLED
     [[ $1 == gateway ]] || echo "TRUSTED_PROXY_HOPS=1"
     if [[ $AUTH_MODE == off ]]; then
         echo "AUTH_MODE=off"
@@ -651,6 +656,13 @@ cmd_up() {
 
     local carts="http://localhost:$CART_PORT"
     is_active cart-2 && carts+="  http://localhost:$CART2_PORT (sharing their carts)"
+    local metrics="" name
+    for name in "${ACTIVE[@]}"; do
+        [[ $name == gateway ]] || metrics+=" :$(port_of "$name")"
+    done
+    local traces="off (set OTEL_EXPORTER_OTLP_ENDPOINT to a collector, e.g. Jaeger's http://localhost:4318)"
+    [[ -z ${OTEL_EXPORTER_OTLP_ENDPOINT:-${OTEL_EXPORTER_OTLP_TRACES_ENDPOINT:-}} ]] ||
+        traces="every service → ${OTEL_EXPORTER_OTLP_TRACES_ENDPOINT:-$OTEL_EXPORTER_OTLP_ENDPOINT} (${OTEL_EXPORTER_OTLP_PROTOCOL:-http/protobuf})"
     local held=""
     [[ $FULFILMENT_DELAY_MS == 0 ]] || held=" (each order held ${FULFILMENT_DELAY_MS} ms before fulfilment: FULFILMENT_DELAY_MS)"
     cat <<EOF
@@ -663,6 +675,9 @@ ${BOLD}The stack is up.${RESET}
   cart                             $carts
   credit-card-authorizer           http://localhost:$CCA_PORT (internal)
   warehouse stats (admin)          http://localhost:$WAREHOUSE_PORT/stats$held
+  metrics (admin, Prometheus text) http://localhost:$GATEWAY_PORT/metrics (the gateway's), and /metrics on$metrics
+                                   dashboards and alerts for them: observability/README.md
+  traces (OpenTelemetry)           $traces
   RabbitMQ                         $(redacted_amqp)
   $(describe_stores)
 

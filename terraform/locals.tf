@@ -16,6 +16,13 @@ locals {
     # Behind the ALB: its X-Forwarded-For entry names the client for a rate limit (RATE_LIMIT_RPS,
     # off unless set through extra_environment).
     TRUSTED_PROXY_HOPS = "1"
+    }, var.otel_exporter_otlp_endpoint == "" ? {} : {
+    # Traces over OTLP/gRPC to a collector in the VPC (an ADOT collector forwarding to X-Ray, say),
+    # a sampled share of new traces; a request that arrives sampled stays sampled.
+    OTEL_EXPORTER_OTLP_ENDPOINT = var.otel_exporter_otlp_endpoint
+    OTEL_EXPORTER_OTLP_PROTOCOL = "grpc"
+    OTEL_TRACES_SAMPLER         = "parentbased_traceidratio"
+    OTEL_TRACES_SAMPLER_ARG     = tostring(var.otel_traces_sampler_ratio)
   })
 
   # The AMQP URL (with credentials) only ever reaches a task through the SSM parameter, the store

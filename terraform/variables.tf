@@ -209,6 +209,28 @@ variable "log_level" {
   default     = "info"
 }
 
+variable "otel_exporter_otlp_endpoint" {
+  description = "OTLP/gRPC collector for the services' traces, e.g. an ADOT collector in the VPC (http://otel-collector.shop.local:4317). Empty: no traces."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.otel_exporter_otlp_endpoint == "" || can(regex("^http://[^/]+$", var.otel_exporter_otlp_endpoint))
+    error_message = "otel_exporter_otlp_endpoint must be empty or http://host:port (the services export in plain gRPC to a collector in the VPC)."
+  }
+}
+
+variable "otel_traces_sampler_ratio" {
+  description = "The share of new traces kept when otel_exporter_otlp_endpoint is set (0 to 1)."
+  type        = number
+  default     = 0.1
+
+  validation {
+    condition     = var.otel_traces_sampler_ratio >= 0 && var.otel_traces_sampler_ratio <= 1
+    error_message = "otel_traces_sampler_ratio must be between 0 and 1."
+  }
+}
+
 variable "extra_environment" {
   description = "Extra environment variables per workload (keys: product, product-bad, cart, credit-card-authorizer, warehouse). Not for secrets, nor for the authentication settings."
   type        = map(map(string))
