@@ -169,7 +169,13 @@ where
             if !headers.contains_key(&SERVED_BY) {
                 headers.insert(SERVED_BY, this.shared.served_by.clone());
             }
-            telemetry::record_status(this.span, response.status().as_u16());
+            let span: &Span = this.span;
+            if !span.is_none() {
+                let status = response.status().as_u16();
+                telemetry::record_status(span, status);
+                let latency_ms = this.started.elapsed().as_secs_f64() * 1000.0;
+                tracing::debug!(parent: span, status, latency_ms, "finished processing request");
+            }
             let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
             this.shared.metrics.observe(
                 route,

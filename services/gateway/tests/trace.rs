@@ -165,6 +165,8 @@ async fn one_checkout_is_one_trace_from_the_gateway_to_the_warehouse_ack() {
                 ("PORT", cart.to_string()),
                 ("PRODUCT_URL", url(product)),
                 ("CCA_URL", url(cca)),
+                // The per-request debug lines (common::edge), to find the trace id in them.
+                ("RUST_LOG", "info,common::edge=debug".into()),
             ],
         ]
         .concat(),
@@ -310,5 +312,33 @@ async fn one_checkout_is_one_trace_from_the_gateway_to_the_warehouse_ack() {
             );
         }
     }
+    // The cart's log lines inside the checkout carry its trace id.
+    let cart_log = std::fs::read_to_string(logs.join("cart-service.log")).expect("the cart's log");
+    let plain = without_ansi(&cart_log);
+    assert!(
+        plain
+            .lines()
+            .any(|l| l.contains("/checkout") && l.contains(&format!("trace_id={TRACE_ID}"))),
+        "no log line of the checkout carries trace_id={TRACE_ID}:\n{plain}"
+    );
     let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// The text without the terminal colour codes the log formatter writes.
+fn without_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... m
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
