@@ -15,7 +15,7 @@
 
 use crate::config::{parse_rate, redact_url, ConfigError, Env, LogFormat, ServiceConfig};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::Context;
 use opentelemetry_otlp::{SpanExporter, WithExportConfig};
@@ -35,6 +35,10 @@ use tracing_subscriber::{fmt as logfmt, prelude::*, Layer};
 
 /// Whether this process exports spans (set once, by [`init`] with an endpoint).
 static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether the logs show INFO spans (`RUST_LOG` at info or finer): only then is `trace_id`
+/// recorded on the root spans, since only a log line can show it.
+static LOG_TRACE_ID: AtomicBool = AtomicBool::new(true);
 
 /// Whether spans are being exported: the one check the hot paths make before building a span.
 #[inline]
@@ -260,6 +264,12 @@ pub fn init(service: &str, config: &ServiceConfig) -> Result<Telemetry, String> 
         return Ok(Telemetry { provider: None });
     };
     let provider = tracer_provider(service, export)?;
+    LOG_TRACE_ID.store(
+        filter
+            .max_level_hint()
+            .is_none_or(|level| level >= LevelFilter::INFO),
+        Ordering::Relaxed,
+    );
     let quiet = Targets::new()
         .with_default(LevelFilter::INFO)
         .with_targets(QUIET_TARGETS.iter().map(|t| (*t, LevelFilter::OFF)));
@@ -269,6 +279,11 @@ pub fn init(service: &str, config: &ServiceConfig) -> Result<Telemetry, String> 
         .with_location(false)
         .with_target(false)
         .with_level(false)
+        // Spans are entered and left at every poll of their future: no clock reads for busy
+        // and idle times there, and no OpenTelemetry context pushed (parents come from tracing's
+        // own current span, and propagation reads each span's context explicitly).
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
         .with_filter(quiet);
     let installed = tracing_subscriber::registry()
         .with(log_layer(format).with_filter(filter))
@@ -351,19 +366,6 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-struct HeaderInjector<'a>(&'a mut HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(name, value);
-        }
-    }
-}
-
 /// The caller's trace context from `traceparent`/`tracestate` (empty when there is none).
 pub fn extract_http(headers: &HeaderMap) -> Context {
     TraceContextPropagator::new().extract(&HeaderExtractor(headers))
@@ -371,19 +373,38 @@ pub fn extract_http(headers: &HeaderMap) -> Context {
 
 /// Adds `span`'s `traceparent` (and `tracestate`) to outgoing request headers.
 pub fn inject_http(span: &Span, headers: &mut HeaderMap) {
-    if exporting() {
-        TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
+    for (name, value) in trace_fields(span) {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.insert(name, value);
+        }
     }
 }
 
-/// `span`'s trace context as text pairs (`traceparent`, and `tracestate` when there is one),
-/// for carriers that are not an HTTP header map (AMQP headers, the gateway's raw heads).
-pub fn trace_fields(span: &Span) -> Vec<(String, String)> {
+/// `span`'s trace context as header fields: `traceparent`, and `tracestate` when there is one,
+/// for any carrier (HTTP headers, AMQP headers, the gateway's raw heads). Written directly, as
+/// the W3C format has it: this runs for every call and every publish.
+pub fn trace_fields(span: &Span) -> Vec<(&'static str, String)> {
     let mut fields = Vec::new();
-    if exporting() {
-        let mut carrier = std::collections::HashMap::new();
-        TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
-        fields.extend(carrier);
+    if !exporting() || span.is_none() {
+        return fields;
+    }
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if !span_context.is_valid() {
+        return fields;
+    }
+    fields.push((
+        "traceparent",
+        format!(
+            "00-{}-{}-{:02x}",
+            span_context.trace_id(),
+            span_context.span_id(),
+            span_context.trace_flags().to_u8()
+        ),
+    ));
+    let state = span_context.trace_state().header();
+    if !state.is_empty() {
+        fields.push(("tracestate", state));
     }
     fields
 }
@@ -408,8 +429,10 @@ fn root(span: Span, parent: Context) -> Span {
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
     }
-    let trace_id = span.context().span().span_context().trace_id();
-    span.record("trace_id", tracing::field::display(trace_id));
+    if LOG_TRACE_ID.load(Ordering::Relaxed) {
+        let trace_id = span.context().span().span_context().trace_id();
+        span.record("trace_id", tracing::field::display(trace_id));
+    }
     span
 }
 

@@ -204,7 +204,7 @@ struct UpstreamHead<'a> {
     peer_ip: &'a str,
     request_id: &'a [u8],
     /// The gateway span's `traceparent` (and `tracestate`): they replace the client's.
-    trace: &'a [(String, String)],
+    trace: &'a [(&'static str, String)],
 }
 
 impl UpstreamHead<'_> {
