@@ -1,3 +1,7 @@
+/// mimalloc, not the system allocator: see the workspace Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use cart_service::{configuration::Settings, Application};
 
 fn main() {

@@ -1,3 +1,7 @@
+/// mimalloc, not the system allocator: see the workspace Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 use warehouse::configuration::{Settings, DEFAULT_PORT};
 use warehouse::Application;
