@@ -69,7 +69,11 @@ done
 
 ratio() { python3 -c "print(f'{$1 / $2:.3f}')"; }
 checkouts() {
+  # Nothing consumes the orders: empty the queue and give the broker a moment to finish writing
+  # the previous run's persistent messages, so the side that runs second in a round does not pay
+  # for the first side's backlog.
   "$BIN/examples/publish_ceiling" --purge "bt_$1_orders" >/dev/null 2>&1
+  sleep 3
   "$BIN/loadtest" checkout --base-url "http://127.0.0.1:${CART[$1]}" --requests 20000 \
     --concurrency 64 --duration 30s --products 1000 --json --quiet 2>/dev/null |
     python3 -c 'import json,sys; r=json.load(sys.stdin); print(round(r["throughput_per_s"]))'

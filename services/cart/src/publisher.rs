@@ -23,7 +23,6 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -234,9 +233,10 @@ impl OrderPublisher {
     ) -> Result<(), PublishError> {
         let span = telemetry::producer_span(queue);
         let properties = messaging::with_trace_context(properties, &span);
+        // Not entered meanwhile (nothing inside makes spans); it ends when dropped, after the
+        // confirm.
         let result = self
             .send_confirmed(queue, confirm_latency, payload, properties)
-            .instrument(span.clone())
             .await;
         if result.is_err() {
             telemetry::record_error(&span);

@@ -26,7 +26,6 @@ use hyper_util::rt::TokioExecutor;
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument;
 
 pub mod stock;
 
@@ -99,8 +98,10 @@ impl HttpClient {
 
     /// One attempt, in a client span whose context the request carries.
     async fn attempt(&self, service: &'static str, call: &Call<'_>) -> Result<Reply, CallError> {
+        // Not entered while the call runs: nothing inside makes spans or logs, and entering it at
+        // every poll of the exchange would cost more than the span itself. It ends when dropped.
         let span = telemetry::client_span(&call.method, service, call.uri.path());
-        let result = self.send(call, &span).instrument(span.clone()).await;
+        let result = self.send(call, &span).await;
         match &result {
             Ok(reply) => telemetry::record_status(&span, reply.status.as_u16()),
             Err(_) => telemetry::record_error(&span),
