@@ -424,7 +424,7 @@ fn draw(run: &Run, out: &PathBuf, seconds: f64) -> anyhow::Result<()> {
             .iter()
             .flat_map(|(_, p)| p.iter().map(|(_, v)| *v))
             .fold(0.0, f64::max)
-            .max(1e-9)
+            .max(1.0)
             * 1.15;
         let mut chart = ChartBuilder::on(area)
             .margin(14)
