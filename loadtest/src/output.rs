@@ -75,7 +75,8 @@ fn csv_field(s: &str) -> String {
         .collect()
 }
 
-fn register_font() -> bool {
+/// Registers the embedded DejaVu Sans as "sans-serif" for the charts (once); false if it fails.
+pub fn register_font() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| {
         plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())

@@ -15,6 +15,7 @@ use clap::Parser;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use loadtest::parse_duration;
 use plotters::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -38,17 +39,6 @@ struct Args {
     /// The administrator's API key (`/metrics` needs it with AUTH_MODE=on).
     #[arg(long, env = "LOADTEST_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n.parse().map_err(|_| format!("not a duration: {s}"))?;
-    match unit {
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "ms" => Ok(Duration::from_millis(n)),
-        _ => Err(format!("not a duration: {s} (use 500ms, 30s, 2m)")),
-    }
 }
 
 /// One series' value in one scrape.
@@ -407,8 +397,10 @@ fn series_label(run: &Run, instance: &str, name: &str, label: &str) -> Vec<Strin
 
 fn draw(run: &Run, out: &PathBuf, seconds: f64) -> anyhow::Result<()> {
     let chart_err = |e: &dyn std::fmt::Debug| anyhow!("chart: {e:?}");
-    plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
-        .map_err(|_| anyhow!("the embedded font could not be loaded"))?;
+    anyhow::ensure!(
+        loadtest::output::register_font(),
+        "the embedded font could not be loaded"
+    );
     let root = BitMapBackend::new(out, (1600, 1840)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| chart_err(&e))?;
     let scraped: usize = run.by_instance.values().map(Vec::len).sum();
