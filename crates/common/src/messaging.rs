@@ -628,10 +628,13 @@ pub fn confirm_latency(
     )
 }
 
-/// Adds `span`'s W3C trace context (`traceparent`, `tracestate`) to a message's headers, so the
-/// consumer's span continues the publisher's trace. Unchanged when no traces are exported.
-pub fn with_trace_context(properties: BasicProperties, span: &tracing::Span) -> BasicProperties {
-    let fields = crate::telemetry::trace_fields(span);
+/// Adds a span's W3C trace context (`traceparent`, `tracestate`: `telemetry::trace_fields` or
+/// `LeafSpan::trace_fields`) to a message's headers, so the consumer's span continues the
+/// publisher's trace. Unchanged when there are none (no traces exported).
+pub fn with_trace_context(
+    properties: BasicProperties,
+    fields: Vec<(&'static str, String)>,
+) -> BasicProperties {
     if fields.is_empty() {
         return properties;
     }

@@ -231,15 +231,15 @@ impl OrderPublisher {
         payload: Vec<u8>,
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
-        let span = telemetry::producer_span(queue);
-        let properties = messaging::with_trace_context(properties, &span);
+        let mut span = telemetry::producer_span(queue);
+        let properties = messaging::with_trace_context(properties, span.trace_fields());
         // Not entered meanwhile (nothing inside makes spans); it ends when dropped, after the
         // confirm.
         let result = self
             .send_confirmed(queue, confirm_latency, payload, properties)
             .await;
         if result.is_err() {
-            telemetry::record_error(&span);
+            span.record_error();
         }
         result
     }

@@ -126,7 +126,10 @@ impl EventPublisher {
     pub async fn publish(&self, events: &OrderEvents) -> Result<(), String> {
         let payload = events.to_json();
         let properties = if telemetry::exporting() {
-            messaging::with_trace_context(events.properties(""), &tracing::Span::current())
+            messaging::with_trace_context(
+                events.properties(""),
+                telemetry::trace_fields(&tracing::Span::current()),
+            )
         } else {
             events.properties("")
         };

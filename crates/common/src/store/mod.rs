@@ -143,13 +143,13 @@ impl StoreMetrics {
         let Some(series) = &self.0 else {
             return call.await;
         };
-        let span = telemetry::store_span(series.store, operation);
+        let mut span = telemetry::store_span(series.store, operation);
         let started = Instant::now();
         // Not entered while the call runs (nothing inside makes spans); it ends when dropped.
         let result = call.await;
         series.histogram(operation).observe(started.elapsed());
         if result.is_err() {
-            telemetry::record_error(&span);
+            span.record_error();
         }
         result
     }

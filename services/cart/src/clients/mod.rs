@@ -100,17 +100,17 @@ impl HttpClient {
     async fn attempt(&self, service: &'static str, call: &Call<'_>) -> Result<Reply, CallError> {
         // Not entered while the call runs: nothing inside makes spans or logs, and entering it at
         // every poll of the exchange would cost more than the span itself. It ends when dropped.
-        let span = telemetry::client_span(&call.method, service, call.uri.path());
+        let mut span = telemetry::client_span(&call.method, service, call.uri.path());
         let result = self.send(call, &span).await;
         match &result {
-            Ok(reply) => telemetry::record_status(&span, reply.status.as_u16()),
-            Err(_) => telemetry::record_error(&span),
+            Ok(reply) => span.record_status(reply.status.as_u16()),
+            Err(_) => span.record_error(),
         }
         result
     }
 
     /// The request, then the whole (bounded) body, within the call's timeout.
-    async fn send(&self, call: &Call<'_>, span: &tracing::Span) -> Result<Reply, CallError> {
+    async fn send(&self, call: &Call<'_>, span: &telemetry::LeafSpan) -> Result<Reply, CallError> {
         let mut request = Request::builder()
             .method(call.method.clone())
             .uri(call.uri.clone())
@@ -127,7 +127,7 @@ impl HttpClient {
         let mut request = request
             .body(Full::new(call.body.cloned().unwrap_or_default()))
             .map_err(|e| CallError::Failed(e.to_string()))?;
-        telemetry::inject_http(span, request.headers_mut());
+        span.inject_http(request.headers_mut());
         let exchange = async {
             let response = self
                 .inner
