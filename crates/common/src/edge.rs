@@ -11,7 +11,7 @@
 //! shared writes on the hot path apart from the metrics cells of the current thread.
 
 use crate::metrics::Metrics;
-use crate::telemetry;
+use crate::telemetry::{self, RequestSpan};
 use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderName, HeaderValue, Method, Request};
 use axum::response::Response;
@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tower::{Layer, Service};
-use tracing::Span;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
@@ -109,9 +108,9 @@ where
         // A server span only when traces are exported, and none for the probes and scrapes.
         let span = match &route {
             Some(route) if telemetry::exporting() && !is_probe(route.as_str()) => {
-                telemetry::server_span(&method, route.as_str(), req.headers())
+                RequestSpan::server(&method, route.as_str(), req.headers())
             }
-            _ => Span::none(),
+            _ => RequestSpan::none(),
         };
         let inner = {
             let _entered = span.enter();
@@ -138,7 +137,7 @@ pin_project! {
         method: Method,
         route: Option<MatchedPath>,
         started: Instant,
-        span: Span,
+        span: RequestSpan,
     }
 }
 
@@ -169,12 +168,12 @@ where
             if !headers.contains_key(&SERVED_BY) {
                 headers.insert(SERVED_BY, this.shared.served_by.clone());
             }
-            let span: &Span = this.span;
+            let span: &RequestSpan = this.span;
             if !span.is_none() {
                 let status = response.status().as_u16();
-                telemetry::record_status(span, status);
+                span.finish(status);
                 let latency_ms = this.started.elapsed().as_secs_f64() * 1000.0;
-                tracing::debug!(parent: span, status, latency_ms, "finished processing request");
+                tracing::debug!(parent: span.log_span(), status, latency_ms, "finished processing request");
             }
             let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
             this.shared.metrics.observe(

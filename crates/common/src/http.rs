@@ -136,9 +136,7 @@ pub fn with_common_layers(
     // request is logged with its id; otherwise the layer is not installed at all, because even a
     // disabled span costs a wrapped body and a few calls on every request. It goes inside the edge
     // layer, so the span sees the request id the edge accepted or generated. Not when traces are
-    // exported: the edge's own server span logs each request then, and a DEBUG span between it and
-    // the handler would hide it from the traces (a task spawned in the handler would carry the
-    // DEBUG span, which the trace layer does not see, and its spans would start new traces).
+    // exported: the edge's own request span logs each request then, with its trace id.
     let app = if tracing::enabled!(Level::DEBUG) && !crate::telemetry::exporting() {
         app.layer(
             TraceLayer::new_for_http()

@@ -3,15 +3,23 @@
 //! - Logs: human-readable text for a terminal, JSON lines for log shippers (CloudWatch), filtered
 //!   by `RUST_LOG`.
 //! - Traces: OpenTelemetry, only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or its `_TRACES_` form) is
-//!   set. The services make `tracing` spans (inbound requests, outbound calls, publishes and their
-//!   confirms, the warehouse's deliveries, store calls); the bridge turns them into OpenTelemetry
-//!   spans, exported over OTLP by gRPC or HTTP/protobuf from the SDK's own thread. W3C
-//!   `traceparent` carries a trace across HTTP ([`inject_http`], [`extract_http`]) and AMQP
-//!   (`messaging`). The root span of each service's work records `trace_id`, so every log line
-//!   inside it carries the id.
+//!   set, exported over OTLP by gRPC or HTTP/protobuf from the SDK's own thread. Two kinds of
+//!   spans, by what runs inside them:
+//!   - work that logs and makes child spans of its own (a delivery the warehouse handles, its
+//!     ledger batch, the gateway's proxying) is a `tracing` span, turned into an OpenTelemetry
+//!     span by the `tracing-opentelemetry` bridge; it records `trace_id`, so every log line
+//!     inside carries the id;
+//!   - an inbound request ([`RequestSpan`]) and what it calls ([`LeafSpan`]: outbound calls,
+//!     publishes with their confirm wait, store calls) are made with the OpenTelemetry API
+//!     directly. They are the hot path, and a bridged span costs a registry slot, a field
+//!     visitor and a lock at every poll. A request's log lines still carry its `trace_id`
+//!     through a log-only `tracing` span, made only when the logs show INFO spans.
+//!
+//!   W3C `traceparent` carries a trace across HTTP ([`inject_http`], [`extract_http`]) and AMQP
+//!   (`messaging`).
 //!
 //! Unset, nothing is exported and nothing is spent: [`exporting`] is one relaxed load, and every
-//! span constructor here answers `Span::none()` without building anything.
+//! span constructor here answers an empty span without building anything.
 
 use crate::config::{parse_rate, redact_url, ConfigError, Env, LogFormat, ServiceConfig};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -251,6 +259,7 @@ const QUIET_TARGETS: &[&str] = &[
     "opentelemetry",
     "lapin",
     "sqlx",
+    LOG_SPAN_TARGET,
 ];
 
 /// Installs the global subscriber: logs by `RUST_LOG` (default `info`) and, with an endpoint in
@@ -459,22 +468,119 @@ fn root(span: Span, parent: Context) -> Span {
     span
 }
 
-/// An inbound HTTP request: a server span, a child of the caller's `traceparent` if any.
-pub fn server_span(method: &http::Method, route: &str, headers: &HeaderMap) -> Span {
-    if !exporting() {
-        return Span::none();
+/// An inbound HTTP request's trace: an OpenTelemetry server span (a child of the caller's
+/// `traceparent`, if any) made directly, as [`LeafSpan`]s are, and kept current in
+/// OpenTelemetry's context while the request is polled ([`RequestSpan::enter`]), so the
+/// request's calls, publishes and store calls are its children; and, only when the logs show
+/// INFO spans, a `tracing` span carrying `trace_id` into the request's log lines, which the
+/// traces leave out (its target is [`LOG_SPAN_TARGET`]). A request thus costs no bridge span:
+/// it has no `tracing` fields to visit, no registry slot and nothing to do at every poll but
+/// swap a thread-local context.
+pub struct RequestSpan {
+    /// Holds the server span; empty when traces are not exported.
+    context: Context,
+    log: Span,
+}
+
+/// The target of the log-only request spans, which the traces filter out.
+const LOG_SPAN_TARGET: &str = "request_log";
+
+impl RequestSpan {
+    /// No trace (not exported, or a probe).
+    pub fn none() -> Self {
+        Self {
+            context: Context::new(),
+            log: Span::none(),
+        }
     }
-    let span = tracing::info_span!(
-        "request",
-        otel.name = %format_args!("{method} {route}"),
-        otel.kind = "server",
-        http.request.method = method.as_str(),
-        http.route = route,
-        http.response.status_code = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-    );
-    root(span, extract_http(headers))
+
+    /// A server span for `method` on `route`, continuing the caller's trace from `headers`.
+    pub fn server(method: &http::Method, route: &str, headers: &HeaderMap) -> Self {
+        if !exporting() {
+            return Self::none();
+        }
+        let Some(tracer) = LEAF_TRACER.get() else {
+            return Self::none();
+        };
+        let span = tracer
+            .span_builder(format!("{method} {route}"))
+            .with_kind(SpanKind::Server)
+            .with_attributes([
+                KeyValue::new("http.request.method", method.as_str().to_string()),
+                KeyValue::new("http.route", route.to_string()),
+            ])
+            .start_with_context(tracer, &extract_http(headers));
+        let log = if LOG_TRACE_ID.load(Ordering::Relaxed) {
+            let mut trace_id = String::with_capacity(32);
+            push_hex(&mut trace_id, &span.span_context().trace_id().to_bytes());
+            tracing::info_span!(
+                target: LOG_SPAN_TARGET,
+                "request",
+                method = %method,
+                route = %route,
+                trace_id = %trace_id
+            )
+        } else {
+            Span::none()
+        };
+        Self {
+            context: Context::current_with_span(span),
+            log,
+        }
+    }
+
+    pub fn is_none(&self) -> bool {
+        !self.context.has_active_span()
+    }
+
+    /// The `tracing` span for the request's log lines (`Span::none()` if there is none).
+    pub fn log_span(&self) -> &Span {
+        &self.log
+    }
+
+    /// Makes this request's trace current until the guards drop: for each poll of the request.
+    pub fn enter(
+        &self,
+    ) -> (
+        Option<opentelemetry::ContextGuard>,
+        tracing::span::Entered<'_>,
+    ) {
+        let context = (!self.is_none()).then(|| self.context.clone().attach());
+        (context, self.log.enter())
+    }
+
+    /// Records the response's status (5xx marks the span an error) and ends the span.
+    pub fn finish(&self, status: u16) {
+        if self.is_none() {
+            return;
+        }
+        let span = self.context.span();
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+        if status >= 500 {
+            span.set_status(Status::error(""));
+        }
+        span.end();
+    }
+}
+
+/// Runs `task` (spawned work of the current request) in the current trace and log span.
+pub fn in_current_trace<F: std::future::Future>(
+    task: F,
+) -> futures::future::Either<
+    tracing::instrument::Instrumented<F>,
+    opentelemetry::context::WithContext<tracing::instrument::Instrumented<F>>,
+> {
+    use opentelemetry::context::FutureExt as _;
+    use tracing::Instrument as _;
+    let task = task.in_current_span();
+    if exporting() {
+        futures::future::Either::Right(task.with_current_context())
+    } else {
+        futures::future::Either::Left(task)
+    }
 }
 
 /// A request the gateway proxies to `group` (its own trace root unless the client sent a
@@ -510,7 +616,7 @@ pub fn record_status(span: &Span, status: u16) {
 
 /// A span with nothing inside it (no child span, no log line): an outbound call, a publish, a
 /// store call. These are made with the OpenTelemetry API directly, as children of the current
-/// `tracing` span, rather than as `tracing` spans through the bridge: a bridged span costs a
+/// request ([`RequestSpan`]) or `tracing` span, rather than as `tracing` spans through the bridge: a bridged span costs a
 /// registry slot, its extensions, and a visit of every field on creation and on each record,
 /// all of which only pays off for a span that logs run inside. Ends when dropped. A no-op when
 /// traces are not exported.
@@ -530,7 +636,14 @@ impl LeafSpan {
         let Some(tracer) = LEAF_TRACER.get() else {
             return Self::none();
         };
-        let parent = Span::current().context();
+        // A request's trace is OpenTelemetry's current context; a delivery's or a batch's is the
+        // current `tracing` span.
+        let current = Context::current();
+        let parent = if current.has_active_span() {
+            current
+        } else {
+            Span::current().context()
+        };
         let span = tracer
             .span_builder(name)
             .with_kind(kind)

@@ -36,12 +36,11 @@ use common::auth::Principal;
 use common::metrics::{Counter, Metrics};
 use common::store::redis::RedisSetupError;
 use common::store::StoreUnavailable;
-use common::ApiError;
+use common::{telemetry, ApiError};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument;
 
 pub use memory::MemoryIdempotencyStore;
 pub use redis::RedisIdempotencyStore;
@@ -234,9 +233,13 @@ pub async fn guard(State(idem): State<Idempotency>, req: Request, next: Next) ->
     };
     let req = Request::from_parts(parts, Body::from(body));
     // Its own task: a client that hangs up does not leave the claim held until the lease ends.
-    let run = tokio::spawn(
-        run_and_record(idem.clone(), scope.clone(), token.clone(), req, next).in_current_span(),
-    );
+    let run = tokio::spawn(telemetry::in_current_trace(run_and_record(
+        idem.clone(),
+        scope.clone(),
+        token.clone(),
+        req,
+        next,
+    )));
     match run.await {
         Ok(response) => response,
         Err(join_error) => {

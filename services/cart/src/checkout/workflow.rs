@@ -12,10 +12,10 @@ use crate::orders::{OrderStatus, OrderStore, OrderStoreError};
 use crate::publisher::PublishError;
 use crate::store::CartStore;
 use common::metrics::{Counter, Gauge, Metrics};
+use common::telemetry;
 use common::ErrorBody;
 use hyper::StatusCode;
 use std::sync::Arc;
-use tracing::Instrument;
 
 /// Counts of checkout outcomes, for `/metrics`.
 #[derive(Clone)]
@@ -203,7 +203,7 @@ where
         // placed or released, never left half-done with the cart stuck in `checking_out`. It
         // carries the request's span, so its calls and its publish stay in the request's trace.
         let placing = Arc::clone(self).place_order(ticket, card_number, request_id);
-        let task = tokio::spawn(placing.in_current_span());
+        let task = tokio::spawn(telemetry::in_current_trace(placing));
         match task.await {
             Ok(result) => result,
             Err(join_error) => Err(CheckoutError::Crashed(join_error.to_string())),
