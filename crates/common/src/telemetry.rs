@@ -616,10 +616,10 @@ pub fn record_status(span: &Span, status: u16) {
 
 /// A span with nothing inside it (no child span, no log line): an outbound call, a publish, a
 /// store call. These are made with the OpenTelemetry API directly, as children of the current
-/// request ([`RequestSpan`]) or `tracing` span, rather than as `tracing` spans through the bridge: a bridged span costs a
-/// registry slot, its extensions, and a visit of every field on creation and on each record,
-/// all of which only pays off for a span that logs run inside. Ends when dropped. A no-op when
-/// traces are not exported.
+/// request ([`RequestSpan`]) or `tracing` span, rather than as `tracing` spans through the
+/// bridge: a bridged span costs a registry slot, its extensions, and a visit of every field on
+/// creation and on each record, all of which only pays off for a span that logs run inside.
+/// Ends when dropped. A no-op when traces are not exported.
 #[must_use = "the span ends when dropped"]
 pub struct LeafSpan(Option<opentelemetry_sdk::trace::Span>);
 
