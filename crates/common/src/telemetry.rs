@@ -15,8 +15,8 @@
 //!     visitor and a lock at every poll. A request's log lines still carry its `trace_id`
 //!     through a log-only `tracing` span, made only when the logs show INFO spans.
 //!
-//!   W3C `traceparent` carries a trace across HTTP ([`inject_http`], [`extract_http`]) and AMQP
-//!   (`messaging`).
+//!   W3C `traceparent` carries a trace across HTTP ([`LeafSpan::inject_http`],
+//!   [`extract_http`]) and AMQP (`messaging`).
 //!
 //! Unset, nothing is exported and nothing is spent: [`exporting`] is one relaxed load, and every
 //! span constructor here answers an empty span without building anything.
@@ -32,7 +32,6 @@ use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
-use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,8 +47,9 @@ use tracing_subscriber::{fmt as logfmt, prelude::*, Layer};
 /// Whether this process exports spans (set once, by [`init`] with an endpoint).
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 
-/// The tracer the leaf spans ([`LeafSpan`]) are made with, set by [`init`] when exporting.
-static LEAF_TRACER: OnceLock<SdkTracer> = OnceLock::new();
+/// The tracer of the spans made without the bridge ([`RequestSpan`], [`LeafSpan`]), set by
+/// [`init`] when exporting.
+static DIRECT_TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
 /// Whether the logs show INFO spans (`RUST_LOG` at info or finer): only then is `trace_id`
 /// recorded on the root spans, since only a log line can show it.
@@ -312,7 +312,7 @@ pub fn init(service: &str, config: &ServiceConfig) -> Result<Telemetry, String> 
         let _ = provider.shutdown();
         return Ok(Telemetry { provider: None });
     }
-    let _ = LEAF_TRACER.set(provider.tracer(service.to_string()));
+    let _ = DIRECT_TRACER.set(provider.tracer(service.to_string()));
     EXPORTING.store(true, Ordering::Relaxed);
     Ok(Telemetry {
         provider: Some(provider),
@@ -386,19 +386,6 @@ impl Extractor for HeaderExtractor<'_> {
 /// The caller's trace context from `traceparent`/`tracestate` (empty when there is none).
 pub fn extract_http(headers: &HeaderMap) -> Context {
     TraceContextPropagator::new().extract(&HeaderExtractor(headers))
-}
-
-/// Adds `span`'s `traceparent` (and `tracestate`) to outgoing request headers.
-pub fn inject_http(span: &Span, headers: &mut HeaderMap) {
-    insert_fields(trace_fields(span), headers);
-}
-
-fn insert_fields(fields: Vec<(&'static str, String)>, headers: &mut HeaderMap) {
-    for (name, value) in fields {
-        if let Ok(value) = HeaderValue::try_from(value) {
-            headers.insert(name, value);
-        }
-    }
 }
 
 /// `span`'s trace context as header fields: `traceparent`, and `tracestate` when there is one,
@@ -499,17 +486,17 @@ impl RequestSpan {
         if !exporting() {
             return Self::none();
         }
-        let Some(tracer) = LEAF_TRACER.get() else {
-            return Self::none();
-        };
-        let span = tracer
-            .span_builder(format!("{method} {route}"))
-            .with_kind(SpanKind::Server)
-            .with_attributes([
+        let Some(span) = start_span(
+            format!("{method} {route}"),
+            SpanKind::Server,
+            vec![
                 KeyValue::new("http.request.method", method.as_str().to_string()),
                 KeyValue::new("http.route", route.to_string()),
-            ])
-            .start_with_context(tracer, &extract_http(headers));
+            ],
+            &extract_http(headers),
+        ) else {
+            return Self::none();
+        };
         let log = if LOG_TRACE_ID.load(Ordering::Relaxed) {
             let mut trace_id = String::with_capacity(32);
             push_hex(&mut trace_id, &span.span_context().trace_id().to_bytes());
@@ -614,6 +601,24 @@ pub fn record_status(span: &Span, status: u16) {
     }
 }
 
+/// A span made with the SDK's tracer, a child of `parent`; `None` until [`init`] has set the
+/// tracer.
+fn start_span(
+    name: String,
+    kind: SpanKind,
+    attributes: Vec<KeyValue>,
+    parent: &Context,
+) -> Option<opentelemetry_sdk::trace::Span> {
+    let tracer = DIRECT_TRACER.get()?;
+    Some(
+        tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes(attributes)
+            .start_with_context(tracer, parent),
+    )
+}
+
 /// A span with nothing inside it (no child span, no log line): an outbound call, a publish, a
 /// store call. These are made with the OpenTelemetry API directly, as children of the current
 /// request ([`RequestSpan`]) or `tracing` span, rather than as `tracing` spans through the
@@ -629,13 +634,9 @@ impl LeafSpan {
         Self(None)
     }
 
-    fn start(name: Cow<'static, str>, kind: SpanKind, attributes: Vec<KeyValue>) -> Self {
-        if !exporting() {
-            return Self::none();
-        }
-        let Some(tracer) = LEAF_TRACER.get() else {
-            return Self::none();
-        };
+    /// A child of the current trace (the callers check [`exporting`] before building `name`
+    /// and `attributes`).
+    fn start(name: String, kind: SpanKind, attributes: Vec<KeyValue>) -> Self {
         // A request's trace is OpenTelemetry's current context; a delivery's or a batch's is the
         // current `tracing` span.
         let current = Context::current();
@@ -644,12 +645,7 @@ impl LeafSpan {
         } else {
             Span::current().context()
         };
-        let span = tracer
-            .span_builder(name)
-            .with_kind(kind)
-            .with_attributes(attributes)
-            .start_with_context(tracer, &parent);
-        Self(Some(span))
+        Self(start_span(name, kind, attributes, &parent))
     }
 
     /// Its `traceparent` (and `tracestate`), as [`trace_fields`] gives a `tracing` span's.
@@ -660,9 +656,13 @@ impl LeafSpan {
             .unwrap_or_default()
     }
 
-    /// Adds the trace context to outgoing request headers, as [`inject_http`] does.
+    /// Adds its `traceparent` (and `tracestate`) to outgoing request headers.
     pub fn inject_http(&self, headers: &mut HeaderMap) {
-        insert_fields(self.trace_fields(), headers);
+        for (name, value) in self.trace_fields() {
+            if let Ok(value) = HeaderValue::try_from(value) {
+                headers.insert(name, value);
+            }
+        }
     }
 
     /// A response's status (5xx marks the span an error).
@@ -692,7 +692,7 @@ pub fn client_span(method: &http::Method, peer: &'static str, path: &str) -> Lea
         return LeafSpan::none();
     }
     LeafSpan::start(
-        format!("{method} {peer}").into(),
+        format!("{method} {peer}"),
         SpanKind::Client,
         vec![
             KeyValue::new("http.request.method", method.as_str().to_string()),
@@ -708,7 +708,7 @@ pub fn producer_span(queue: &str) -> LeafSpan {
         return LeafSpan::none();
     }
     LeafSpan::start(
-        format!("{queue} publish").into(),
+        format!("{queue} publish"),
         SpanKind::Producer,
         vec![
             KeyValue::new("messaging.system", "rabbitmq"),
@@ -725,7 +725,7 @@ pub fn store_span(store: &'static str, operation: &'static str) -> LeafSpan {
         return LeafSpan::none();
     }
     LeafSpan::start(
-        format!("{store} {operation}").into(),
+        format!("{store} {operation}"),
         SpanKind::Client,
         vec![
             KeyValue::new("db.system.name", store),
